@@ -1,0 +1,18 @@
+//! Ferry's configuration schema: data set policies and proxy settings, parsed
+//! from YAML with defaults, validated with errors that name file, line and field.
+
+pub mod load;
+pub mod origin;
+pub mod policy;
+pub mod proxy;
+pub mod synthetic;
+pub mod units;
+
+pub use load::{ConfigError, from_yaml, from_yaml_file};
+pub use origin::OriginSpec;
+pub use policy::{
+    CachePolicy, CacheSpec, DatasetPolicy, Datasets, PolicyFile, RoleCaches, S3Options,
+};
+pub use proxy::{Limits, ProxyConfig, Role};
+pub use synthetic::{SizeDistribution, SyntheticSpec};
+pub use units::{ByteSize, HumanDuration, MetadataTtl};

@@ -1,0 +1,290 @@
+//! Data set policies: what a data set is, where it lives and how it is cached.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+
+use crate::origin::OriginSpec;
+use crate::units::{ByteSize, MetadataTtl};
+
+/// Default chunk size: the unit of caching and of fetches from upstream.
+pub const DEFAULT_CHUNK_SIZE: ByteSize = ByteSize::mib(4);
+/// Smallest chunk size allowed: below this, per-chunk overhead dominates.
+pub const MIN_CHUNK_SIZE: ByteSize = ByteSize::kib(64);
+/// Largest chunk size allowed: one chunk is held in memory whole.
+pub const MAX_CHUNK_SIZE: ByteSize = ByteSize::mib(256);
+/// Default read-ahead depth, in chunks.
+pub const DEFAULT_READ_AHEAD: u32 = 4;
+/// Largest read-ahead depth allowed.
+pub const MAX_READ_AHEAD: u32 = 64;
+/// Default size of each role's hot cache for a data set.
+pub const DEFAULT_CACHE_SIZE: ByteSize = ByteSize::gib(1);
+
+/// One data set: the bucket the app reads, its origin, and its caching policy.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(try_from = "RawDatasetPolicy")]
+pub struct DatasetPolicy {
+    /// The data set's name (used in metrics and logs).
+    pub name: String,
+    /// The bucket name the training program uses for it.
+    pub bucket: String,
+    /// Where its objects live.
+    pub origin: OriginSpec,
+    /// Settings for an `s3://` origin.
+    pub s3: S3Options,
+    /// Size of the aligned chunks objects are cached in; a smaller object is one chunk.
+    pub chunk_size: ByteSize,
+    /// How long object metadata and listings are trusted before re-validation.
+    pub metadata_ttl: MetadataTtl,
+    /// How many chunks ahead of a sequential reader are fetched in advance.
+    pub read_ahead: u32,
+    /// Hot-cache settings per role.
+    pub cache: RoleCaches,
+}
+
+/// Settings for an S3-compatible origin. Credentials come only from the standard
+/// AWS environment variables, never from a policy file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Options {
+    /// Endpoint URL of an S3-compatible store; `AWS_ENDPOINT_URL` when absent.
+    pub endpoint: Option<String>,
+    /// Region; `AWS_REGION` when absent.
+    pub region: Option<String>,
+    /// Send unsigned requests (public buckets).
+    pub anonymous: bool,
+}
+
+/// Hot-cache settings for each proxy role.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleCaches {
+    /// The sidecar's cache (memory).
+    pub sidecar: CacheSpec,
+    /// The worker's cache (memory).
+    pub worker: CacheSpec,
+}
+
+/// Size and eviction policy of one cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSpec {
+    /// Capacity in bytes of cached chunk data.
+    pub size: ByteSize,
+    /// What happens when the cache is full.
+    pub policy: CachePolicy,
+}
+
+impl Default for CacheSpec {
+    fn default() -> Self {
+        Self {
+            size: DEFAULT_CACHE_SIZE,
+            policy: CachePolicy::Pin,
+        }
+    }
+}
+
+/// What a full cache does with a new chunk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CachePolicy {
+    /// Admit until full, then never evict: a shuffled epoch can't thrash it.
+    #[default]
+    Pin,
+    /// Evict the least recently used chunk.
+    Lru,
+    /// S3-FIFO: scan-resistant, new chunks must prove themselves before staying.
+    S3fifo,
+}
+
+impl CachePolicy {
+    /// Every policy, in a stable order.
+    pub const ALL: [CachePolicy; 3] = [CachePolicy::Pin, CachePolicy::Lru, CachePolicy::S3fifo];
+
+    /// The name used in configuration and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pin => "pin",
+            Self::Lru => "lru",
+            Self::S3fifo => "s3fifo",
+        }
+    }
+}
+
+impl fmt::Display for CachePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for CachePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("unknown cache policy '{s}': expected pin, lru or s3fifo"))
+    }
+}
+
+/// The policy as written, before defaults and cross-field checks.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatasetPolicy {
+    #[serde(deserialize_with = "bucket_name")]
+    name: String,
+    #[serde(default, deserialize_with = "optional_bucket_name")]
+    bucket: Option<String>,
+    origin: OriginSpec,
+    #[serde(default)]
+    s3: Option<S3Options>,
+    #[serde(default = "default_chunk_size", deserialize_with = "chunk_size")]
+    chunk_size: ByteSize,
+    #[serde(default)]
+    metadata_ttl: MetadataTtl,
+    #[serde(default = "default_read_ahead", deserialize_with = "read_ahead")]
+    read_ahead: u32,
+    #[serde(default)]
+    cache: RoleCaches,
+}
+
+fn default_chunk_size() -> ByteSize {
+    DEFAULT_CHUNK_SIZE
+}
+
+fn default_read_ahead() -> u32 {
+    DEFAULT_READ_AHEAD
+}
+
+impl TryFrom<RawDatasetPolicy> for DatasetPolicy {
+    type Error = String;
+    fn try_from(raw: RawDatasetPolicy) -> Result<Self, String> {
+        if raw.s3.is_some() && !matches!(raw.origin, OriginSpec::S3 { .. }) {
+            return Err(format!(
+                "data set '{}': s3 settings apply only to an s3:// origin, but the origin is {}",
+                raw.name, raw.origin
+            ));
+        }
+        Ok(Self {
+            bucket: raw.bucket.unwrap_or_else(|| raw.name.clone()),
+            name: raw.name,
+            origin: raw.origin,
+            s3: raw.s3.unwrap_or_default(),
+            chunk_size: raw.chunk_size,
+            metadata_ttl: raw.metadata_ttl,
+            read_ahead: raw.read_ahead,
+            cache: raw.cache,
+        })
+    }
+}
+
+fn bucket_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    check_bucket_name(&name).map_err(de::Error::custom)?;
+    Ok(name)
+}
+
+fn optional_bucket_name<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    bucket_name(deserializer).map(Some)
+}
+
+fn chunk_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ByteSize, D::Error> {
+    let size = ByteSize::deserialize(deserializer)?;
+    if size < MIN_CHUNK_SIZE || size > MAX_CHUNK_SIZE {
+        return Err(de::Error::custom(format!(
+            "chunk size {size} is out of range: allowed {MIN_CHUNK_SIZE} to {MAX_CHUNK_SIZE}"
+        )));
+    }
+    Ok(size)
+}
+
+fn read_ahead<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let depth = u32::deserialize(deserializer)?;
+    if depth > MAX_READ_AHEAD {
+        return Err(de::Error::custom(format!(
+            "read-ahead of {depth} chunks is too deep: allowed 0 to {MAX_READ_AHEAD}"
+        )));
+    }
+    Ok(depth)
+}
+
+/// Checks S3 bucket naming rules, which also keep names safe in hosts, paths and metrics.
+pub fn check_bucket_name(name: &str) -> Result<(), String> {
+    let valid_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    let valid_ends = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if (3..=63).contains(&name.len()) && valid_chars && valid_ends && !name.contains("..") {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{name}' is not a valid bucket name: use 3 to 63 lowercase letters, digits, \
+             '-' or '.', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+/// A list of data set policies whose names and buckets are unique.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct Datasets(pub Vec<DatasetPolicy>);
+
+impl<'de> Deserialize<'de> for Datasets {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct UniqueDatasets;
+        impl<'de> Visitor<'de> for UniqueDatasets {
+            type Value = Datasets;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of data set policies")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Datasets, A::Error> {
+                // Names and buckets seen so far, with the line each was defined on.
+                let mut names: HashMap<String, u64> = HashMap::new();
+                let mut buckets: HashMap<String, u64> = HashMap::new();
+                let mut list = Vec::new();
+                while let Some(spanned) = seq.next_element::<Spanned<DatasetPolicy>>()? {
+                    let line = spanned.referenced.line();
+                    let policy = spanned.value;
+                    if let Some(first) = names.insert(policy.name.clone(), line) {
+                        return Err(de::Error::custom(format!(
+                            "data set on line {line} reuses the name '{}' of the data set on \
+                             line {first}: names must be unique",
+                            policy.name
+                        )));
+                    }
+                    if let Some(first) = buckets.insert(policy.bucket.clone(), line) {
+                        return Err(de::Error::custom(format!(
+                            "data set on line {line} reuses bucket '{}' of the data set on \
+                             line {first}: buckets must be unique",
+                            policy.bucket
+                        )));
+                    }
+                    list.push(policy);
+                }
+                Ok(Datasets(list))
+            }
+        }
+        deserializer.deserialize_seq(UniqueDatasets)
+    }
+}
+
+impl std::ops::Deref for Datasets {
+    type Target = [DatasetPolicy];
+    fn deref(&self) -> &[DatasetPolicy] {
+        &self.0
+    }
+}
+
+/// A policy file: the data sets it defines (a ConfigMap's `policy.yaml`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// The data sets.
+    pub datasets: Datasets,
+}

@@ -1,0 +1,212 @@
+//! The schema as users meet it: examples load, defaults apply, mistakes are located.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ferry_config::{
+    ByteSize, CachePolicy, ConfigError, MetadataTtl, OriginSpec, PolicyFile, ProxyConfig, Role,
+    from_yaml, from_yaml_file,
+};
+
+fn proxy_error(text: &str) -> ConfigError {
+    from_yaml::<ProxyConfig>(text, "test.yaml").expect_err("config should be refused")
+}
+
+#[test]
+fn every_example_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut loaded = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.starts_with("policy-") {
+            let policy: PolicyFile = from_yaml_file(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!policy.datasets.is_empty(), "{name} defines data sets");
+        } else {
+            let config: ProxyConfig = from_yaml_file(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!config.datasets.is_empty(), "{name} defines data sets");
+        }
+        loaded += 1;
+    }
+    assert!(loaded >= 4, "only {loaded} examples found");
+}
+
+#[test]
+fn defaults_fill_what_is_left_out() {
+    let config: ProxyConfig = from_yaml(
+        "datasets:\n  - name: imagenet\n    origin: synthetic://?count=10\n",
+        "t.yaml",
+    )
+    .expect("config");
+    assert_eq!(config.role, Role::Worker);
+    assert_eq!(config.listen.to_string(), "127.0.0.1:4140");
+    assert_eq!(config.admin.to_string(), "127.0.0.1:4191");
+    let dataset = &config.datasets[0];
+    assert_eq!(dataset.bucket, "imagenet", "bucket defaults to the name");
+    assert_eq!(dataset.chunk_size, ByteSize::mib(4));
+    assert_eq!(dataset.metadata_ttl, MetadataTtl::Job);
+    assert_eq!(dataset.cache.worker.policy, CachePolicy::Pin);
+    assert_eq!(dataset.cache.sidecar.size, ByteSize::gib(1));
+}
+
+#[test]
+fn written_values_override_defaults() {
+    let config: ProxyConfig = from_yaml(
+        "role: sidecar\nthreads: 3\ndatasets:\n  - name: imagenet\n    bucket: train\n    \
+         origin: s3://b/p/\n    s3: { endpoint: 'http://127.0.0.1:9000', anonymous: true }\n    \
+         chunk_size: 8MiB\n    metadata_ttl: 30s\n    read_ahead: 0\n    \
+         cache: { sidecar: { size: 512MiB, policy: s3fifo } }\n",
+        "t.yaml",
+    )
+    .expect("config");
+    assert_eq!(config.role, Role::Sidecar);
+    assert_eq!(config.threads, Some(3));
+    let dataset = &config.datasets[0];
+    assert_eq!(dataset.bucket, "train");
+    assert!(
+        matches!(&dataset.origin, OriginSpec::S3 { bucket, prefix } if bucket == "b" && prefix == "p/")
+    );
+    assert_eq!(
+        dataset.s3.endpoint.as_deref(),
+        Some("http://127.0.0.1:9000")
+    );
+    assert!(dataset.s3.anonymous);
+    assert_eq!(dataset.chunk_size, ByteSize::mib(8));
+    assert_eq!(
+        dataset.metadata_ttl,
+        MetadataTtl::After(Duration::from_secs(30))
+    );
+    assert_eq!(dataset.read_ahead, 0);
+    assert_eq!(dataset.cache.sidecar.size, ByteSize::mib(512));
+    assert_eq!(dataset.cache.sidecar.policy, CachePolicy::S3fifo);
+    assert_eq!(
+        dataset.cache.worker.policy,
+        CachePolicy::Pin,
+        "untouched role keeps defaults"
+    );
+}
+
+#[test]
+fn unknown_fields_are_refused_with_their_location() {
+    let err = proxy_error(
+        "datasets:\n  - name: imagenet\n    origin: synthetic://?count=1\n    colour: red\n",
+    );
+    assert_eq!((err.file.as_str(), err.line), ("test.yaml", Some(4)));
+    assert_eq!(err.field, "datasets[0].colour");
+    assert!(
+        err.message.contains("expected one of name, bucket, origin"),
+        "{err}"
+    );
+    let err = proxy_error("listen: 127.0.0.1:1\nadmn: 127.0.0.1:2\n");
+    assert_eq!((err.line, err.field.as_str()), (Some(2), "admn"));
+}
+
+#[test]
+fn bad_values_name_line_field_and_what_is_allowed() {
+    let cases = [
+        ("    chunk_size: 4XB\n", "datasets[0].chunk_size", "4MiB"),
+        (
+            "    chunk_size: 1KiB\n",
+            "datasets[0].chunk_size",
+            "allowed 64KiB to 256MiB",
+        ),
+        (
+            "    read_ahead: 1000\n",
+            "datasets[0].read_ahead",
+            "allowed 0 to 64",
+        ),
+        (
+            "    metadata_ttl: sometimes\n",
+            "datasets[0].metadata_ttl",
+            "'job'",
+        ),
+        (
+            "    bucket: Bad_Bucket\n",
+            "datasets[0].bucket",
+            "lowercase letters",
+        ),
+        (
+            "    cache: { worker: { policy: mru } }\n",
+            "datasets[0].cache.worker.policy",
+            "pin, lru, s3fifo",
+        ),
+        (
+            "    cache: { worker: { size: lots } }\n",
+            "datasets[0].cache.worker.size",
+            "1GiB",
+        ),
+    ];
+    for (line4, field, allowed) in cases {
+        let text =
+            format!("datasets:\n  - name: imagenet\n    origin: synthetic://?count=1\n{line4}");
+        let err = proxy_error(&text);
+        assert_eq!(err.line, Some(4), "{err}");
+        assert_eq!(err.field, field, "{err}");
+        assert!(err.message.contains(allowed), "{err}");
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with("test.yaml:4:") && shown.contains(field),
+            "{shown}"
+        );
+    }
+}
+
+#[test]
+fn bad_origins_are_located() {
+    let err = proxy_error("datasets:\n  - name: imagenet\n    origin: ftp://host/data\n");
+    assert_eq!(
+        (err.line, err.field.as_str()),
+        (Some(3), "datasets[0].origin")
+    );
+    assert!(err.message.contains("unknown scheme 'ftp'"), "{err}");
+    assert!(err.message.contains("s3://bucket/prefix"), "{err}");
+}
+
+#[test]
+fn duplicate_names_and_buckets_are_refused() {
+    let err = proxy_error(
+        "datasets:\n  - name: imagenet\n    origin: synthetic://?count=1\n  \
+         - name: imagenet\n    origin: synthetic://?count=2\n",
+    );
+    assert!(
+        err.message.contains("line 4 reuses the name 'imagenet'"),
+        "{err}"
+    );
+    let err = proxy_error(
+        "datasets:\n  - name: one-set\n    bucket: shared\n    origin: synthetic://?count=1\n  \
+         - name: two-set\n    bucket: shared\n    origin: synthetic://?count=2\n",
+    );
+    assert!(err.message.contains("reuses bucket 'shared'"), "{err}");
+}
+
+#[test]
+fn s3_settings_need_an_s3_origin() {
+    let err = proxy_error(
+        "datasets:\n  - name: imagenet\n    origin: synthetic://?count=1\n    s3: { region: x }\n",
+    );
+    assert!(err.message.contains("only to an s3:// origin"), "{err}");
+}
+
+#[test]
+fn syntax_errors_and_missing_files_are_reported() {
+    let err = proxy_error("datasets: [\n");
+    assert_eq!(err.line, Some(1));
+    let err = from_yaml_file::<ProxyConfig>(Path::new("/nonexistent/ferry.yaml"))
+        .expect_err("missing file");
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/ferry.yaml: cannot read"),
+        "{err}"
+    );
+    let err = proxy_error("datasets:\n  - origin: synthetic://?count=1\n");
+    assert!(
+        err.message.contains("name"),
+        "missing field is named: {err}"
+    );
+}

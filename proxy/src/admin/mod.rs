@@ -1,0 +1,148 @@
+//! Admin endpoints: `/live`, `/ready`, `/metrics`, `/config`, `/cache`, and
+//! `/shutdown` (from loopback only).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use ferry_config::ProxyConfig;
+
+use crate::dataset::Datasets;
+use crate::telemetry;
+
+/// What the admin endpoints report on.
+pub struct Admin {
+    /// Set once listeners are bound and configuration is loaded.
+    pub ready: AtomicBool,
+    /// Prometheus renderer, when this process installed the recorder.
+    pub prometheus: Option<PrometheusHandle>,
+    /// The configuration in force.
+    pub config: ProxyConfig,
+    /// The data sets.
+    pub datasets: Arc<Datasets>,
+    /// Notified by `/shutdown`.
+    pub shutdown: Arc<Notify>,
+}
+
+#[derive(Serialize)]
+struct CacheReport<'a> {
+    dataset: &'a str,
+    bucket: &'a str,
+    policy: &'static str,
+    capacity_bytes: u64,
+    used_bytes: u64,
+    chunks: usize,
+    metadata_objects: usize,
+}
+
+impl Admin {
+    /// Answers one admin request from `peer`.
+    pub async fn handle<B>(
+        self: Arc<Self>,
+        request: Request<B>,
+        peer: SocketAddr,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
+        let response = match (request.method(), request.uri().path()) {
+            (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
+            (&Method::GET, "/ready") => {
+                if self.ready.load(Ordering::Acquire) {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }
+            (&Method::GET, "/metrics") => self.metrics(),
+            (&Method::GET, "/config") => json(&self.config),
+            (&Method::GET, "/cache") => json(&self.cache_report()),
+            (&Method::POST, "/shutdown") if peer.ip().is_loopback() => {
+                self.shutdown.notify_one();
+                text(StatusCode::OK, "shutting down\n")
+            }
+            (&Method::POST, "/shutdown") => text(
+                StatusCode::FORBIDDEN,
+                "shutdown is allowed from localhost only\n",
+            ),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /live, /ready, /metrics, /config, /cache or POST /shutdown\n",
+            ),
+        };
+        Ok(response)
+    }
+
+    fn cache_report(&self) -> Vec<CacheReport<'_>> {
+        let role = self.config.role;
+        self.datasets
+            .iter()
+            .map(|d| {
+                let cache = d.chunks.cache();
+                CacheReport {
+                    dataset: &d.policy.name,
+                    bucket: &d.policy.bucket,
+                    policy: cache.policy(),
+                    capacity_bytes: match role {
+                        ferry_config::Role::Worker => d.policy.cache.worker.size.bytes(),
+                        ferry_config::Role::Sidecar => d.policy.cache.sidecar.size.bytes(),
+                    },
+                    used_bytes: cache.used_bytes(),
+                    chunks: cache.entries(),
+                    metadata_objects: d.metadata.cached_objects(),
+                }
+            })
+            .collect()
+    }
+
+    fn metrics(&self) -> Response<Full<Bytes>> {
+        let Some(prometheus) = &self.prometheus else {
+            return text(
+                StatusCode::NOT_FOUND,
+                "metrics are not recorded in this process\n",
+            );
+        };
+        // Gauges that are cheaper to read at scrape time than to keep current.
+        let mut inflight = 0;
+        for dataset in self.datasets.iter() {
+            dataset
+                .metrics
+                .cache_bytes
+                .set(dataset.chunks.cache().used_bytes() as f64);
+            inflight = dataset.chunks.inflight_bytes();
+        }
+        telemetry::inflight_fetch_bytes().set(inflight as f64);
+        prometheus.run_upkeep();
+        let mut response = Response::new(Full::new(Bytes::from(prometheus.render())));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        response
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+}
+
+fn json(value: &impl Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => {
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "could not encode JSON\n"),
+    }
+}

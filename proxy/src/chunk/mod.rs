@@ -1,0 +1,269 @@
+//! The chunk layer: a byte range becomes aligned chunks; each chunk comes from
+//! the cache, from a fetch already in flight, or from one new upstream fetch.
+//! Bytes in flight are bounded; sequential readers get read-ahead.
+
+mod readahead;
+mod staging;
+
+use std::ops::{Range, RangeInclusive};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+use crate::cache::{ChunkCache, ChunkKey};
+use crate::flight::SingleFlight;
+use crate::metadata::ObjectInfo;
+use crate::origin::{Origin, OriginError};
+use crate::telemetry::DatasetMetrics;
+
+pub use readahead::SequentialDetector;
+pub use staging::Staging;
+
+/// The chunks that hold `range` (non-empty) of an object cut in `chunk_size` pieces.
+pub fn chunks_of(range: &Range<u64>, chunk_size: u64) -> RangeInclusive<u32> {
+    let first = range.start / chunk_size;
+    let last = (range.end - 1) / chunk_size;
+    (first as u32)..=(last as u32)
+}
+
+/// The byte range of chunk `index` of an object of `size` bytes.
+pub fn chunk_range(index: u32, chunk_size: u64, size: u64) -> Range<u64> {
+    let start = u64::from(index) * chunk_size;
+    start..(start + chunk_size).min(size)
+}
+
+/// Memory accounting unit for bytes in flight.
+const BUDGET_UNIT: u64 = 64 * 1024;
+
+/// Bytes of chunks being fetched, shared by every data set of a proxy.
+pub struct FetchBudget {
+    permits: Semaphore,
+    total_units: u32,
+}
+
+impl FetchBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: u64) -> Arc<Self> {
+        let total_units = u32::try_from((bytes / BUDGET_UNIT).max(1)).unwrap_or(u32::MAX >> 4);
+        Arc::new(Self {
+            permits: Semaphore::new(total_units as usize),
+            total_units,
+        })
+    }
+
+    /// Units a chunk of `len` bytes takes; never more than the whole budget, so
+    /// one chunk larger than the budget still proceeds (alone).
+    fn units(&self, len: u64) -> u32 {
+        (len.div_ceil(BUDGET_UNIT) as u32).clamp(1, self.total_units)
+    }
+
+    /// Bytes in flight now.
+    pub fn in_use(&self) -> u64 {
+        u64::from(self.total_units - self.permits.available_permits() as u32) * BUDGET_UNIT
+    }
+}
+
+/// Where a chunk came from, for metrics and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The hot cache.
+    Cache,
+    /// A read-ahead chunk kept aside because the cache did not admit it.
+    Staged,
+    /// A fetch another request had started.
+    Joined,
+    /// A fetch this request started.
+    Fetched,
+}
+
+/// Chunks of one data set.
+pub struct ChunkStore {
+    cache: ChunkCache,
+    staging: Staging,
+    flights: Arc<SingleFlight<ChunkKey, Bytes, OriginError>>,
+    origin: Arc<dyn Origin>,
+    budget: Arc<FetchBudget>,
+    chunk_size: u64,
+    timeout: Duration,
+    metrics: Arc<DatasetMetrics>,
+}
+
+fn lost() -> OriginError {
+    OriginError::Unavailable {
+        origin: "origin".to_owned(),
+        detail: "the chunk fetch task failed".to_owned(),
+    }
+}
+
+/// What a [`ChunkStore`] is made of.
+pub struct ChunkStoreParts {
+    /// The hot cache.
+    pub cache: ChunkCache,
+    /// Upstream.
+    pub origin: Arc<dyn Origin>,
+    /// Shared bound on bytes in flight.
+    pub budget: Arc<FetchBudget>,
+    /// Bytes of read-ahead kept aside when the cache does not admit it.
+    pub staging_bytes: u64,
+    /// Chunk size.
+    pub chunk_size: u64,
+    /// Deadline of one upstream fetch.
+    pub timeout: Duration,
+    /// Metrics.
+    pub metrics: Arc<DatasetMetrics>,
+}
+
+impl ChunkStore {
+    /// A store from its parts.
+    pub fn new(parts: ChunkStoreParts) -> Self {
+        Self {
+            cache: parts.cache,
+            staging: Staging::new(parts.staging_bytes),
+            flights: Arc::new(SingleFlight::new(lost)),
+            origin: parts.origin,
+            budget: parts.budget,
+            chunk_size: parts.chunk_size,
+            timeout: parts.timeout,
+            metrics: parts.metrics,
+        }
+    }
+
+    /// The chunk size.
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size
+    }
+
+    /// The hot cache.
+    pub fn cache(&self) -> &ChunkCache {
+        &self.cache
+    }
+
+    /// Chunk `index` of `object`, fetched once however many ask at once.
+    pub async fn get(
+        self: &Arc<Self>,
+        object: &Arc<ObjectInfo>,
+        index: u32,
+    ) -> Result<(Bytes, Source), OriginError> {
+        let key = ChunkKey {
+            object: object.fingerprint,
+            index,
+        };
+        if let Some(chunk) = self.cache.get(&key) {
+            self.metrics.cache_hits.increment(1);
+            return Ok((chunk, Source::Cache));
+        }
+        if let Some(chunk) = self.staging.take(&key) {
+            self.metrics.cache_hits.increment(1);
+            return Ok((chunk, Source::Staged));
+        }
+        self.metrics.cache_misses.increment(1);
+        let (flight, started) = self.start_fetch(key, object, false);
+        let chunk = flight.await?;
+        Ok((
+            chunk,
+            if started {
+                Source::Fetched
+            } else {
+                Source::Joined
+            },
+        ))
+    }
+
+    /// Starts fetching chunk `index` in the background unless it is cached or
+    /// already coming; skipped when the fetch budget is exhausted.
+    pub fn prefetch(self: &Arc<Self>, object: &Arc<ObjectInfo>, index: u32) {
+        let key = ChunkKey {
+            object: object.fingerprint,
+            index,
+        };
+        if self.flights.contains(&key)
+            || self.cache.get(&key).is_some()
+            || self.staging.contains(&key)
+        {
+            return;
+        }
+        let len = chunk_range(index, self.chunk_size, object.meta.size);
+        let units = self.budget.units(len.end - len.start);
+        // Read-ahead never waits for memory: it is only worth doing when cheap.
+        if self.budget.permits.available_permits() < units as usize {
+            return;
+        }
+        self.metrics.readahead.increment(1);
+        let _ = self.start_fetch(key, object, true);
+    }
+
+    fn start_fetch(
+        self: &Arc<Self>,
+        key: ChunkKey,
+        object: &Arc<ObjectInfo>,
+        ahead: bool,
+    ) -> (crate::flight::Flight<Bytes, OriginError>, bool) {
+        let this = Arc::clone(self);
+        let object = Arc::clone(object);
+        self.flights.join_or_start(key, move || {
+            Box::pin(async move {
+                let range = chunk_range(key.index, this.chunk_size, object.meta.size);
+                let units = this.budget.units(range.end - range.start);
+                let _permit = this
+                    .budget
+                    .permits
+                    .acquire_many(units)
+                    .await
+                    .map_err(|_| lost())?;
+                this.metrics.origin_gets.increment(1);
+                let started = Instant::now();
+                let fetched = tokio::time::timeout(
+                    this.timeout,
+                    this.origin.read(&object.meta.key, range, &object.meta.etag),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(OriginError::unavailable(
+                        this.origin.describe(),
+                        format!(
+                            "chunk {} of '{}' got no answer within {:?}",
+                            key.index, object.meta.key, this.timeout
+                        ),
+                    ))
+                });
+                this.metrics.origin_latency.record(started.elapsed());
+                let chunk = fetched.inspect_err(|_| this.metrics.origin_errors.increment(1))?;
+                this.metrics.origin_bytes.increment(chunk.len() as u64);
+                if !this.cache.insert(key, chunk.clone()) && ahead {
+                    this.staging.put(key, chunk.clone());
+                }
+                Ok(chunk)
+            })
+        })
+    }
+
+    /// Bytes of chunks being fetched now (all data sets).
+    pub fn inflight_bytes(&self) -> u64 {
+        self.budget.in_use()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_map_to_covering_chunks() {
+        assert_eq!(chunks_of(&(0..1), 10), 0..=0);
+        assert_eq!(chunks_of(&(0..10), 10), 0..=0);
+        assert_eq!(chunks_of(&(9..11), 10), 0..=1);
+        assert_eq!(chunks_of(&(10..30), 10), 1..=2);
+        assert_eq!(chunk_range(2, 10, 25), 20..25);
+        assert_eq!(chunk_range(0, 10, 5), 0..5);
+    }
+
+    #[test]
+    fn one_chunk_never_needs_more_than_the_budget() {
+        let budget = FetchBudget::new(1024 * 1024);
+        assert_eq!(budget.units(100 * 1024 * 1024), 16);
+        assert_eq!(budget.units(1), 1);
+        assert_eq!(budget.in_use(), 0);
+    }
+}

@@ -1,0 +1,15 @@
+//! Ferry's data plane: one binary, two roles. The worker serves data sets
+//! from their origins through a chunk cache behind an S3 front door.
+
+pub mod admin;
+pub mod cache;
+pub mod chunk;
+pub mod cli;
+pub mod dataset;
+pub mod flight;
+pub mod metadata;
+pub mod origin;
+pub mod runtime;
+pub mod s3;
+pub mod server;
+pub mod telemetry;

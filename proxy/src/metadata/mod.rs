@@ -1,0 +1,291 @@
+//! Object metadata (size, ETag, date) and listings, cached for the policy's
+//! TTL so an epoch makes no repeated HEAD or LIST round trips to the origin.
+//! A cached listing also answers metadata lookups for the keys it holds.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use foyer::{Cache, CacheBuilder, S3FifoConfig};
+use http::HeaderValue;
+
+use ferry_config::MetadataTtl;
+
+use crate::flight::SingleFlight;
+use crate::origin::{ObjectMeta, Origin, OriginError};
+use crate::telemetry::DatasetMetrics;
+
+/// One version of one object, with what responses about it need precomputed.
+#[derive(Debug)]
+pub struct ObjectInfo {
+    /// Origin metadata.
+    pub meta: ObjectMeta,
+    /// Keyed hash of key and ETag: the object part of its chunks' cache keys.
+    pub fingerprint: u128,
+    /// `"etag"`, ready for the ETag header.
+    pub etag_header: HeaderValue,
+    /// The HTTP date for Last-Modified.
+    pub last_modified_header: HeaderValue,
+    /// When the origin said this.
+    pub fetched_at: Instant,
+}
+
+impl ObjectInfo {
+    /// Wraps origin metadata, computing the fingerprint with `seed`.
+    pub fn new(meta: ObjectMeta, seed: u64) -> Self {
+        let mut identity = Vec::with_capacity(meta.key.len() + meta.etag.len() + 1);
+        identity.extend_from_slice(meta.key.as_bytes());
+        identity.push(0xff); // not valid UTF-8, so key/etag boundaries can't be forged
+        identity.extend_from_slice(meta.etag.as_bytes());
+        let fingerprint = xxhash_rust::xxh3::xxh3_128_with_seed(&identity, seed);
+        let etag_header = HeaderValue::from_str(&format!("\"{}\"", meta.etag))
+            .unwrap_or_else(|_| HeaderValue::from_static("\"\""));
+        let last_modified_header = HeaderValue::from_str(&httpdate::fmt_http_date(meta.modified))
+            .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
+        Self {
+            meta,
+            fingerprint,
+            etag_header,
+            last_modified_header,
+            fetched_at: Instant::now(),
+        }
+    }
+}
+
+/// A complete listing of the objects under a prefix, sorted by key.
+#[derive(Debug)]
+pub struct Listing {
+    /// The prefix listed.
+    pub prefix: String,
+    /// Every object under it, ascending.
+    pub objects: Vec<ObjectMeta>,
+    /// When it was fetched.
+    pub fetched_at: Instant,
+}
+
+impl Listing {
+    fn find(&self, key: &str) -> Option<&ObjectMeta> {
+        self.objects
+            .binary_search_by(|probe| probe.key.as_str().cmp(key))
+            .ok()
+            .map(|at| &self.objects[at])
+    }
+}
+
+/// Cached listings, bounded by the total number of objects they hold.
+#[derive(Default)]
+struct ListingSet {
+    by_prefix: HashMap<String, Arc<Listing>>,
+    objects: usize,
+}
+
+/// Metadata and listing cache of one data set.
+pub struct MetadataCache {
+    origin: Arc<dyn Origin>,
+    objects: Cache<String, Arc<ObjectInfo>>,
+    listings: Mutex<ListingSet>,
+    heads: Arc<SingleFlight<String, Arc<ObjectInfo>, OriginError>>,
+    lists: Arc<SingleFlight<String, Option<Arc<Listing>>, OriginError>>,
+    ttl: MetadataTtl,
+    listing_capacity: usize,
+    timeout: Duration,
+    seed: u64,
+    metrics: Arc<DatasetMetrics>,
+}
+
+fn lost() -> OriginError {
+    OriginError::Unavailable {
+        origin: "origin".to_owned(),
+        detail: "the metadata fetch task failed".to_owned(),
+    }
+}
+
+/// Settings of a [`MetadataCache`].
+pub struct MetadataSettings {
+    /// How long entries are trusted.
+    pub ttl: MetadataTtl,
+    /// Object entries kept.
+    pub object_capacity: usize,
+    /// Listed objects kept, over all listings.
+    pub listing_capacity: usize,
+    /// Deadline of one origin request.
+    pub timeout: Duration,
+    /// Secret for chunk fingerprints.
+    pub seed: u64,
+}
+
+impl MetadataCache {
+    /// An empty cache in front of `origin`.
+    pub fn new(
+        origin: Arc<dyn Origin>,
+        settings: MetadataSettings,
+        metrics: Arc<DatasetMetrics>,
+    ) -> Self {
+        Self {
+            origin,
+            objects: CacheBuilder::new(settings.object_capacity.max(1))
+                .with_eviction_config(S3FifoConfig::default())
+                .build(),
+            listings: Mutex::new(ListingSet::default()),
+            heads: Arc::new(SingleFlight::new(lost)),
+            lists: Arc::new(SingleFlight::new(lost)),
+            ttl: settings.ttl,
+            listing_capacity: settings.listing_capacity,
+            timeout: settings.timeout,
+            seed: settings.seed,
+            metrics,
+        }
+    }
+
+    fn fresh(&self, fetched_at: Instant) -> bool {
+        match self.ttl {
+            MetadataTtl::Job => true,
+            MetadataTtl::After(ttl) => fetched_at.elapsed() < ttl,
+        }
+    }
+
+    /// Metadata of `key`: from the cache, a cached listing, or one shared HEAD.
+    pub async fn object(self: &Arc<Self>, key: &str) -> Result<Arc<ObjectInfo>, OriginError> {
+        if let Some(entry) = self.objects.get(key)
+            && self.fresh(entry.value().fetched_at)
+        {
+            self.metrics.metadata_hits.increment(1);
+            return Ok(entry.value().clone());
+        }
+        if let Some(listed) = self.listed(key) {
+            self.metrics.metadata_hits.increment(1);
+            let info = Arc::new(ObjectInfo::new(listed?, self.seed));
+            self.objects.insert(key.to_owned(), info.clone());
+            return Ok(info);
+        }
+        self.metrics.metadata_misses.increment(1);
+        let this = Arc::clone(self);
+        let owned = key.to_owned();
+        let (flight, _) = self.heads.join_or_start(key.to_owned(), move || {
+            Box::pin(async move {
+                this.metrics.origin_heads.increment(1);
+                let started = Instant::now();
+                let result = tokio::time::timeout(this.timeout, this.origin.head(&owned))
+                    .await
+                    .unwrap_or_else(|_| Err(this.timed_out("HEAD", &owned)));
+                this.metrics.origin_latency.record(started.elapsed());
+                let meta = result.inspect_err(|_| this.metrics.origin_errors.increment(1))?;
+                let info = Arc::new(ObjectInfo::new(meta, this.seed));
+                this.objects.insert(owned, info.clone());
+                Ok(info)
+            })
+        });
+        flight.await
+    }
+
+    /// Forgets `key`, e.g. after the origin said it changed.
+    pub fn invalidate(&self, key: &str) {
+        self.objects.remove(key);
+    }
+
+    /// What a fresh cached listing says of `key`: its metadata, or that it does
+    /// not exist; `None` when no listing covers it.
+    fn listed(&self, key: &str) -> Option<Result<ObjectMeta, OriginError>> {
+        let listings = self.listings.lock().unwrap_or_else(|p| p.into_inner());
+        listings
+            .by_prefix
+            .values()
+            .filter(|listing| key.starts_with(&listing.prefix) && self.fresh(listing.fetched_at))
+            .map(|listing| {
+                listing
+                    .find(key)
+                    .cloned()
+                    .ok_or_else(|| OriginError::NotFound {
+                        key: key.to_owned(),
+                    })
+            })
+            .next()
+    }
+
+    /// The complete listing under `prefix`, or `None` if it has more objects
+    /// than the listing cache may hold (the caller then pages the origin).
+    pub async fn listing(
+        self: &Arc<Self>,
+        prefix: &str,
+    ) -> Result<Option<Arc<Listing>>, OriginError> {
+        {
+            let listings = self.listings.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(listing) = listings.by_prefix.get(prefix)
+                && self.fresh(listing.fetched_at)
+            {
+                return Ok(Some(listing.clone()));
+            }
+        }
+        let this = Arc::clone(self);
+        let owned = prefix.to_owned();
+        let (flight, _) = self.lists.join_or_start(prefix.to_owned(), move || {
+            Box::pin(async move {
+                this.metrics.origin_lists.increment(1);
+                let page = this
+                    .list_origin(&owned, None, this.listing_capacity)
+                    .await?;
+                if page.truncated {
+                    return Ok(None);
+                }
+                let listing = Arc::new(Listing {
+                    prefix: owned,
+                    objects: page.objects,
+                    fetched_at: Instant::now(),
+                });
+                this.remember(listing.clone());
+                Ok(Some(listing))
+            })
+        });
+        flight.await
+    }
+
+    /// One page straight from the origin, for listings too big to cache.
+    pub async fn list_origin(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        max: usize,
+    ) -> Result<crate::origin::ListPage, OriginError> {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, self.origin.list(prefix, start_after, max))
+            .await
+            .unwrap_or_else(|_| Err(self.timed_out("LIST", prefix)));
+        self.metrics.origin_latency.record(started.elapsed());
+        result.inspect_err(|_| self.metrics.origin_errors.increment(1))
+    }
+
+    fn remember(&self, listing: Arc<Listing>) {
+        let mut listings = self.listings.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = listings.by_prefix.remove(&listing.prefix) {
+            listings.objects -= old.objects.len();
+        }
+        // Make room by dropping the oldest listings.
+        while listings.objects + listing.objects.len() > self.listing_capacity {
+            let Some(oldest) = listings
+                .by_prefix
+                .values()
+                .min_by_key(|l| l.fetched_at)
+                .map(|l| l.prefix.clone())
+            else {
+                break;
+            };
+            if let Some(old) = listings.by_prefix.remove(&oldest) {
+                listings.objects -= old.objects.len();
+            }
+        }
+        listings.objects += listing.objects.len();
+        listings.by_prefix.insert(listing.prefix.clone(), listing);
+    }
+
+    fn timed_out(&self, what: &str, key: &str) -> OriginError {
+        OriginError::unavailable(
+            self.origin.describe(),
+            format!("{what} '{key}' got no answer within {:?}", self.timeout),
+        )
+    }
+
+    /// Objects with cached metadata.
+    pub fn cached_objects(&self) -> usize {
+        self.objects.entries()
+    }
+}

@@ -1,0 +1,163 @@
+//! Origins: where a data set's bytes really live. A worker fetches each missing
+//! chunk from its origin once; everything else is served from cache.
+
+mod file;
+mod http;
+mod s3;
+mod synthetic;
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+use ferry_config::{DatasetPolicy, OriginSpec};
+
+pub use file::FileOrigin;
+pub use http::HttpOrigin;
+pub use s3::S3Origin;
+pub use synthetic::SyntheticOrigin;
+
+/// What an origin knows about one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// The key, relative to the data set.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Entity tag without quotes; identifies this version of the object.
+    pub etag: String,
+    /// Last modification time.
+    pub modified: SystemTime,
+}
+
+/// One page of a sorted listing.
+#[derive(Clone, Debug, Default)]
+pub struct ListPage {
+    /// Objects in ascending key order.
+    pub objects: Vec<ObjectMeta>,
+    /// Whether objects after the last one exist.
+    pub truncated: bool,
+}
+
+/// Why an origin could not answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OriginError {
+    /// The object does not exist.
+    #[error("object '{key}' does not exist at the origin")]
+    NotFound {
+        /// The key asked for.
+        key: String,
+    },
+    /// The object changed at the origin since its metadata was read.
+    #[error("object '{key}' changed at the origin while it was being read")]
+    Changed {
+        /// The key asked for.
+        key: String,
+    },
+    /// The key is not acceptable for this origin (e.g. it escapes a directory).
+    #[error("key '{key}' is refused: {why}")]
+    InvalidKey {
+        /// The key asked for.
+        key: String,
+        /// Why it was refused.
+        why: &'static str,
+    },
+    /// The origin refused access.
+    #[error("origin {origin} denied access: {detail}")]
+    Denied {
+        /// The origin, as configured.
+        origin: String,
+        /// What it said.
+        detail: String,
+    },
+    /// The origin cannot do this at all.
+    #[error("origin {origin} does not support {what}")]
+    Unsupported {
+        /// The origin, as configured.
+        origin: String,
+        /// The operation.
+        what: &'static str,
+    },
+    /// The origin is down, slow or answered nonsense.
+    #[error("origin {origin} is unavailable: {detail}")]
+    Unavailable {
+        /// The origin, as configured.
+        origin: String,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+impl OriginError {
+    /// Builds an [`OriginError::Unavailable`] for `origin`.
+    pub fn unavailable(origin: &(impl fmt::Display + ?Sized), detail: impl fmt::Display) -> Self {
+        Self::Unavailable {
+            origin: origin.to_string(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// A source of objects.
+pub trait Origin: Send + Sync + 'static {
+    /// The origin as configured, for messages.
+    fn describe(&self) -> &str;
+
+    /// Size, ETag and modification time of `key`.
+    fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectMeta, OriginError>>;
+
+    /// Exactly the bytes of `range` of version `etag` of `key`; a different version
+    /// is [`OriginError::Changed`], fewer bytes is an error, never a short result.
+    fn read<'a>(
+        &'a self,
+        key: &'a str,
+        range: Range<u64>,
+        etag: &'a str,
+    ) -> BoxFuture<'a, Result<Bytes, OriginError>>;
+
+    /// Up to `max` objects whose keys start with `prefix` and sort after
+    /// `start_after`, in ascending key order.
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_after: Option<&'a str>,
+        max: usize,
+    ) -> BoxFuture<'a, Result<ListPage, OriginError>>;
+}
+
+/// Builds the origin a data set policy names.
+pub fn from_policy(
+    policy: &DatasetPolicy,
+    http_timeout: std::time::Duration,
+) -> anyhow::Result<Arc<dyn Origin>> {
+    Ok(match &policy.origin {
+        OriginSpec::File { root } => Arc::new(FileOrigin::new(root)?),
+        OriginSpec::Http { base } => Arc::new(HttpOrigin::new(base, http_timeout)?),
+        OriginSpec::S3 { bucket, prefix } => {
+            Arc::new(S3Origin::new(bucket, prefix, &policy.s3, http_timeout)?)
+        }
+        OriginSpec::Synthetic(spec) => Arc::new(SyntheticOrigin::new(spec.clone())),
+    })
+}
+
+/// Checks that a read returned exactly the bytes asked for.
+fn check_length(
+    origin: &str,
+    key: &str,
+    range: &Range<u64>,
+    got: usize,
+) -> Result<(), OriginError> {
+    let want = range.end - range.start;
+    if got as u64 == want {
+        Ok(())
+    } else {
+        Err(OriginError::Unavailable {
+            origin: origin.to_owned(),
+            detail: format!("returned {got} bytes of '{key}' where {want} were asked for"),
+        })
+    }
+}

@@ -1,0 +1,394 @@
+//! The S3 front door: routes each request to its data set and answers from
+//! the chunk layer, streaming multi-chunk bodies as chunks arrive.
+
+use std::convert::Infallible;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use futures::{StreamExt, stream};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+
+use super::body::ProxyBody;
+use super::conditional::{self, Precondition};
+use super::error::S3Error;
+use super::list::{self, ListRequest, ListSource};
+use super::range::ByteRange;
+use super::route::{self, Operation};
+use super::xml::{self, ListingFlavour, ListingPage};
+use crate::chunk::{chunk_range, chunks_of};
+use crate::dataset::{Dataset, Datasets};
+use crate::metadata::ObjectInfo;
+use crate::origin::OriginError;
+use crate::telemetry::DatasetMetrics;
+
+/// Most keys one listing page returns (S3's limit).
+const MAX_KEYS: usize = 1000;
+
+/// Serves the S3 API for a set of data sets.
+pub struct FrontDoor {
+    datasets: Arc<Datasets>,
+    domains: Vec<String>,
+    started: SystemTime,
+}
+
+impl FrontDoor {
+    /// A front door for `datasets`; `domains` are virtual-host suffixes.
+    pub fn new(datasets: Arc<Datasets>, domains: Vec<String>) -> Self {
+        Self {
+            datasets,
+            domains,
+            started: SystemTime::now(),
+        }
+    }
+
+    /// The data sets served.
+    pub fn datasets(&self) -> &Arc<Datasets> {
+        &self.datasets
+    }
+
+    /// Answers one request; failures are S3 error responses, never panics.
+    pub async fn handle<B>(
+        self: Arc<Self>,
+        request: Request<B>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let started = Instant::now();
+        let (response, dataset) = self.dispatch(&request).await;
+        let metrics: &DatasetMetrics = match &dataset {
+            Some(dataset) => &dataset.metrics,
+            None => &self.datasets.unknown,
+        };
+        metrics.requests.increment(1);
+        metrics.count_response(response.status().as_u16());
+        if request.method() != Method::HEAD
+            && let Some(len) = http_body::Body::size_hint(response.body()).exact()
+        {
+            metrics.response_bytes.increment(len);
+        }
+        metrics.latency.record(started.elapsed());
+        Ok(response)
+    }
+
+    async fn dispatch<B>(
+        &self,
+        request: &Request<B>,
+    ) -> (Response<ProxyBody>, Option<Arc<Dataset>>) {
+        let uri = request.uri();
+        let method = request.method();
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| uri.host());
+        let operation = match route::route(method, uri, host, &self.domains) {
+            Ok(operation) => operation,
+            Err(err) => return (err.into_response(method, uri.path()), None),
+        };
+        let bucket = match &operation {
+            Operation::ListBuckets => {
+                return (self.list_buckets(), None);
+            }
+            Operation::HeadBucket { bucket }
+            | Operation::GetBucketLocation { bucket }
+            | Operation::ListObjects { bucket, .. }
+            | Operation::GetObject { bucket, .. }
+            | Operation::HeadObject { bucket, .. } => bucket.as_ref(),
+        };
+        let Some(dataset) = self.datasets.get(bucket) else {
+            return (
+                S3Error::no_such_bucket(bucket).into_response(method, uri.path()),
+                None,
+            );
+        };
+        let result = match &operation {
+            Operation::HeadBucket { .. } => Ok(empty(StatusCode::OK)),
+            Operation::GetBucketLocation { .. } => Ok(xml_response(xml::bucket_location())),
+            Operation::ListObjects { v2, .. } => list_objects(dataset, request, *v2).await,
+            Operation::GetObject { key, .. } => {
+                get_object(dataset, key, request.headers(), false).await
+            }
+            Operation::HeadObject { key, .. } => {
+                get_object(dataset, key, request.headers(), true).await
+            }
+            Operation::ListBuckets => Ok(self.list_buckets()),
+        };
+        let response = result.unwrap_or_else(|err| err.into_response(method, uri.path()));
+        (response, Some(dataset.clone()))
+    }
+
+    fn list_buckets(&self) -> Response<ProxyBody> {
+        let buckets = self.datasets.iter().map(|d| d.policy.bucket.as_str());
+        xml_response(xml::list_buckets(buckets, self.started))
+    }
+}
+
+fn empty(status: StatusCode) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::Empty);
+    *response.status_mut() = status;
+    response
+}
+
+fn xml_response(document: String) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(document));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/xml"),
+    );
+    response
+}
+
+/// Maps an origin failure, forgetting metadata the origin says is stale.
+fn origin_failure(dataset: &Dataset, err: OriginError) -> S3Error {
+    if let OriginError::Changed { key } = &err {
+        dataset.metadata.invalidate(key);
+    }
+    S3Error::from_origin(err, &dataset.policy.bucket)
+}
+
+/// The headers every object response carries.
+fn object_headers(headers: &mut HeaderMap, info: &ObjectInfo) {
+    headers.insert(header::ETAG, info.etag_header.clone());
+    headers.insert(header::LAST_MODIFIED, info.last_modified_header.clone());
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+}
+
+async fn get_object(
+    dataset: &Arc<Dataset>,
+    key: &str,
+    request_headers: &HeaderMap,
+    head_only: bool,
+) -> Result<Response<ProxyBody>, S3Error> {
+    let info = dataset
+        .metadata
+        .object(key)
+        .await
+        .map_err(|e| origin_failure(dataset, e))?;
+    if conditional::evaluate(request_headers, &info.meta.etag, info.meta.modified)?
+        == Precondition::NotModified
+    {
+        let mut response = empty(StatusCode::NOT_MODIFIED);
+        object_headers(response.headers_mut(), &info);
+        return Ok(response);
+    }
+    let size = info.meta.size;
+    let (range, partial) = match request_headers.get(header::RANGE) {
+        Some(value) => {
+            let text = value
+                .to_str()
+                .map_err(|_| S3Error::invalid_argument("Range header is not ASCII"))?;
+            (ByteRange::parse(text)?.resolve(size, text)?, true)
+        }
+        None => (0..size, false),
+    };
+    let body = if head_only || range.is_empty() {
+        ProxyBody::Empty
+    } else {
+        body_of(dataset, &info, range.clone()).await?
+    };
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    object_headers(headers, &info);
+    headers.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(range.end - range.start),
+    );
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if partial {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let content_range = format!("bytes {}-{}/{size}", range.start, range.end - 1);
+        if let Ok(value) = HeaderValue::from_str(&content_range) {
+            response.headers_mut().insert(header::CONTENT_RANGE, value);
+        }
+    }
+    Ok(response)
+}
+
+/// The part of chunk `index` (holding `chunk`) that falls inside `range`.
+fn slice_in_range(chunk: &Bytes, index: u32, chunk_size: u64, range: &Range<u64>) -> Bytes {
+    let chunk_start = u64::from(index) * chunk_size;
+    let from = range.start.max(chunk_start) - chunk_start;
+    let to = range.end.min(chunk_start + chunk.len() as u64) - chunk_start;
+    chunk.slice(from as usize..to as usize)
+}
+
+/// The body for a non-empty `range`: the first chunk is fetched before the
+/// response starts (so an origin failure is a clean 503), the rest stream.
+async fn body_of(
+    dataset: &Arc<Dataset>,
+    info: &Arc<ObjectInfo>,
+    range: Range<u64>,
+) -> Result<ProxyBody, S3Error> {
+    let store = &dataset.chunks;
+    let chunk_size = store.chunk_size();
+    let span = chunks_of(&range, chunk_size);
+    let (first, last) = (*span.start(), *span.end());
+    let read_ahead = dataset.policy.read_ahead;
+    if read_ahead > 0 && info.meta.size > chunk_size {
+        let final_chunk = ((info.meta.size - 1) / chunk_size) as u32;
+        if dataset.sequential.observe(info.fingerprint, first, last) {
+            for index in (last + 1)..=last.saturating_add(read_ahead).min(final_chunk) {
+                store.prefetch(info, index);
+            }
+        }
+    }
+    let (chunk, _) = store
+        .get(info, first)
+        .await
+        .map_err(|e| origin_failure(dataset, e))?;
+    check_chunk(&chunk, first, chunk_size, info)?;
+    let head = slice_in_range(&chunk, first, chunk_size, &range);
+    if first == last {
+        return Ok(ProxyBody::Full(Some(head)));
+    }
+    let remaining = range.end - range.start;
+    let window = read_ahead.max(1) as usize + 1;
+    let dataset = Arc::clone(dataset);
+    let info = Arc::clone(info);
+    let rest = stream::iter((first + 1)..=last)
+        .map(move |index| {
+            let dataset = Arc::clone(&dataset);
+            let info = Arc::clone(&info);
+            let range = range.clone();
+            async move {
+                let (chunk, _) = dataset.chunks.get(&info, index).await.inspect_err(|e| {
+                    if let OriginError::Changed { key } = e {
+                        dataset.metadata.invalidate(key);
+                    }
+                })?;
+                check_chunk(&chunk, index, chunk_size, &info).map_err(|e| {
+                    OriginError::Unavailable {
+                        origin: "chunk layer".to_owned(),
+                        detail: e.message,
+                    }
+                })?;
+                Ok(slice_in_range(&chunk, index, chunk_size, &range))
+            }
+        })
+        .buffered(window);
+    Ok(ProxyBody::Stream {
+        chunks: stream::once(futures::future::ready(Ok(head)))
+            .chain(rest)
+            .boxed(),
+        remaining,
+    })
+}
+
+/// A chunk must be exactly as long as its place in the object says.
+fn check_chunk(
+    chunk: &Bytes,
+    index: u32,
+    chunk_size: u64,
+    info: &ObjectInfo,
+) -> Result<(), S3Error> {
+    let expected = chunk_range(index, chunk_size, info.meta.size);
+    if chunk.len() as u64 == expected.end - expected.start {
+        Ok(())
+    } else {
+        Err(S3Error::internal(format!(
+            "chunk {index} of '{}' has {} bytes where {} were expected",
+            info.meta.key,
+            chunk.len(),
+            expected.end - expected.start
+        )))
+    }
+}
+
+async fn list_objects<B>(
+    dataset: &Arc<Dataset>,
+    request: &Request<B>,
+    v2: bool,
+) -> Result<Response<ProxyBody>, S3Error> {
+    let mut prefix = String::new();
+    let mut delimiter = None;
+    let mut max_keys = MAX_KEYS;
+    let mut start_after = None;
+    let mut token = None;
+    let mut marker = String::new();
+    let mut url_encoded = false;
+    for (name, value) in route::query_pairs(request.uri()) {
+        match name.as_ref() {
+            "prefix" => prefix = value.into_owned(),
+            "delimiter" => delimiter = Some(value.into_owned()),
+            "max-keys" => {
+                max_keys = value
+                    .parse::<usize>()
+                    .map_err(|_| {
+                        S3Error::invalid_argument(format!(
+                            "max-keys '{value}' is not a whole number"
+                        ))
+                    })?
+                    .min(MAX_KEYS)
+            }
+            "start-after" => start_after = Some(value.into_owned()),
+            "continuation-token" => token = Some(value.into_owned()),
+            "marker" => marker = value.into_owned(),
+            "encoding-type" if value == "url" => url_encoded = true,
+            "encoding-type" => {
+                return Err(S3Error::invalid_argument(format!(
+                    "encoding-type '{value}' is unknown: expected url"
+                )));
+            }
+            _ => {}
+        }
+    }
+    let after = if v2 {
+        match &token {
+            Some(token) => list::decode_token(token).ok_or_else(|| {
+                S3Error::invalid_argument(format!(
+                    "continuation-token '{token}' is not one Ferry issued"
+                ))
+            })?,
+            None => start_after.clone().unwrap_or_default(),
+        }
+    } else {
+        marker.clone()
+    };
+    let source = match dataset
+        .metadata
+        .listing(&prefix)
+        .await
+        .map_err(|e| origin_failure(dataset, e))?
+    {
+        Some(listing) => ListSource::Cached(listing),
+        None => ListSource::Origin(dataset.metadata.clone()),
+    };
+    let outcome = list::list(
+        &source,
+        &ListRequest {
+            prefix: &prefix,
+            delimiter: delimiter.as_deref(),
+            max_keys,
+            after: &after,
+        },
+    )
+    .await
+    .map_err(|e| origin_failure(dataset, e))?;
+    let page = ListingPage {
+        bucket: &dataset.policy.bucket,
+        prefix: &prefix,
+        delimiter: delimiter.as_deref(),
+        max_keys,
+        url_encoded,
+        objects: &outcome.objects,
+        common_prefixes: &outcome.common_prefixes,
+        truncated: outcome.truncated,
+    };
+    let next_token = outcome.next_after.as_deref().map(list::encode_token);
+    let flavour = if v2 {
+        ListingFlavour::V2 {
+            start_after: start_after.as_deref(),
+            continuation_token: token.as_deref(),
+            next_continuation_token: next_token.as_deref(),
+        }
+    } else {
+        ListingFlavour::V1 {
+            marker: &marker,
+            next_marker: outcome.next_after.as_deref(),
+        }
+    };
+    Ok(xml_response(page.to_xml(&flavour)))
+}

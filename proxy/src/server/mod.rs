@@ -1,0 +1,215 @@
+//! Listeners and connection handling: the S3 front door and the admin port,
+//! with a bound on open connections and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use ferry_config::ProxyConfig;
+
+use crate::admin::Admin;
+use crate::dataset::Datasets;
+use crate::s3::FrontDoor;
+use crate::telemetry;
+
+/// How long open connections get to finish after shutdown starts.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Slowloris guard: a request head must arrive within this.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 flow-control windows sized for multi-MiB chunks.
+const H2_STREAM_WINDOW: u32 = 4 << 20;
+const H2_CONNECTION_WINDOW: u32 = 16 << 20;
+/// hyper refuses a smaller read buffer.
+const MIN_HEADER_BUFFER: usize = 8192;
+
+/// A running proxy.
+pub struct RunningProxy {
+    /// Where the S3 front door listens.
+    pub listen: SocketAddr,
+    /// Where the admin endpoints listen.
+    pub admin: SocketAddr,
+    shutdown: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+impl RunningProxy {
+    /// Starts graceful shutdown.
+    pub fn shutdown(&self) {
+        self.shutdown.notify_one();
+    }
+
+    /// A handle that starts shutdown when notified.
+    pub fn shutdown_handle(&self) -> Arc<Notify> {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the proxy has stopped.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Binds the listeners of `config` and serves until shutdown.
+pub async fn start(
+    config: ProxyConfig,
+    prometheus: Option<PrometheusHandle>,
+) -> anyhow::Result<RunningProxy> {
+    let datasets = Arc::new(Datasets::from_config(&config, "outbound")?);
+    let front_listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let admin_listener = TcpListener::bind(config.admin)
+        .await
+        .with_context(|| format!("cannot listen on admin address {}", config.admin))?;
+    let listen = front_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    let shutdown = Arc::new(Notify::new());
+    let door = Arc::new(FrontDoor::new(
+        datasets.clone(),
+        config.virtual_host_domains.clone(),
+    ));
+    let max_connections = config.limits.max_connections.max(1);
+    let header_buffer = usize::try_from(config.limits.max_header_bytes.bytes())
+        .unwrap_or(usize::MAX)
+        .max(MIN_HEADER_BUFFER);
+    let admin = Arc::new(Admin {
+        ready: false.into(),
+        prometheus,
+        config,
+        datasets,
+        shutdown: shutdown.clone(),
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let graceful = Arc::new(GracefulShutdown::new());
+    let builder = Arc::new(http_builder(header_buffer));
+    let front = tokio::spawn(accept_loop(
+        front_listener,
+        builder.clone(),
+        Arc::new(Semaphore::new(max_connections)),
+        stop_rx.clone(),
+        graceful.clone(),
+        "outbound",
+        move |request, _peer| door.clone().handle(request),
+    ));
+    let admin_for_loop = admin.clone();
+    let admin_task = tokio::spawn(accept_loop(
+        admin_listener,
+        builder,
+        Arc::new(Semaphore::new(64)),
+        stop_rx,
+        graceful.clone(),
+        "admin",
+        move |request, peer| admin_for_loop.clone().handle(request, peer),
+    ));
+    admin.ready.store(true, Ordering::Release);
+    tracing::info!(%listen, admin = %admin_addr, "ferry-proxy ready");
+
+    let shutdown_signal = shutdown.clone();
+    let task = tokio::spawn(async move {
+        shutdown_signal.notified().await;
+        admin.ready.store(false, Ordering::Release);
+        tracing::info!("shutting down: no new connections, draining open ones");
+        let _ = stop_tx.send(true);
+        let _ = front.await;
+        let _ = admin_task.await;
+        // The accept loops have returned and dropped their handles.
+        if let Ok(graceful) = Arc::try_unwrap(graceful)
+            && tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+                .await
+                .is_err()
+        {
+            tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
+        }
+    });
+    Ok(RunningProxy {
+        listen,
+        admin: admin_addr,
+        shutdown,
+        task,
+    })
+}
+
+fn http_builder(header_buffer: usize) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(header_buffer)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_concurrent_streams(1024);
+    builder
+}
+
+async fn accept_loop<F, Fut, B>(
+    listener: TcpListener,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limit: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+    graceful: Arc<GracefulShutdown>,
+    direction: &'static str,
+    serve: F,
+) where
+    F: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<hyper::Response<B>, std::convert::Infallible>> + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let open = telemetry::connections_open(direction);
+    loop {
+        // Past the connection limit, new connections wait in the kernel backlog.
+        let permit = tokio::select! {
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = stop.changed() => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(err) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(%err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let serve = serve.clone();
+        let service = service_fn(move |request| serve(request, peer));
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watcher().watch(connection);
+        let open = open.clone();
+        open.increment(1.0);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, %err, "connection ended with an error");
+            }
+            open.decrement(1.0);
+            drop(permit);
+        });
+    }
+}
