@@ -31,7 +31,15 @@ impl S3Origin {
         options: &S3Options,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        // Client options first: `with_client_options` replaces them whole,
+        // including the allow-http flag set below.
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_client_options(
+                ClientOptions::new()
+                    .with_timeout(timeout)
+                    .with_connect_timeout(timeout.min(Duration::from_secs(10))),
+            );
         let endpoint = options.endpoint.clone().or_else(|| {
             ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
                 .iter()
@@ -51,11 +59,6 @@ impl S3Origin {
         builder = builder
             .with_region(region)
             .with_skip_signature(options.anonymous)
-            .with_client_options(
-                ClientOptions::new()
-                    .with_timeout(timeout)
-                    .with_connect_timeout(timeout.min(Duration::from_secs(10))),
-            )
             // A few quick retries; a cache in front of a sick store should fail
             // fast and let the client retry, not hold connections for minutes.
             .with_retry(RetryConfig {

@@ -1,0 +1,364 @@
+//! Shared test fixtures: a real `ferry-proxy` process, an HTTP origin with
+//! fault injection, scraping metrics, temporary directories.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// How long a process gets to say it is ready.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A `ferry-proxy` child process, killed on drop.
+pub struct ProxyProcess {
+    child: Child,
+    /// S3 front door.
+    pub listen: SocketAddr,
+    /// Admin port.
+    pub admin: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl ProxyProcess {
+    /// Starts `ferry-proxy <args> --listen 127.0.0.1:0 --admin 127.0.0.1:0`
+    /// (addresses only when `args` starts with a role) and waits for its ready line.
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Like [`ProxyProcess::start`] with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ferry-proxy"));
+        command.args(args);
+        if args.first().is_some_and(|a| !a.starts_with('-')) {
+            command.args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+        }
+        command
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn ferry-proxy");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut child_stderr = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = child_stderr.read_to_string(&mut text);
+            sink.lock().expect("stderr lock").push_str(&text);
+        });
+        let line = read_first_line(child.stdout.take().expect("stdout"), START_TIMEOUT);
+        let Some(line) = line else {
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+            panic!(
+                "ferry-proxy did not start: {}",
+                stderr.lock().expect("lock")
+            );
+        };
+        let ready: serde_json::Value = serde_json::from_str(&line).expect("ready line is JSON");
+        let addr = |field: &str| -> SocketAddr {
+            ready[field]
+                .as_str()
+                .expect("address")
+                .parse()
+                .expect("socket address")
+        };
+        Self {
+            listen: addr("listen"),
+            admin: addr("admin"),
+            child,
+            stderr,
+        }
+    }
+
+    /// A URL on the front door.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+
+    /// A URL on the admin port.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// Scrapes `/metrics` and sums the samples of `name` whose labels include all of `labels`.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = reqwest::get(self.admin_url("/metrics"))
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("metrics text");
+        sum_samples(&text, name, labels)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::env::var_os("FERRY_TEST_LOGS").is_some() {
+            std::thread::sleep(Duration::from_millis(50));
+            eprintln!(
+                "--- ferry-proxy stderr ---\n{}",
+                self.stderr.lock().expect("lock")
+            );
+        }
+    }
+}
+
+/// Sums the samples of `name` in Prometheus text whose labels include `labels`.
+pub fn sum_samples(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// The first line a child writes, or `None` if it writes none within `timeout`.
+pub fn read_first_line(stdout: impl Read + Send + 'static, timeout: Duration) -> Option<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        if reader.read_line(&mut line).is_ok() && !line.is_empty() {
+            let _ = tx.send(line);
+        }
+        // Keep draining so the child never blocks on a full pipe.
+        let mut sink = String::new();
+        let _ = reader.read_to_string(&mut sink);
+    });
+    rx.recv_timeout(timeout).ok()
+}
+
+/// A directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A new empty directory named after `label`.
+    pub fn new(label: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "ferry-test-{label}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Deterministic test bytes: object `seed`, `len` bytes.
+pub fn test_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// What the test origin does, shared with the test.
+#[derive(Default)]
+pub struct OriginState {
+    /// Objects by key.
+    pub objects: Mutex<HashMap<String, Bytes>>,
+    /// GET requests received, by key.
+    pub gets: Mutex<HashMap<String, usize>>,
+    /// HEAD requests received.
+    pub heads: AtomicUsize,
+    /// Reads starting at or past this offset get a 500.
+    pub fail_from: Mutex<Option<u64>>,
+    /// Each GET waits this long before answering.
+    pub delay: Mutex<Duration>,
+}
+
+impl OriginState {
+    /// GETs received for `key`.
+    pub fn gets_of(&self, key: &str) -> usize {
+        self.gets
+            .lock()
+            .expect("lock")
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+    /// GETs received for all keys.
+    pub fn total_gets(&self) -> usize {
+        self.gets.lock().expect("lock").values().sum()
+    }
+}
+
+/// A real HTTP origin server with Range support, request counting and faults.
+pub struct TestOrigin {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its state.
+    pub state: Arc<OriginState>,
+}
+
+impl TestOrigin {
+    /// Starts serving `objects` on a loopback port.
+    pub async fn start(objects: Vec<(&str, Vec<u8>)>) -> Self {
+        let state = Arc::new(OriginState::default());
+        {
+            let mut map = state.objects.lock().expect("lock");
+            for (key, bytes) in objects {
+                map.insert(key.to_owned(), Bytes::from(bytes));
+            }
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        let addr = listener.local_addr().expect("addr");
+        let served = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = served.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| answer(state.clone(), request));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, state }
+    }
+
+    /// The origin URL of its objects.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+}
+
+async fn answer<B>(
+    state: Arc<OriginState>,
+    request: Request<B>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let key = request.uri().path().trim_start_matches('/').to_owned();
+    let object = state.objects.lock().expect("lock").get(&key).cloned();
+    let Some(object) = object else {
+        return Ok(status(StatusCode::NOT_FOUND));
+    };
+    let etag = format!("\"{:016x}\"", object.len() as u64 * 31 + key.len() as u64);
+    if request.method() == http::Method::HEAD {
+        state.heads.fetch_add(1, Ordering::SeqCst);
+        let mut response = Response::new(Full::new(Bytes::new()));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, object.len().into());
+        response
+            .headers_mut()
+            .insert(header::ETAG, etag.parse().expect("etag"));
+        return Ok(response);
+    }
+    *state.gets.lock().expect("lock").entry(key).or_default() += 1;
+    let delay = *state.delay.lock().expect("lock");
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let (start, end) = request
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+        .unwrap_or((0, object.len() as u64 - 1));
+    if state
+        .fail_from
+        .lock()
+        .expect("lock")
+        .is_some_and(|from| start >= from)
+    {
+        return Ok(status(StatusCode::INTERNAL_SERVER_ERROR));
+    }
+    let end = end.min(object.len() as u64 - 1);
+    let mut response = Response::new(Full::new(object.slice(start as usize..=end as usize)));
+    *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    let headers = response.headers_mut();
+    headers.insert(header::ETAG, etag.parse().expect("etag"));
+    headers.insert(
+        header::CONTENT_RANGE,
+        format!("bytes {start}-{end}/{}", object.len())
+            .parse()
+            .expect("range"),
+    );
+    Ok(response)
+}
+
+fn status(code: StatusCode) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = code;
+    response
+}
+
+/// The Python interpreter with boto3 and moto (set by scripts/test).
+pub fn python() -> String {
+    std::env::var("FERRY_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
+/// Fails with a clear message if `python()` lacks `modules`.
+pub fn require_python_modules(modules: &[&str]) {
+    let check = format!("import {}", modules.join(", "));
+    let ok = Command::new(python())
+        .args(["-c", &check])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{} cannot `{check}`: run scripts/test (it installs them) or set FERRY_PYTHON",
+        python()
+    );
+}
