@@ -4,6 +4,7 @@
 //! just before they are needed again.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -14,9 +15,36 @@ use super::{CacheCounters, ChunkKey};
 /// Lock shards: lookups on different chunks rarely contend.
 const SHARDS: usize = 32;
 
+/// Chunk keys are already uniformly random (a keyed 128-bit hash), so
+/// hashing them again would only cost time: fold the bits instead.
+#[derive(Default)]
+pub struct ChunkKeyHasher(u64);
+
+impl Hasher for ChunkKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(23) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u128(&mut self, value: u128) {
+        self.0 ^= (value as u64) ^ ((value >> 64) as u64);
+    }
+    fn write_u32(&mut self, value: u32) {
+        self.0 = (self.0 ^ u64::from(value)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type ChunkMap = HashMap<ChunkKey, Bytes, BuildHasherDefault<ChunkKeyHasher>>;
+
 /// A cache that fills once and then keeps its contents.
 pub struct PinCache {
-    shards: Box<[Mutex<HashMap<ChunkKey, Bytes>>]>,
+    shards: Box<[Mutex<ChunkMap>]>,
     capacity: u64,
     used: AtomicU64,
     entries: AtomicUsize,
@@ -27,7 +55,9 @@ impl PinCache {
     /// An empty cache holding up to `capacity` bytes.
     pub fn new(capacity: u64, counters: CacheCounters) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(ChunkMap::default()))
+                .collect(),
             capacity,
             used: AtomicU64::new(0),
             entries: AtomicUsize::new(0),
@@ -35,7 +65,7 @@ impl PinCache {
         }
     }
 
-    fn shard(&self, key: &ChunkKey) -> &Mutex<HashMap<ChunkKey, Bytes>> {
+    fn shard(&self, key: &ChunkKey) -> &Mutex<ChunkMap> {
         // The object hash is already uniformly random; mixing in the index
         // spreads one object's chunks over shards.
         let spread = (key.object as usize) ^ (key.index as usize).wrapping_mul(0x9E37_79B9);

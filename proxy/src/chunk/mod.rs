@@ -172,8 +172,13 @@ impl ChunkStore {
     }
 
     /// Starts fetching chunk `index` in the background unless it is cached or
-    /// already coming; skipped when the fetch budget is exhausted.
-    pub fn prefetch(self: &Arc<Self>, object: &Arc<ObjectInfo>, index: u32) {
+    /// already coming; skipped when the fetch budget is exhausted. Returns the
+    /// fetch it started, if any.
+    pub fn prefetch(
+        self: &Arc<Self>,
+        object: &Arc<ObjectInfo>,
+        index: u32,
+    ) -> Option<crate::flight::Flight<Bytes, OriginError>> {
         let key = ChunkKey {
             object: object.fingerprint,
             index,
@@ -182,16 +187,16 @@ impl ChunkStore {
             || self.cache.get(&key).is_some()
             || self.staging.contains(&key)
         {
-            return;
+            return None;
         }
         let len = chunk_range(index, self.chunk_size, object.meta.size);
         let units = self.budget.units(len.end - len.start);
         // Read-ahead never waits for memory: it is only worth doing when cheap.
         if self.budget.permits.available_permits() < units as usize {
-            return;
+            return None;
         }
         self.metrics.readahead.increment(1);
-        let _ = self.start_fetch(key, object, true);
+        Some(self.start_fetch(key, object, true).0)
     }
 
     fn start_fetch(
@@ -257,6 +262,139 @@ mod tests {
         assert_eq!(chunks_of(&(10..30), 10), 1..=2);
         assert_eq!(chunk_range(2, 10, 25), 20..25);
         assert_eq!(chunk_range(0, 10, 5), 0..5);
+    }
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::SystemTime;
+
+    use futures::future::BoxFuture;
+
+    use crate::cache::CacheCounters;
+    use crate::origin::{ListPage, ObjectMeta};
+    use ferry_config::{ByteSize, CachePolicy, CacheSpec};
+
+    /// An origin that records how many reads run at once.
+    #[derive(Default)]
+    struct GaugedOrigin {
+        running: AtomicUsize,
+        most: AtomicUsize,
+        reads: AtomicUsize,
+    }
+
+    impl Origin for GaugedOrigin {
+        fn describe(&self) -> &str {
+            "test://"
+        }
+        fn head<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<ObjectMeta, OriginError>> {
+            Box::pin(async { Err(lost()) })
+        }
+        fn read<'a>(
+            &'a self,
+            _: &'a str,
+            range: Range<u64>,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<Bytes, OriginError>> {
+            Box::pin(async move {
+                let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+                self.most.fetch_max(now, Ordering::SeqCst);
+                self.reads.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                self.running.fetch_sub(1, Ordering::SeqCst);
+                Ok(Bytes::from(vec![1u8; (range.end - range.start) as usize]))
+            })
+        }
+        fn list<'a>(
+            &'a self,
+            _: &'a str,
+            _: Option<&'a str>,
+            _: usize,
+        ) -> BoxFuture<'a, Result<ListPage, OriginError>> {
+            Box::pin(async { Ok(ListPage::default()) })
+        }
+    }
+
+    fn store(origin: Arc<GaugedOrigin>, budget_bytes: u64, cache: ByteSize) -> Arc<ChunkStore> {
+        let metrics = Arc::new(DatasetMetrics::new("test", "outbound"));
+        Arc::new(ChunkStore::new(ChunkStoreParts {
+            cache: ChunkCache::new(
+                CacheSpec {
+                    size: cache,
+                    policy: CachePolicy::Pin,
+                },
+                CacheCounters {
+                    evictions: metrics::Counter::noop(),
+                    rejections: metrics::Counter::noop(),
+                },
+            ),
+            origin,
+            budget: FetchBudget::new(budget_bytes),
+            staging_bytes: 1 << 20,
+            chunk_size: 64 * 1024,
+            timeout: Duration::from_secs(5),
+            metrics,
+        }))
+    }
+
+    fn object(size: u64) -> Arc<ObjectInfo> {
+        Arc::new(ObjectInfo::new(
+            ObjectMeta {
+                key: "k".into(),
+                size,
+                etag: "e".into(),
+                modified: SystemTime::UNIX_EPOCH,
+            },
+            3,
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_in_flight_stay_within_the_budget() {
+        let origin = Arc::new(GaugedOrigin::default());
+        // Room for exactly one 64 KiB chunk at a time.
+        let store = store(origin.clone(), 64 * 1024, ByteSize::mib(1));
+        let object = object(8 * 64 * 1024);
+        let fetches = (0..8u32).map(|index| {
+            let store = store.clone();
+            let object = object.clone();
+            tokio::spawn(async move { store.get(&object, index).await })
+        });
+        for fetch in futures::future::join_all(fetches).await {
+            let (chunk, source) = fetch.expect("task").expect("chunk");
+            assert_eq!(chunk.len(), 64 * 1024);
+            assert_eq!(source, Source::Fetched);
+        }
+        assert_eq!(origin.reads.load(Ordering::SeqCst), 8);
+        assert_eq!(
+            origin.most.load(Ordering::SeqCst),
+            1,
+            "never two chunks in flight"
+        );
+        assert_eq!(store.inflight_bytes(), 0);
+        let (_, source) = store.get(&object, 3).await.expect("cached");
+        assert_eq!(source, Source::Cache);
+    }
+
+    #[tokio::test]
+    async fn read_ahead_waits_in_staging_when_the_cache_is_full() {
+        let origin = Arc::new(GaugedOrigin::default());
+        let store = store(origin.clone(), 1 << 20, ByteSize(0));
+        let object = object(4 * 64 * 1024);
+        let fetch = store.prefetch(&object, 2).expect("started");
+        assert!(
+            store.prefetch(&object, 2).is_none(),
+            "already coming: not fetched twice"
+        );
+        fetch.await.expect("fetched");
+        assert_eq!(origin.reads.load(Ordering::SeqCst), 1);
+        let (_, source) = store.get(&object, 2).await.expect("staged");
+        assert_eq!(
+            source,
+            Source::Staged,
+            "kept aside although the cache admits nothing"
+        );
+        let (_, source) = store.get(&object, 2).await.expect("refetched");
+        assert_eq!(source, Source::Fetched, "staging gives each chunk once");
     }
 
     #[test]

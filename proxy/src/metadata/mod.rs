@@ -4,9 +4,11 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use foyer::{Cache, CacheBuilder, S3FifoConfig};
+// Tokio's clock, so tests can move time forward instead of sleeping.
+use tokio::time::Instant;
+
 use http::HeaderValue;
 
 use ferry_config::MetadataTtl;
@@ -82,7 +84,7 @@ struct ListingSet {
 /// Metadata and listing cache of one data set.
 pub struct MetadataCache {
     origin: Arc<dyn Origin>,
-    objects: Cache<String, Arc<ObjectInfo>>,
+    objects: quick_cache::sync::Cache<String, Arc<ObjectInfo>>,
     listings: Mutex<ListingSet>,
     heads: Arc<SingleFlight<String, Arc<ObjectInfo>, OriginError>>,
     lists: Arc<SingleFlight<String, Option<Arc<Listing>>, OriginError>>,
@@ -123,9 +125,7 @@ impl MetadataCache {
     ) -> Self {
         Self {
             origin,
-            objects: CacheBuilder::new(settings.object_capacity.max(1))
-                .with_eviction_config(S3FifoConfig::default())
-                .build(),
+            objects: quick_cache::sync::Cache::new(settings.object_capacity.max(1)),
             listings: Mutex::new(ListingSet::default()),
             heads: Arc::new(SingleFlight::new(lost)),
             lists: Arc::new(SingleFlight::new(lost)),
@@ -146,11 +146,11 @@ impl MetadataCache {
 
     /// Metadata of `key`: from the cache, a cached listing, or one shared HEAD.
     pub async fn object(self: &Arc<Self>, key: &str) -> Result<Arc<ObjectInfo>, OriginError> {
-        if let Some(entry) = self.objects.get(key)
-            && self.fresh(entry.value().fetched_at)
+        if let Some(info) = self.objects.get(key)
+            && self.fresh(info.fetched_at)
         {
             self.metrics.metadata_hits.increment(1);
-            return Ok(entry.value().clone());
+            return Ok(info);
         }
         if let Some(listed) = self.listed(key) {
             self.metrics.metadata_hits.increment(1);
@@ -164,7 +164,7 @@ impl MetadataCache {
         let (flight, _) = self.heads.join_or_start(key.to_owned(), move || {
             Box::pin(async move {
                 this.metrics.origin_heads.increment(1);
-                let started = Instant::now();
+                let started = std::time::Instant::now();
                 let result = tokio::time::timeout(this.timeout, this.origin.head(&owned))
                     .await
                     .unwrap_or_else(|_| Err(this.timed_out("HEAD", &owned)));
@@ -224,7 +224,7 @@ impl MetadataCache {
                 let page = this
                     .list_origin(&owned, None, this.listing_capacity)
                     .await?;
-                if page.truncated {
+                if page.truncated || page.objects.len() > this.listing_capacity {
                     return Ok(None);
                 }
                 let listing = Arc::new(Listing {
@@ -246,7 +246,7 @@ impl MetadataCache {
         start_after: Option<&str>,
         max: usize,
     ) -> Result<crate::origin::ListPage, OriginError> {
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         let result = tokio::time::timeout(self.timeout, self.origin.list(prefix, start_after, max))
             .await
             .unwrap_or_else(|_| Err(self.timed_out("LIST", prefix)));
@@ -286,6 +286,150 @@ impl MetadataCache {
 
     /// Objects with cached metadata.
     pub fn cached_objects(&self) -> usize {
-        self.objects.entries()
+        self.objects.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ops::Range;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::SystemTime;
+
+    use bytes::Bytes;
+    use futures::future::BoxFuture;
+
+    use crate::origin::ListPage;
+
+    /// An in-memory origin that counts what it is asked.
+    #[derive(Default)]
+    struct CountingOrigin {
+        heads: AtomicUsize,
+        lists: AtomicUsize,
+    }
+
+    fn meta(key: &str) -> ObjectMeta {
+        ObjectMeta {
+            key: key.to_owned(),
+            size: 10,
+            etag: "v1".to_owned(),
+            modified: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    impl Origin for CountingOrigin {
+        fn describe(&self) -> &str {
+            "test://"
+        }
+        fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectMeta, OriginError>> {
+            self.heads.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move { Ok(meta(key)) })
+        }
+        fn read<'a>(
+            &'a self,
+            _: &'a str,
+            _: Range<u64>,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<Bytes, OriginError>> {
+            Box::pin(async { Ok(Bytes::new()) })
+        }
+        fn list<'a>(
+            &'a self,
+            prefix: &'a str,
+            _: Option<&'a str>,
+            max: usize,
+        ) -> BoxFuture<'a, Result<ListPage, OriginError>> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                let mut objects = vec![meta(&format!("{prefix}a")), meta(&format!("{prefix}b"))];
+                let truncated = objects.len() > max;
+                objects.truncate(max);
+                Ok(ListPage { objects, truncated })
+            })
+        }
+    }
+
+    fn cache(
+        origin: Arc<CountingOrigin>,
+        ttl: MetadataTtl,
+        listing_capacity: usize,
+    ) -> Arc<MetadataCache> {
+        Arc::new(MetadataCache::new(
+            origin,
+            MetadataSettings {
+                ttl,
+                object_capacity: 100,
+                listing_capacity,
+                timeout: Duration::from_secs(5),
+                seed: 1,
+            },
+            Arc::new(DatasetMetrics::new("test", "outbound")),
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn job_ttl_never_revalidates_and_a_duration_does() {
+        let origin = Arc::new(CountingOrigin::default());
+        let forever = cache(origin.clone(), MetadataTtl::Job, 100);
+        forever.object("k").await.expect("head");
+        tokio::time::advance(Duration::from_secs(365 * 24 * 3600)).await;
+        forever.object("k").await.expect("cached");
+        assert_eq!(origin.heads.load(Ordering::SeqCst), 1);
+
+        let origin = Arc::new(CountingOrigin::default());
+        let short = cache(
+            origin.clone(),
+            MetadataTtl::After(Duration::from_secs(30)),
+            100,
+        );
+        short.object("k").await.expect("head");
+        tokio::time::advance(Duration::from_secs(29)).await;
+        short.object("k").await.expect("still fresh");
+        assert_eq!(origin.heads.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        short.object("k").await.expect("revalidated");
+        assert_eq!(origin.heads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_listing_answers_metadata_without_heads() {
+        let origin = Arc::new(CountingOrigin::default());
+        let metadata = cache(origin.clone(), MetadataTtl::Job, 100);
+        let listing = metadata.listing("p/").await.expect("list").expect("fits");
+        assert_eq!(listing.objects.len(), 2);
+        metadata.listing("p/").await.expect("cached listing");
+        assert_eq!(origin.lists.load(Ordering::SeqCst), 1, "listed once");
+        assert_eq!(metadata.object("p/a").await.expect("listed").meta.size, 10);
+        assert!(matches!(
+            metadata.object("p/zzz").await,
+            Err(OriginError::NotFound { .. })
+        ));
+        assert_eq!(
+            origin.heads.load(Ordering::SeqCst),
+            0,
+            "no HEAD for listed or absent keys"
+        );
+    }
+
+    #[tokio::test]
+    async fn listings_larger_than_the_cache_are_not_kept() {
+        let origin = Arc::new(CountingOrigin::default());
+        let metadata = cache(origin.clone(), MetadataTtl::Job, 1);
+        assert!(metadata.listing("p/").await.expect("list").is_none());
+        metadata.object("p/a").await.expect("head");
+        assert_eq!(origin.heads.load(Ordering::SeqCst), 1, "falls back to HEAD");
+    }
+
+    #[test]
+    fn fingerprints_separate_versions_and_keys() {
+        let a = ObjectInfo::new(meta("k"), 7);
+        let mut changed = meta("k");
+        changed.etag = "v2".to_owned();
+        let b = ObjectInfo::new(changed, 7);
+        let c = ObjectInfo::new(meta("k2"), 7);
+        assert_ne!(a.fingerprint, b.fingerprint);
+        assert_ne!(a.fingerprint, c.fingerprint);
+        assert_eq!(a.etag_header, "\"v1\"");
     }
 }

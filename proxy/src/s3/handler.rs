@@ -231,7 +231,7 @@ async fn body_of(
         let final_chunk = ((info.meta.size - 1) / chunk_size) as u32;
         if dataset.sequential.observe(info.fingerprint, first, last) {
             for index in (last + 1)..=last.saturating_add(read_ahead).min(final_chunk) {
-                store.prefetch(info, index);
+                let _ = store.prefetch(info, index);
             }
         }
     }

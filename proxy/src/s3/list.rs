@@ -147,7 +147,8 @@ pub fn decode_token(token: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Instant, SystemTime};
+    use std::time::SystemTime;
+    use tokio::time::Instant;
 
     fn source(keys: &[&str]) -> ListSource {
         let mut objects: Vec<ObjectMeta> = keys

@@ -1,0 +1,142 @@
+//! The reading side: one HTTP/1.1 keep-alive connection per reader, as a
+//! data loader worker holds one; each response is read to the end and counted.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Longest a single read may take before it counts as failed.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One reader's connection, reopened after failures.
+pub struct Reader {
+    addr: SocketAddr,
+    sender: Option<SendRequest<Empty<Bytes>>>,
+}
+
+impl Reader {
+    /// A reader of the server at `addr` (connects on first use).
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr, sender: None }
+    }
+
+    async fn connect(&mut self) -> anyhow::Result<&mut SendRequest<Empty<Bytes>>> {
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            let stream = TcpStream::connect(self.addr)
+                .await
+                .with_context(|| format!("connecting to {}", self.addr))?;
+            stream.set_nodelay(true)?;
+            let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            self.sender = Some(sender);
+        }
+        self.sender.as_mut().context("no connection")
+    }
+
+    /// GETs `path` (optionally a byte range, inclusive) and returns the body length.
+    pub async fn get(&mut self, path: &str, range: Option<(u64, u64)>) -> anyhow::Result<u64> {
+        match tokio::time::timeout(READ_TIMEOUT, self.get_inner(path, range)).await {
+            Ok(Ok(len)) => Ok(len),
+            Ok(Err(err)) => {
+                self.sender = None;
+                Err(err)
+            }
+            Err(_) => {
+                self.sender = None;
+                bail!("GET {path} took longer than {READ_TIMEOUT:?}")
+            }
+        }
+    }
+
+    async fn get_inner(&mut self, path: &str, range: Option<(u64, u64)>) -> anyhow::Result<u64> {
+        let mut request = Request::get(path).header(header::HOST, "127.0.0.1");
+        if let Some((start, end)) = range {
+            request = request.header(header::RANGE, format!("bytes={start}-{end}"));
+        }
+        let request = request.body(Empty::new())?;
+        let sender = self.connect().await?;
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let mut body = response.into_body();
+        let mut len = 0u64;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                len += data.len() as u64;
+            }
+        }
+        if status != StatusCode::OK && status != StatusCode::PARTIAL_CONTENT {
+            bail!("GET {path}: HTTP {status}");
+        }
+        Ok(len)
+    }
+
+    /// GETs `path` and returns the body as text (listings, metrics).
+    pub async fn get_text(&mut self, path: &str) -> anyhow::Result<String> {
+        let request = Request::get(path)
+            .header(header::HOST, "127.0.0.1")
+            .body(Empty::<Bytes>::new())?;
+        let sender = self.connect().await?;
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!("GET {path}: HTTP {status}");
+        }
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+/// Lists every key under `bucket_path` (e.g. `/imagenet`) with ListObjectsV2,
+/// as a data loader builds its index; returns how many keys there were.
+pub async fn list_all(addr: SocketAddr, bucket_path: &str) -> anyhow::Result<usize> {
+    let mut reader = Reader::new(addr);
+    let mut keys = 0;
+    let mut token: Option<String> = None;
+    loop {
+        let mut path = format!(
+            "{}?list-type=2",
+            if bucket_path.is_empty() {
+                "/"
+            } else {
+                bucket_path
+            }
+        );
+        if let Some(token) = &token {
+            path.push_str("&continuation-token=");
+            path.push_str(token);
+        }
+        let page = reader.get_text(&path).await?;
+        keys += page.matches("<Key>").count();
+        token = page
+            .split_once("<NextContinuationToken>")
+            .and_then(|(_, rest)| rest.split_once("</NextContinuationToken>"))
+            .map(|(token, _)| token.to_owned());
+        if token.is_none() {
+            return Ok(keys);
+        }
+    }
+}
+
+/// Sums the samples of `name` with label `dataset="<dataset>"` in a proxy's /metrics.
+pub async fn scrape(admin: SocketAddr, name: &str, dataset: &str) -> anyhow::Result<f64> {
+    let text = Reader::new(admin).get_text("/metrics").await?;
+    let label = format!("dataset=\"{dataset}\"");
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let metric = series.split('{').next()?;
+            (metric == name && series.contains(&label)).then(|| value.parse::<f64>().ok())?
+        })
+        .sum())
+}

@@ -1,0 +1,505 @@
+//! `ferry-bench epochs`: the same shuffled epochs read four ways in one run:
+//! `synthetic` (no I/O), `bare` (minimal HTTP server from memory), `direct`
+//! (straight from the origin) and `ferry` (through ferry-proxy).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use ferry_config::{ByteSize, CachePolicy, SyntheticSpec};
+
+use crate::child::{ChildProcess, ProxyProgram};
+use crate::client::{list_all, scrape};
+use crate::report::{self, Table};
+use crate::workload::{DataSet, EpochStats, Target, progress, run_epoch, synthetic_memory};
+
+/// How the workload reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The reader makes the bytes itself: the no-I/O upper bound.
+    Synthetic,
+    /// A minimal HTTP server answering from memory: this machine's HTTP ceiling.
+    Bare,
+    /// Straight from the origin server, no Ferry.
+    Direct,
+    /// Through ferry-proxy, whose origin is the same origin server.
+    Ferry,
+}
+
+/// `ferry-bench epochs` arguments.
+#[derive(Args, Clone, Debug)]
+pub struct EpochsArgs {
+    /// Samples in the data set (sample mode).
+    #[arg(long, default_value_t = 20_000)]
+    pub samples: u64,
+    /// Mean sample size; sizes spread like ImageNet's around it.
+    #[arg(long, default_value = "110KiB")]
+    pub size: ByteSize,
+    /// Shard mode: large objects read front to back in ranges, like webdataset.
+    #[arg(long)]
+    pub shards: bool,
+    /// Shards in the data set (shard mode).
+    #[arg(long, default_value_t = 16)]
+    pub shard_count: u64,
+    /// Size of each shard (shard mode).
+    #[arg(long, default_value = "64MiB")]
+    pub shard_size: ByteSize,
+    /// Size of each range read (shard mode).
+    #[arg(long, default_value = "4MiB")]
+    pub range_size: ByteSize,
+    /// Concurrent readers.
+    #[arg(long, default_value_t = 32)]
+    pub readers: usize,
+    /// Epochs per mode; each has a fresh shuffle.
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Seed of sizes, contents and shuffles.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Emulated first-byte latency of the origin (a remote object store).
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+    pub origin_latency: Duration,
+    /// Modes to run, in order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "synthetic,bare,direct,ferry"
+    )]
+    pub modes: Vec<Mode>,
+    /// Ferry's cache policy.
+    #[arg(long, default_value = "pin")]
+    pub cache_policy: CachePolicy,
+    /// Ferry's cache size (default: large enough for the whole data set).
+    #[arg(long)]
+    pub cache_size: Option<ByteSize>,
+    /// Run this ferry-proxy binary instead of the one built into ferry-bench.
+    #[arg(long)]
+    pub proxy_bin: Option<PathBuf>,
+    /// Write the results as JSON here too.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// After the table, keep ferry-proxy running (its metrics stay browsable) until Ctrl-C.
+    #[arg(long)]
+    pub keep_running: bool,
+}
+
+/// One mode's epochs.
+#[derive(Debug, Serialize)]
+pub struct ModeRun {
+    /// The mode.
+    pub mode: Mode,
+    /// Every epoch.
+    pub epochs: Vec<EpochStats>,
+    /// Time to list the bucket before the first epoch, as a data loader does.
+    pub list_seconds: Option<f64>,
+    /// ferry-proxy resident memory before any request (empty cache).
+    pub proxy_idle_rss_bytes: Option<u64>,
+    /// ferry-proxy resident memory after the run.
+    pub proxy_final_rss_bytes: Option<u64>,
+    /// ferry-proxy's admin address.
+    pub proxy_admin: Option<String>,
+    /// A few of ferry-proxy's counters at the end of the run.
+    pub proxy_counters: Vec<(String, f64)>,
+}
+
+impl ModeRun {
+    /// Epochs after the first (warm cache); all of them if there is only one.
+    pub fn warm(&self) -> &[EpochStats] {
+        if self.epochs.len() > 1 {
+            &self.epochs[1..]
+        } else {
+            &self.epochs
+        }
+    }
+    /// Mean items/s over warm epochs.
+    pub fn warm_items_per_second(&self) -> f64 {
+        mean(self.warm().iter().map(EpochStats::items_per_second))
+    }
+    /// Mean MB/s over warm epochs.
+    pub fn warm_mb_per_second(&self) -> f64 {
+        mean(self.warm().iter().map(EpochStats::mb_per_second))
+    }
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    if n == 0 { 0.0 } else { sum / n as f64 }
+}
+
+/// The whole comparison.
+#[derive(Debug, Serialize)]
+pub struct EpochsReport {
+    /// `samples` or `shards`.
+    pub workload: &'static str,
+    /// The data set as a synthetic URL.
+    pub dataset: String,
+    /// Items per epoch.
+    pub items: usize,
+    /// GETs per epoch.
+    pub reads: usize,
+    /// Bytes per epoch.
+    pub bytes: u64,
+    /// Concurrent readers.
+    pub readers: usize,
+    /// Origin first-byte latency in milliseconds.
+    pub origin_latency_ms: f64,
+    /// Every mode's run.
+    pub runs: Vec<ModeRun>,
+    /// Warm-epoch ratios of Ferry to each baseline.
+    pub ratios: Vec<(String, f64)>,
+}
+
+impl EpochsArgs {
+    fn spec(&self) -> SyntheticSpec {
+        let query = if self.shards {
+            format!(
+                "count={}&size={}&dist=fixed&seed={}",
+                self.shard_count,
+                self.shard_size.bytes(),
+                self.seed
+            )
+        } else {
+            format!(
+                "count={}&size={}&seed={}",
+                self.samples,
+                self.size.bytes(),
+                self.seed
+            )
+        };
+        SyntheticSpec::from_query(&query).unwrap_or_default()
+    }
+
+    fn bucket(&self) -> &'static str {
+        if self.shards { "shards" } else { "imagenet" }
+    }
+}
+
+/// Runs the comparison and prints it.
+pub async fn run(args: &EpochsArgs) -> anyhow::Result<EpochsReport> {
+    anyhow::ensure!(args.epochs >= 1, "--epochs must be at least 1");
+    anyhow::ensure!(!args.modes.is_empty(), "--modes lists no mode");
+    let spec = args.spec();
+    let query = spec.to_url().trim_start_matches("synthetic://?").to_owned();
+    let data = if args.shards {
+        DataSet::shards(spec.clone(), args.range_size.bytes().max(1))
+    } else {
+        DataSet::samples(spec.clone())
+    };
+    let program = args
+        .proxy_bin
+        .clone()
+        .map_or(ProxyProgram::Embedded, ProxyProgram::Binary);
+    let needs_origin = args
+        .modes
+        .iter()
+        .any(|m| matches!(m, Mode::Direct | Mode::Ferry));
+    let origin = if needs_origin {
+        Some(ChildProcess::server(&[
+            "origin".into(),
+            "--spec".into(),
+            query.clone(),
+            "--latency".into(),
+            format!("{}ms", args.origin_latency.as_millis()),
+        ])?)
+    } else {
+        None
+    };
+    eprintln!(
+        "data set: {} items, {} reads, {:.1} MB per epoch; {} readers; origin latency {:?}",
+        data.items.len(),
+        data.reads(),
+        data.bytes as f64 / 1e6,
+        args.readers,
+        args.origin_latency
+    );
+    // Every mode's server runs for the whole comparison and epochs take
+    // turns (epoch 1 of each mode, then epoch 2 of each, ...), so slow drift
+    // on a shared machine touches every mode alike.
+    let mut prepared = Vec::new();
+    for &mode in &args.modes {
+        prepared.push(prepare(args, mode, &data, &query, origin.as_ref(), &program).await?);
+    }
+    for epoch in 1..=args.epochs {
+        for mode in &mut prepared {
+            let stats = mode.epoch(args, &data, epoch).await;
+            mode.run.epochs.push(stats);
+        }
+    }
+    let mut servers = Vec::new();
+    let mut runs = Vec::new();
+    for mut mode in prepared {
+        if mode.run.mode == Mode::Ferry
+            && let Some(proxy) = &mode.server
+        {
+            mode.run.proxy_final_rss_bytes = proxy.rss_bytes();
+            if let Some(admin) = proxy.admin {
+                mode.run.proxy_admin = Some(admin.to_string());
+                for name in PROXY_COUNTERS {
+                    if let Ok(value) = scrape(admin, name, mode.bucket).await {
+                        mode.run.proxy_counters.push((name.to_owned(), value));
+                    }
+                }
+            }
+        }
+        servers.extend(mode.server);
+        runs.push(mode.run);
+    }
+    let ratios = ratios(&runs);
+    let report = EpochsReport {
+        workload: if args.shards { "shards" } else { "samples" },
+        dataset: spec.to_url(),
+        items: data.items.len(),
+        reads: data.reads(),
+        bytes: data.bytes,
+        readers: args.readers,
+        origin_latency_ms: args.origin_latency.as_secs_f64() * 1000.0,
+        runs,
+        ratios,
+    };
+    print(&report);
+    if let Some(path) = &args.json {
+        report::write_json(path, &report)?;
+    }
+    if args.keep_running {
+        if let Some(admin) = report.runs.iter().find_map(|r| r.proxy_admin.as_ref()) {
+            println!(
+                "\nferry-proxy keeps running: http://{admin}/metrics, /cache, /config. Ctrl-C to stop."
+            );
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    drop(servers);
+    Ok(report)
+}
+
+/// Counters of ferry-proxy reported at the end of a run.
+const PROXY_COUNTERS: [&str; 6] = [
+    "request_total",
+    "cache_hits_total",
+    "cache_misses_total",
+    "origin_requests_total",
+    "origin_bytes_total",
+    "response_bytes_total",
+];
+
+/// A mode ready to read: its server (if any) started, its bucket listed.
+struct PreparedMode {
+    run: ModeRun,
+    target: Target,
+    server: Option<ChildProcess>,
+    bucket: &'static str,
+}
+
+async fn prepare(
+    args: &EpochsArgs,
+    mode: Mode,
+    data: &DataSet,
+    query: &str,
+    origin: Option<&ChildProcess>,
+    program: &ProxyProgram,
+) -> anyhow::Result<PreparedMode> {
+    let bucket = args.bucket();
+    let mut server = None;
+    let mut list_seconds = None;
+    let mut idle_rss = None;
+    let target = match mode {
+        Mode::Synthetic => Target::Synthetic(synthetic_memory(data.largest_read())),
+        Mode::Bare => {
+            let bare = ChildProcess::server(&["bare".into(), "--spec".into(), query.to_owned()])?;
+            let target = Target::Http {
+                addr: bare.addr,
+                prefix: format!("/{bucket}"),
+            };
+            server = Some(bare);
+            target
+        }
+        Mode::Direct => {
+            let origin = origin.ok_or_else(|| anyhow::anyhow!("no origin server"))?;
+            let started = std::time::Instant::now();
+            list_all(origin.addr, "").await?;
+            list_seconds = Some(started.elapsed().as_secs_f64());
+            Target::Http {
+                addr: origin.addr,
+                prefix: String::new(),
+            }
+        }
+        Mode::Ferry => {
+            let origin = origin.ok_or_else(|| anyhow::anyhow!("no origin server"))?;
+            let cache_size = args
+                .cache_size
+                .unwrap_or(ByteSize(data.bytes + data.bytes / 4 + (64 << 20)));
+            let proxy = ChildProcess::proxy(
+                program,
+                &[
+                    "worker".into(),
+                    "--origin".into(),
+                    format!("http://{}/", origin.addr),
+                    "--bucket".into(),
+                    bucket.into(),
+                    "--cache-size".into(),
+                    cache_size.bytes().to_string(),
+                    "--cache-policy".into(),
+                    args.cache_policy.to_string(),
+                ],
+            )?;
+            idle_rss = proxy.rss_bytes();
+            // A data loader lists the bucket once to build its index.
+            let started = std::time::Instant::now();
+            list_all(proxy.addr, &format!("/{bucket}")).await?;
+            list_seconds = Some(started.elapsed().as_secs_f64());
+            let target = Target::Http {
+                addr: proxy.addr,
+                prefix: format!("/{bucket}"),
+            };
+            server = Some(proxy);
+            target
+        }
+    };
+    Ok(PreparedMode {
+        run: ModeRun {
+            mode,
+            epochs: Vec::new(),
+            list_seconds,
+            proxy_idle_rss_bytes: idle_rss,
+            proxy_final_rss_bytes: None,
+            proxy_admin: None,
+            proxy_counters: Vec::new(),
+        },
+        target,
+        server,
+        bucket,
+    })
+}
+
+impl PreparedMode {
+    async fn epoch(&self, args: &EpochsArgs, data: &DataSet, epoch: usize) -> EpochStats {
+        let admin = match self.run.mode {
+            Mode::Ferry => self.server.as_ref().and_then(|s| s.admin),
+            _ => None,
+        };
+        let before = hit_counters(admin, self.bucket).await;
+        let label = format!("{:?} epoch {epoch}", self.run.mode).to_lowercase();
+        let bar = progress(data.items.len(), &label);
+        let mut stats = run_epoch(
+            data,
+            data.order(args.seed, epoch),
+            &self.target,
+            args.readers,
+            &bar,
+        )
+        .await;
+        bar.finish_and_clear();
+        stats.epoch = epoch;
+        if let (Some(before), Some(after)) = (before, hit_counters(admin, self.bucket).await) {
+            let hits = after.0 - before.0;
+            let lookups = hits + after.1 - before.1;
+            stats.hit_ratio = (lookups > 0.0).then(|| hits / lookups);
+        }
+        stats
+    }
+}
+
+/// (hits, misses) of the proxy's memory tier, if `admin` is a proxy's.
+async fn hit_counters(admin: Option<std::net::SocketAddr>, dataset: &str) -> Option<(f64, f64)> {
+    let admin = admin?;
+    let hits = scrape(admin, "cache_hits_total", dataset).await.ok()?;
+    let misses = scrape(admin, "cache_misses_total", dataset).await.ok()?;
+    Some((hits, misses))
+}
+
+fn ratios(runs: &[ModeRun]) -> Vec<(String, f64)> {
+    let find = |mode| runs.iter().find(|r| r.mode == mode);
+    let Some(ferry) = find(Mode::Ferry) else {
+        return Vec::new();
+    };
+    let mut ratios = Vec::new();
+    for (mode, name) in [(Mode::Bare, "bare"), (Mode::Direct, "direct")] {
+        if let Some(base) = find(mode) {
+            ratios.push((
+                format!("ferry/{name} items/s"),
+                ferry.warm_items_per_second() / base.warm_items_per_second(),
+            ));
+            ratios.push((
+                format!("ferry/{name} MB/s"),
+                ferry.warm_mb_per_second() / base.warm_mb_per_second(),
+            ));
+        }
+    }
+    ratios
+}
+
+fn print(report: &EpochsReport) {
+    let mut table = Table::new(&[
+        "mode",
+        "epoch",
+        "items/s",
+        "GETs/s",
+        "MB/s",
+        "p50 ms",
+        "p99 ms",
+        "hit ratio",
+        "errors",
+    ]);
+    for run in &report.runs {
+        for epoch in &run.epochs {
+            table.row(vec![
+                format!("{:?}", run.mode).to_lowercase(),
+                epoch.epoch.to_string(),
+                format!("{:.0}", epoch.items_per_second()),
+                format!("{:.0}", epoch.reads_per_second()),
+                format!("{:.0}", epoch.mb_per_second()),
+                format!("{:.2}", epoch.p50_ms),
+                format!("{:.2}", epoch.p99_ms),
+                epoch.hit_ratio.map_or("-".into(), |h| format!("{h:.3}")),
+                epoch.errors.to_string(),
+            ]);
+        }
+    }
+    println!(
+        "\n{} workload: {} items, {} GETs, {:.1} MB per epoch, {} readers, origin latency {} ms",
+        report.workload,
+        report.items,
+        report.reads,
+        report.bytes as f64 / 1e6,
+        report.readers,
+        report.origin_latency_ms
+    );
+    table.print();
+    if !report.ratios.is_empty() {
+        println!("\nwarm epochs (2+), ferry against each baseline in this run:");
+        for (name, value) in &report.ratios {
+            println!("  {name:<26} {value:>8.3}");
+        }
+    }
+    for run in &report.runs {
+        if let Some(seconds) = run.list_seconds {
+            println!(
+                "  {:<26} {seconds:>8.3} s",
+                format!("list bucket ({:?})", run.mode).to_lowercase()
+            );
+        }
+        if let Some(rss) = run.proxy_idle_rss_bytes {
+            println!(
+                "  {:<26} {:>8.1} MB",
+                "ferry-proxy idle RSS",
+                rss as f64 / 1e6
+            );
+        }
+        if let Some(rss) = run.proxy_final_rss_bytes {
+            println!(
+                "  {:<26} {:>8.1} MB",
+                "ferry-proxy RSS at end",
+                rss as f64 / 1e6
+            );
+        }
+        if let Some(admin) = &run.proxy_admin {
+            println!("\nferry-proxy counters at the end (from http://{admin}/metrics):");
+            for (name, value) in &run.proxy_counters {
+                println!("  {name:<26} {value:>14.0}");
+            }
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! `ferry-bench policies`: each cache policy at several cache fractions c of
+//! the data set, under shuffled epochs. The best any cache can do on a fresh
+//! uniform shuffle is a hit ratio of c; `pin` should sit on that line while
+//! LRU thrashes below it. Prints a table and writes an SVG plot.
+
+use std::fmt::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::Serialize;
+
+use ferry_config::{ByteSize, CachePolicy, SyntheticSpec};
+
+use crate::child::{ChildProcess, ProxyProgram};
+use crate::client::scrape;
+use crate::report::{self, Table};
+use crate::workload::{DataSet, Target, progress, run_epoch};
+
+/// `ferry-bench policies` arguments.
+#[derive(Args, Clone, Debug)]
+pub struct PoliciesArgs {
+    /// Samples in the data set.
+    #[arg(long, default_value_t = 5_000)]
+    pub samples: u64,
+    /// Mean sample size.
+    #[arg(long, default_value = "110KiB")]
+    pub size: ByteSize,
+    /// Cache sizes as fractions of the data set.
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,0.9")]
+    pub fractions: Vec<f64>,
+    /// Policies to compare.
+    #[arg(long, value_delimiter = ',', default_value = "pin,lru,s3fifo")]
+    pub policies: Vec<CachePolicy>,
+    /// Epochs per run (hit ratios are averaged over epochs 2+).
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Concurrent readers.
+    #[arg(long, default_value_t = 16)]
+    pub readers: usize,
+    /// Seed of sizes and shuffles.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Where to write the plot.
+    #[arg(long, default_value = "target/ferry-bench/policies.svg")]
+    pub svg: PathBuf,
+    /// Run this ferry-proxy binary instead of the one built into ferry-bench.
+    #[arg(long)]
+    pub proxy_bin: Option<PathBuf>,
+    /// Write the results as JSON here too.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// One policy at one cache fraction.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyRun {
+    /// The policy.
+    pub policy: String,
+    /// Cache size as a fraction of the data set.
+    pub fraction: f64,
+    /// Hit ratio of each epoch.
+    pub epoch_hit_ratios: Vec<f64>,
+    /// Mean hit ratio of epochs 2+.
+    pub warm_hit_ratio: f64,
+}
+
+/// Runs every policy at every fraction.
+pub async fn run(args: &PoliciesArgs) -> anyhow::Result<Vec<PolicyRun>> {
+    anyhow::ensure!(
+        args.epochs >= 2,
+        "--epochs must be at least 2 (epoch 1 only fills the cache)"
+    );
+    let spec = SyntheticSpec::from_query(&format!(
+        "count={}&size={}&seed={}",
+        args.samples,
+        args.size.bytes(),
+        args.seed
+    ))
+    .map_err(anyhow::Error::msg)?;
+    let data = DataSet::samples(spec.clone());
+    let program = args
+        .proxy_bin
+        .clone()
+        .map_or(ProxyProgram::Embedded, ProxyProgram::Binary);
+    let mut runs = Vec::new();
+    for &fraction in &args.fractions {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&fraction),
+            "fraction {fraction} is not within 0..1"
+        );
+        for &policy in &args.policies {
+            let cache = ByteSize((data.bytes as f64 * fraction) as u64);
+            let proxy = ChildProcess::proxy(
+                &program,
+                &[
+                    "worker".into(),
+                    "--origin".into(),
+                    spec.to_url(),
+                    "--bucket".into(),
+                    "imagenet".into(),
+                    "--cache-size".into(),
+                    cache.bytes().to_string(),
+                    "--cache-policy".into(),
+                    policy.to_string(),
+                    "--read-ahead".into(),
+                    "0".into(),
+                ],
+            )?;
+            let admin = proxy
+                .admin
+                .ok_or_else(|| anyhow::anyhow!("proxy reported no admin address"))?;
+            let target = Target::Http {
+                addr: proxy.addr,
+                prefix: "/imagenet".into(),
+            };
+            let mut ratios = Vec::new();
+            for epoch in 1..=args.epochs {
+                let hits = scrape(admin, "cache_hits_total", "imagenet").await?;
+                let misses = scrape(admin, "cache_misses_total", "imagenet").await?;
+                let bar = progress(data.items.len(), &format!("{policy} c={fraction} e{epoch}"));
+                let stats = run_epoch(
+                    &data,
+                    data.order(args.seed, epoch),
+                    &target,
+                    args.readers,
+                    &bar,
+                )
+                .await;
+                bar.finish_and_clear();
+                anyhow::ensure!(
+                    stats.errors == 0,
+                    "{} reads failed ({policy}, c={fraction})",
+                    stats.errors
+                );
+                let hits = scrape(admin, "cache_hits_total", "imagenet").await? - hits;
+                let misses = scrape(admin, "cache_misses_total", "imagenet").await? - misses;
+                ratios.push(hits / (hits + misses).max(1.0));
+            }
+            let warm = &ratios[1..];
+            runs.push(PolicyRun {
+                policy: policy.to_string(),
+                fraction,
+                warm_hit_ratio: warm.iter().sum::<f64>() / warm.len() as f64,
+                epoch_hit_ratios: ratios,
+            });
+        }
+    }
+    print(&runs);
+    std::fs::create_dir_all(args.svg.parent().unwrap_or(std::path::Path::new(".")))?;
+    std::fs::write(&args.svg, svg(&runs, &args.policies, &args.fractions))?;
+    println!("plot written to {}", args.svg.display());
+    if let Some(path) = &args.json {
+        report::write_json(path, &runs)?;
+    }
+    Ok(runs)
+}
+
+fn print(runs: &[PolicyRun]) {
+    let mut table = Table::new(&[
+        "policy",
+        "cache c",
+        "bound c",
+        "epoch 2+ hit ratio",
+        "ratio / bound",
+    ]);
+    for run in runs {
+        table.row(vec![
+            run.policy.clone(),
+            format!("{:.2}", run.fraction),
+            format!("{:.3}", run.fraction),
+            format!("{:.3}", run.warm_hit_ratio),
+            format!("{:.3}", run.warm_hit_ratio / run.fraction.max(1e-9)),
+        ]);
+    }
+    println!("\nhit ratio under shuffled epochs (the best possible is c):");
+    table.print();
+}
+
+/// A line plot: hit ratio against cache fraction, one line per policy, and the bound.
+fn svg(runs: &[PolicyRun], policies: &[CachePolicy], fractions: &[f64]) -> String {
+    const WIDTH: f64 = 560.0;
+    const HEIGHT: f64 = 400.0;
+    const MARGIN: f64 = 56.0;
+    let x = |c: f64| MARGIN + c * (WIDTH - 2.0 * MARGIN);
+    let y = |h: f64| HEIGHT - MARGIN - h * (HEIGHT - 2.0 * MARGIN);
+    let colours = ["#1b7837", "#b2182b", "#2166ac", "#762a83"];
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{HEIGHT}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">Epoch 2+ hit ratio under shuffled epochs</text>\n",
+        WIDTH / 2.0
+    );
+    for tick in [0.0, 0.25, 0.5, 0.75, 1.0] {
+        let _ = writeln!(
+            out,
+            "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{tick:.2}</text>\
+             <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{tick:.2}</text>",
+            x(0.0),
+            y(tick),
+            x(1.0),
+            y(tick),
+            x(0.0) - 6.0,
+            y(tick) + 4.0,
+            x(tick),
+            y(0.0) + 18.0
+        );
+    }
+    let _ = writeln!(
+        out,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">cache size / data set (c)</text>\
+         <text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">hit ratio</text>\
+         <line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#888\" stroke-dasharray=\"5,4\"/>\
+         <text x=\"{}\" y=\"{}\" fill=\"#888\">bound c</text>",
+        WIDTH / 2.0,
+        HEIGHT - 14.0,
+        HEIGHT / 2.0,
+        HEIGHT / 2.0,
+        x(0.0),
+        y(0.0),
+        x(1.0),
+        y(1.0),
+        x(0.82),
+        y(0.9)
+    );
+    for (i, policy) in policies.iter().enumerate() {
+        let colour = colours[i % colours.len()];
+        let points: Vec<String> = fractions
+            .iter()
+            .filter_map(|&c| {
+                runs.iter()
+                    .find(|r| r.policy == policy.as_str() && r.fraction == c)
+                    .map(|r| format!("{:.1},{:.1}", x(c), y(r.warm_hit_ratio)))
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"/>\
+             <text x=\"{}\" y=\"{}\" fill=\"{colour}\">{policy}</text>",
+            points.join(" "),
+            x(0.05),
+            50.0 + 16.0 * i as f64
+        );
+        for point in &points {
+            if let Some((px, py)) = point.split_once(',') {
+                let _ = writeln!(
+                    out,
+                    "<circle cx=\"{px}\" cy=\"{py}\" r=\"3\" fill=\"{colour}\"/>"
+                );
+            }
+        }
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plot_has_a_line_per_policy() {
+        let runs = vec![
+            PolicyRun {
+                policy: "pin".into(),
+                fraction: 0.5,
+                epoch_hit_ratios: vec![0.0, 0.5],
+                warm_hit_ratio: 0.5,
+            },
+            PolicyRun {
+                policy: "lru".into(),
+                fraction: 0.5,
+                epoch_hit_ratios: vec![0.0, 0.3],
+                warm_hit_ratio: 0.3,
+            },
+        ];
+        let svg = svg(&runs, &[CachePolicy::Pin, CachePolicy::Lru], &[0.5]);
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    }
+}

@@ -1,0 +1,290 @@
+//! `ferry-bench train`: a GPU-bound training job. A consumer takes batches at
+//! a fixed compute time per batch (the model's speed); DataLoader-like
+//! workers fetch samples and keep a bounded number of batches ready. The same
+//! job runs on synthetic data (no I/O) and through Ferry; the epoch times say
+//! how close Ferry comes to keeping the GPU fed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use ferry_config::{ByteSize, CachePolicy, SyntheticSpec};
+
+use crate::child::{ChildProcess, ProxyProgram};
+use crate::client::{Reader, list_all};
+use crate::report::{self, Table};
+use crate::workload::{DataSet, progress};
+
+/// `ferry-bench train` arguments.
+#[derive(Args, Clone, Debug)]
+pub struct TrainArgs {
+    /// Samples in the data set.
+    #[arg(long, default_value_t = 10_000)]
+    pub samples: u64,
+    /// Mean sample size (ImageNet-like spread).
+    #[arg(long, default_value = "110KiB")]
+    pub size: ByteSize,
+    /// Samples per second the model consumes (the GPU's speed).
+    #[arg(long, default_value_t = 2000.0)]
+    pub rate: f64,
+    /// Samples per batch.
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Data loader workers (each reads its batches' samples one by one).
+    #[arg(long, default_value_t = 8)]
+    pub workers: usize,
+    /// Batches each worker keeps ready ahead of the model.
+    #[arg(long, default_value_t = 2)]
+    pub prefetch: usize,
+    /// Epochs per job.
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Emulated first-byte latency of the origin.
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+    pub origin_latency: Duration,
+    /// Seed of sizes, contents and shuffles.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Ferry's cache policy.
+    #[arg(long, default_value = "pin")]
+    pub cache_policy: CachePolicy,
+    /// Run this ferry-proxy binary instead of the one built into ferry-bench.
+    #[arg(long)]
+    pub proxy_bin: Option<PathBuf>,
+    /// Write the results as JSON here too.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// One epoch of one job.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainEpoch {
+    /// Epoch number, from 1.
+    pub epoch: usize,
+    /// Wall time of the epoch.
+    pub seconds: f64,
+    /// Time the model waited for a batch.
+    pub starved_seconds: f64,
+    /// Samples that failed to load.
+    pub errors: usize,
+}
+
+/// The comparison.
+#[derive(Debug, Serialize)]
+pub struct TrainReport {
+    /// The data set.
+    pub dataset: String,
+    /// Model speed in samples/s.
+    pub rate: f64,
+    /// Epochs on synthetic data.
+    pub synthetic: Vec<TrainEpoch>,
+    /// Epochs through Ferry.
+    pub ferry: Vec<TrainEpoch>,
+    /// Per epoch: synthetic time / Ferry time (1.0 = Ferry as fast as no I/O).
+    pub ratios: Vec<f64>,
+    /// Mean ratio over epochs 2+ (warm cache).
+    pub warm_ratio: f64,
+}
+
+/// Where a job's samples come from.
+#[derive(Clone)]
+enum Source {
+    Synthetic,
+    Ferry { addr: SocketAddr, bucket: String },
+}
+
+/// Runs both jobs and prints the comparison.
+pub async fn run(args: &TrainArgs) -> anyhow::Result<TrainReport> {
+    anyhow::ensure!(
+        args.rate > 0.0 && args.batch > 0 && args.workers > 0,
+        "rate, batch and workers must be positive"
+    );
+    let spec = SyntheticSpec::from_query(&format!(
+        "count={}&size={}&seed={}",
+        args.samples,
+        args.size.bytes(),
+        args.seed
+    ))
+    .map_err(anyhow::Error::msg)?;
+    let query = spec.to_url().trim_start_matches("synthetic://?").to_owned();
+    let data = DataSet::samples(spec.clone());
+    let origin = ChildProcess::server(&[
+        "origin".into(),
+        "--spec".into(),
+        query,
+        "--latency".into(),
+        format!("{}ms", args.origin_latency.as_millis()),
+    ])?;
+    let program = args
+        .proxy_bin
+        .clone()
+        .map_or(ProxyProgram::Embedded, ProxyProgram::Binary);
+    let cache = ByteSize(data.bytes + data.bytes / 4 + (64 << 20));
+    let proxy = ChildProcess::proxy(
+        &program,
+        &[
+            "worker".into(),
+            "--origin".into(),
+            format!("http://{}/", origin.addr),
+            "--bucket".into(),
+            "imagenet".into(),
+            "--cache-size".into(),
+            cache.bytes().to_string(),
+            "--cache-policy".into(),
+            args.cache_policy.to_string(),
+        ],
+    )?;
+    list_all(proxy.addr, "/imagenet").await?;
+    let ferry_source = Source::Ferry {
+        addr: proxy.addr,
+        bucket: "imagenet".into(),
+    };
+    eprintln!(
+        "train: {} samples, {} per batch at {} samples/s ({:.0} ms of compute per batch), {} workers",
+        args.samples,
+        args.batch,
+        args.rate,
+        args.batch as f64 / args.rate * 1000.0,
+        args.workers
+    );
+    let mut synthetic = Vec::new();
+    let mut ferry = Vec::new();
+    // Jobs alternate epoch by epoch so machine noise touches both alike.
+    for epoch in 1..=args.epochs {
+        synthetic.push(run_epoch(args, &data, &Source::Synthetic, epoch).await);
+        ferry.push(run_epoch(args, &data, &ferry_source, epoch).await);
+    }
+    let ratios: Vec<f64> = synthetic
+        .iter()
+        .zip(&ferry)
+        .map(|(s, f)| s.seconds / f.seconds.max(1e-9))
+        .collect();
+    let warm: &[f64] = if ratios.len() > 1 {
+        &ratios[1..]
+    } else {
+        &ratios
+    };
+    let warm_ratio = warm.iter().sum::<f64>() / warm.len().max(1) as f64;
+    let report = TrainReport {
+        dataset: spec.to_url(),
+        rate: args.rate,
+        synthetic,
+        ferry,
+        ratios,
+        warm_ratio,
+    };
+    print(&report);
+    if let Some(path) = &args.json {
+        report::write_json(path, &report)?;
+    }
+    Ok(report)
+}
+
+async fn run_epoch(args: &TrainArgs, data: &DataSet, source: &Source, epoch: usize) -> TrainEpoch {
+    let order = data.order(args.seed, epoch);
+    let batches: Arc<Vec<Vec<usize>>> =
+        Arc::new(order.chunks(args.batch).map(<[usize]>::to_vec).collect());
+    let label = match source {
+        Source::Synthetic => format!("synthetic epoch {epoch}"),
+        Source::Ferry { .. } => format!("ferry epoch {epoch}"),
+    };
+    let bar = progress(batches.len(), &label);
+    let started = Instant::now();
+    let mut queues = Vec::new();
+    let mut workers = Vec::new();
+    for worker in 0..args.workers {
+        let (tx, rx) = mpsc::channel::<usize>(args.prefetch.max(1));
+        queues.push(rx);
+        let batches = batches.clone();
+        let items = data.items.clone();
+        let source = source.clone();
+        let stride = args.workers;
+        workers.push(tokio::spawn(async move {
+            let mut reader = match &source {
+                Source::Ferry { addr, .. } => Some(Reader::new(*addr)),
+                Source::Synthetic => None,
+            };
+            let mut errors = 0;
+            for index in (worker..batches.len()).step_by(stride) {
+                let mut loaded = 0;
+                for &sample in &batches[index] {
+                    let read = &items[sample][0];
+                    let ok = match (&source, reader.as_mut()) {
+                        (Source::Ferry { bucket, .. }, Some(reader)) => reader
+                            .get(&format!("/{bucket}/{}", read.key), None)
+                            .await
+                            .is_ok_and(|len| len == read.len),
+                        _ => true,
+                    };
+                    if ok { loaded += 1 } else { errors += 1 }
+                }
+                std::hint::black_box(loaded);
+                if tx.send(index).await.is_err() {
+                    break;
+                }
+            }
+            errors
+        }));
+    }
+    // The model: batches in order, each taking its compute time.
+    let mut starved = Duration::ZERO;
+    for index in 0..batches.len() {
+        let waiting = Instant::now();
+        let _ = queues[index % args.workers].recv().await;
+        starved += waiting.elapsed();
+        tokio::time::sleep(Duration::from_secs_f64(
+            batches[index].len() as f64 / args.rate,
+        ))
+        .await;
+        bar.inc(1);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let mut errors = 0;
+    for worker in workers {
+        errors += worker.await.unwrap_or(0);
+    }
+    TrainEpoch {
+        epoch,
+        seconds,
+        starved_seconds: starved.as_secs_f64(),
+        errors,
+    }
+}
+
+fn print(report: &TrainReport) {
+    let mut table = Table::new(&[
+        "epoch",
+        "synthetic s",
+        "ferry s",
+        "ferry starved s",
+        "synthetic/ferry",
+        "errors",
+    ]);
+    for ((s, f), ratio) in report
+        .synthetic
+        .iter()
+        .zip(&report.ferry)
+        .zip(&report.ratios)
+    {
+        table.row(vec![
+            s.epoch.to_string(),
+            format!("{:.2}", s.seconds),
+            format!("{:.2}", f.seconds),
+            format!("{:.2}", f.starved_seconds),
+            format!("{ratio:.3}"),
+            (s.errors + f.errors).to_string(),
+        ]);
+    }
+    println!("\ntrain: {} at {} samples/s", report.dataset, report.rate);
+    table.print();
+    println!(
+        "\nwarm epochs (2+): epoch time on synthetic data / through Ferry = {:.3}",
+        report.warm_ratio
+    );
+}

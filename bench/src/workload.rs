@@ -1,0 +1,328 @@
+//! The training-read workload: a data set of samples (or shards read as
+//! ranges), a fresh shuffle every epoch, R concurrent readers, and per-epoch
+//! throughput, latency and errors.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use serde::Serialize;
+
+use ferry_config::SyntheticSpec;
+
+use crate::client::Reader;
+
+/// One GET of a workload.
+#[derive(Clone, Debug)]
+pub struct Read {
+    /// Key of the object.
+    pub key: String,
+    /// Inclusive byte range, or the whole object.
+    pub range: Option<(u64, u64)>,
+    /// Bytes expected.
+    pub len: u64,
+}
+
+/// A unit of work one reader takes: one sample, or one shard's ranges in order.
+pub type Item = Vec<Read>;
+
+/// What the workload reads.
+pub struct DataSet {
+    /// The items, unshuffled.
+    pub items: Arc<Vec<Item>>,
+    /// Total bytes of one epoch.
+    pub bytes: u64,
+}
+
+impl DataSet {
+    /// Every object read whole (ImageNet-style samples).
+    pub fn samples(spec: SyntheticSpec) -> Self {
+        let items: Vec<Item> = (0..spec.count)
+            .map(|i| {
+                vec![Read {
+                    key: spec.key(i),
+                    range: None,
+                    len: spec.object_size(i),
+                }]
+            })
+            .collect();
+        Self::from_items(items)
+    }
+
+    /// Every object read front to back in `range_size` pieces (webdataset-style shards).
+    pub fn shards(spec: SyntheticSpec, range_size: u64) -> Self {
+        let items: Vec<Item> = (0..spec.count)
+            .map(|i| {
+                let size = spec.object_size(i);
+                (0..size.div_ceil(range_size))
+                    .map(|piece| {
+                        let start = piece * range_size;
+                        let end = (start + range_size).min(size) - 1;
+                        Read {
+                            key: spec.key(i),
+                            range: Some((start, end)),
+                            len: end - start + 1,
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        Self::from_items(items)
+    }
+
+    fn from_items(items: Vec<Item>) -> Self {
+        let bytes = items.iter().flatten().map(|r| r.len).sum();
+        Self {
+            items: Arc::new(items),
+            bytes,
+        }
+    }
+
+    /// Number of GETs in one epoch.
+    pub fn reads(&self) -> usize {
+        self.items.iter().map(Vec::len).sum()
+    }
+
+    /// The size of the largest single read.
+    pub fn largest_read(&self) -> u64 {
+        self.items
+            .iter()
+            .flatten()
+            .map(|r| r.len)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Epoch `epoch`'s order: a fresh shuffle, the same for every mode.
+    pub fn order(&self, seed: u64, epoch: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.items.len()).collect();
+        let mut rng =
+            rand::rngs::StdRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9));
+        order.shuffle(&mut rng);
+        order
+    }
+}
+
+/// Where reads go.
+#[derive(Clone)]
+pub enum Target {
+    /// No I/O: the reader takes the bytes from memory it already has.
+    Synthetic(Bytes),
+    /// An HTTP server; keys are requested as `<prefix>/<key>`.
+    Http {
+        /// Server address.
+        addr: SocketAddr,
+        /// Path before the key: `/bucket` or empty.
+        prefix: String,
+    },
+}
+
+/// Results of one epoch.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EpochStats {
+    /// Epoch number, from 1.
+    pub epoch: usize,
+    /// GETs completed.
+    pub reads: usize,
+    /// Items (samples or shards) completed.
+    pub items: usize,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Wall time.
+    pub seconds: f64,
+    /// Failed reads.
+    pub errors: usize,
+    /// Median read latency in milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile read latency in milliseconds.
+    pub p99_ms: f64,
+    /// Cache hit ratio of the epoch, when reading through a proxy.
+    pub hit_ratio: Option<f64>,
+}
+
+impl EpochStats {
+    /// Items per second.
+    pub fn items_per_second(&self) -> f64 {
+        self.items as f64 / self.seconds.max(1e-9)
+    }
+    /// GETs per second.
+    pub fn reads_per_second(&self) -> f64 {
+        self.reads as f64 / self.seconds.max(1e-9)
+    }
+    /// Megabytes (10^6) per second.
+    pub fn mb_per_second(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.seconds.max(1e-9)
+    }
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub fn progress(total: usize, label: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total as u64);
+    if let Ok(style) = ProgressStyle::with_template("{prefix:>18} [{bar:30}] {pos}/{len} {per_sec}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(label.to_owned());
+    bar
+}
+
+/// Reads every item of `data` once, in `order`, with `readers` concurrent readers.
+pub async fn run_epoch(
+    data: &DataSet,
+    order: Vec<usize>,
+    target: &Target,
+    readers: usize,
+    bar: &ProgressBar,
+) -> EpochStats {
+    let order = Arc::new(order);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..readers.max(1))
+        .map(|_| {
+            let order = order.clone();
+            let next = next.clone();
+            let items = data.items.clone();
+            let target = target.clone();
+            let bar = bar.clone();
+            tokio::spawn(async move {
+                let mut local = ReaderTotals::default();
+                let mut reader = match &target {
+                    Target::Http { addr, .. } => Some(Reader::new(*addr)),
+                    Target::Synthetic(_) => None,
+                };
+                let mut path = String::new();
+                loop {
+                    let at = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&item) = order.get(at) else { break };
+                    for read in &items[item] {
+                        let begun = Instant::now();
+                        let outcome = match (&target, reader.as_mut()) {
+                            (Target::Synthetic(memory), _) => {
+                                let sample = memory.slice(..read.len as usize);
+                                Ok(std::hint::black_box(sample).len() as u64)
+                            }
+                            (Target::Http { prefix, .. }, Some(reader)) => {
+                                path.clear();
+                                path.push_str(prefix);
+                                path.push('/');
+                                path.push_str(&read.key);
+                                reader.get(&path, read.range).await
+                            }
+                            (Target::Http { .. }, None) => Ok(0),
+                        };
+                        local
+                            .latencies_us
+                            .push(begun.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        match outcome {
+                            Ok(len) if len == read.len => {
+                                local.reads += 1;
+                                local.bytes += len;
+                            }
+                            Ok(_) | Err(_) => local.errors += 1,
+                        }
+                    }
+                    local.items += 1;
+                    bar.inc(1);
+                }
+                local
+            })
+        })
+        .collect();
+    let mut totals = ReaderTotals::default();
+    for task in tasks {
+        if let Ok(local) = task.await {
+            totals.merge(local);
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    totals.into_stats(seconds)
+}
+
+/// What one reader counted.
+#[derive(Default)]
+pub struct ReaderTotals {
+    reads: usize,
+    items: usize,
+    bytes: u64,
+    errors: usize,
+    latencies_us: Vec<u32>,
+}
+
+impl ReaderTotals {
+    fn merge(&mut self, other: ReaderTotals) {
+        self.reads += other.reads;
+        self.items += other.items;
+        self.bytes += other.bytes;
+        self.errors += other.errors;
+        self.latencies_us.extend(other.latencies_us);
+    }
+
+    fn into_stats(mut self, seconds: f64) -> EpochStats {
+        self.latencies_us.sort_unstable();
+        EpochStats {
+            reads: self.reads,
+            items: self.items,
+            bytes: self.bytes,
+            seconds,
+            errors: self.errors,
+            p50_ms: percentile_ms(&self.latencies_us, 0.50),
+            p99_ms: percentile_ms(&self.latencies_us, 0.99),
+            ..EpochStats::default()
+        }
+    }
+}
+
+/// The `q` quantile of sorted microsecond samples, in milliseconds.
+pub fn percentile_ms(sorted_us: &[u32], q: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let rank = ((sorted_us.len() as f64 * q).ceil() as usize).clamp(1, sorted_us.len());
+    f64::from(sorted_us[rank - 1]) / 1000.0
+}
+
+/// Memory a synthetic reader hands out: as large as the largest read.
+pub fn synthetic_memory(largest: u64) -> Bytes {
+    Bytes::from(vec![7u8; largest as usize])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_right_rank() {
+        let samples: Vec<u32> = (1..=100).map(|v| v * 1000).collect();
+        assert_eq!(percentile_ms(&samples, 0.5), 50.0);
+        assert_eq!(percentile_ms(&samples, 0.99), 99.0);
+        assert_eq!(percentile_ms(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn shards_cover_every_byte_once() {
+        let spec = SyntheticSpec::from_query("count=3&size=10MiB&dist=fixed").expect("spec");
+        let data = DataSet::shards(spec, 4 << 20);
+        assert_eq!(data.reads(), 9);
+        assert_eq!(data.bytes, 30 << 20);
+        let first = &data.items[0];
+        assert_eq!(first[0].range, Some((0, (4 << 20) - 1)));
+        assert_eq!(first[2].range, Some((8 << 20, (10 << 20) - 1)));
+    }
+
+    #[test]
+    fn each_epoch_has_its_own_shuffle() {
+        let data = DataSet::samples(SyntheticSpec::from_query("count=100").expect("spec"));
+        let one = data.order(1, 1);
+        let two = data.order(1, 2);
+        assert_ne!(one, two);
+        let mut sorted = one.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        assert_eq!(one, data.order(1, 1), "same seed and epoch, same order");
+    }
+}

@@ -1,0 +1,167 @@
+//! The benchmark's scenarios run end to end at toy sizes: real processes,
+//! zero errors, and the results say what the scenario measures.
+
+use std::process::Command;
+
+fn bench(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_ferry-bench"))
+        .args(args)
+        .output()
+        .expect("run ferry-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "ferry-bench {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn temp_json(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("ferry-bench-{}-{name}.json", std::process::id()))
+}
+
+fn read_json(path: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).expect("json written");
+    let _ = std::fs::remove_file(path);
+    serde_json::from_str(&text).expect("valid json")
+}
+
+#[test]
+fn epochs_compare_every_mode_and_ferry_warms_up() {
+    let json = temp_json("epochs");
+    let stdout = bench(&[
+        "epochs",
+        "--samples",
+        "300",
+        "--size",
+        "16KiB",
+        "--epochs",
+        "2",
+        "--readers",
+        "4",
+        "--origin-latency",
+        "1ms",
+        "--json",
+        json.to_str().expect("path"),
+    ]);
+    assert!(
+        stdout.contains("ferry/bare items/s") && stdout.contains("ferry/direct items/s"),
+        "{stdout}"
+    );
+    let report = read_json(&json);
+    let runs = report["runs"].as_array().expect("runs");
+    let modes: Vec<&str> = runs
+        .iter()
+        .map(|r| r["mode"].as_str().expect("mode"))
+        .collect();
+    assert_eq!(modes, ["synthetic", "bare", "direct", "ferry"]);
+    for run in runs {
+        for epoch in run["epochs"].as_array().expect("epochs") {
+            assert_eq!(epoch["errors"], 0, "{run}");
+            assert_eq!(epoch["items"], 300, "{run}");
+        }
+    }
+    let ferry = &runs[3];
+    assert_eq!(ferry["epochs"][0]["hit_ratio"], 0.0, "epoch 1 is cold");
+    assert_eq!(
+        ferry["epochs"][1]["hit_ratio"], 1.0,
+        "epoch 2 is served from cache"
+    );
+    assert!(ferry["proxy_idle_rss_bytes"].as_u64().expect("rss") > 0);
+}
+
+#[test]
+fn shards_are_read_as_ranges() {
+    let json = temp_json("shards");
+    bench(&[
+        "epochs",
+        "--shards",
+        "--shard-count",
+        "3",
+        "--shard-size",
+        "3MiB",
+        "--range-size",
+        "1MiB",
+        "--epochs",
+        "2",
+        "--readers",
+        "2",
+        "--origin-latency",
+        "0ms",
+        "--modes",
+        "bare,ferry",
+        "--json",
+        json.to_str().expect("path"),
+    ]);
+    let report = read_json(&json);
+    assert_eq!(report["reads"], 9);
+    assert_eq!(report["bytes"], 9 * 1024 * 1024);
+    let ferry = &report["runs"][1];
+    assert_eq!(ferry["epochs"][1]["errors"], 0);
+    assert_eq!(ferry["epochs"][1]["hit_ratio"], 1.0);
+}
+
+#[test]
+fn pin_holds_its_share_under_shuffles_and_lru_does_not() {
+    let json = temp_json("policies");
+    let svg = std::env::temp_dir().join(format!("ferry-bench-{}-policies.svg", std::process::id()));
+    bench(&[
+        "policies",
+        "--samples",
+        "1000",
+        "--size",
+        "8KiB",
+        "--fractions",
+        "0.5",
+        "--policies",
+        "pin,lru",
+        "--epochs",
+        "3",
+        "--readers",
+        "4",
+        "--svg",
+        svg.to_str().expect("path"),
+        "--json",
+        json.to_str().expect("path"),
+    ]);
+    let runs = read_json(&json);
+    let pin = runs[0]["warm_hit_ratio"].as_f64().expect("pin");
+    let lru = runs[1]["warm_hit_ratio"].as_f64().expect("lru");
+    assert!((0.4..=0.6).contains(&pin), "pin at c=0.5 hits {pin}");
+    assert!(lru < pin, "lru {lru} thrashes below pin {pin}");
+    let plot = std::fs::read_to_string(&svg).expect("svg written");
+    let _ = std::fs::remove_file(&svg);
+    assert_eq!(plot.matches("<polyline").count(), 2);
+}
+
+#[test]
+fn train_compares_synthetic_and_ferry_epochs() {
+    let json = temp_json("train");
+    bench(&[
+        "train",
+        "--samples",
+        "512",
+        "--size",
+        "8KiB",
+        "--batch",
+        "64",
+        "--rate",
+        "20000",
+        "--workers",
+        "4",
+        "--epochs",
+        "2",
+        "--origin-latency",
+        "0ms",
+        "--json",
+        json.to_str().expect("path"),
+    ]);
+    let report = read_json(&json);
+    assert_eq!(report["synthetic"].as_array().expect("epochs").len(), 2);
+    for epoch in report["ferry"].as_array().expect("epochs") {
+        assert_eq!(epoch["errors"], 0);
+    }
+    let ratio = report["warm_ratio"].as_f64().expect("ratio");
+    assert!(ratio > 0.0 && ratio <= 1.5, "ratio {ratio}");
+}
