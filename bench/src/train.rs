@@ -23,8 +23,9 @@ use crate::workload::{DataSet, progress};
 /// `ferry-bench train` arguments.
 #[derive(Args, Clone, Debug)]
 pub struct TrainArgs {
-    /// Samples in the data set.
-    #[arg(long, default_value_t = 10_000)]
+    /// Samples in the data set (an epoch lasts samples/rate seconds; long
+    /// enough that filling the first batch is a small part of it, as in a real job).
+    #[arg(long, default_value_t = 30_000)]
     pub samples: u64,
     /// Mean sample size (ImageNet-like spread).
     #[arg(long, default_value = "110KiB")]
