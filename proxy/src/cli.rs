@@ -98,6 +98,11 @@ impl Cli {
             None => {}
         }
         anyhow::ensure!(
+            config.role == Role::Worker,
+            "the {} role is not available in this version: run `ferry-proxy worker`",
+            config.role.as_str()
+        );
+        anyhow::ensure!(
             !config.datasets.is_empty(),
             "no data sets to serve: give --origin URL --bucket NAME or list them under `datasets:` in --config"
         );

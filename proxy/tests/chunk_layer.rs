@@ -130,6 +130,16 @@ async fn an_origin_failing_mid_object_aborts_the_response() {
         "what was sent is correct"
     );
 
+    // Bytes served count what went out, not what the aborted responses promised.
+    let served = proxy
+        .metric("response_bytes_total", &[("dataset", "data")])
+        .await;
+    assert_eq!(
+        served,
+        (2 * 2 * CHUNK) as f64,
+        "two responses each sent chunks 0 and 1"
+    );
+
     // A chunk that fails before the response starts is a clean 503 naming the origin.
     let response = client
         .get(proxy.url("/data/big.bin"))

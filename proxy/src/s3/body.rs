@@ -7,6 +7,7 @@ use bytes::Bytes;
 use futures::Stream;
 use futures::stream::BoxStream;
 use http_body::{Frame, SizeHint};
+use metrics::Counter;
 
 use crate::origin::OriginError;
 
@@ -28,6 +29,8 @@ pub enum ProxyBody {
         chunks: BoxStream<'static, Result<Bytes, OriginError>>,
         /// Bytes not yet sent.
         remaining: u64,
+        /// Counts bytes as they go out (an aborted body counts what was sent).
+        sent: Counter,
     },
 }
 
@@ -58,10 +61,15 @@ impl http_body::Body for ProxyBody {
         match self.get_mut() {
             Self::Empty => Poll::Ready(None),
             Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Self::Stream { chunks, remaining } => match Pin::new(chunks).poll_next(cx) {
+            Self::Stream {
+                chunks,
+                remaining,
+                sent,
+            } => match Pin::new(chunks).poll_next(cx) {
                 Poll::Ready(Some(Ok(bytes))) => match remaining.checked_sub(bytes.len() as u64) {
                     Some(left) => {
                         *remaining = left;
+                        sent.increment(bytes.len() as u64);
                         Poll::Ready(Some(Ok(Frame::data(bytes))))
                     }
                     None => Poll::Ready(Some(Err(mismatch("more")))),

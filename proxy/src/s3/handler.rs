@@ -61,10 +61,11 @@ impl FrontDoor {
         };
         metrics.requests.increment(1);
         metrics.count_response(response.status().as_u16());
-        if request.method() != Method::HEAD
-            && let Some(len) = http_body::Body::size_hint(response.body()).exact()
+        // Streamed bodies count their bytes as they go out.
+        if let ProxyBody::Full(Some(bytes)) = response.body()
+            && request.method() != Method::HEAD
         {
-            metrics.response_bytes.increment(len);
+            metrics.response_bytes.increment(bytes.len() as u64);
         }
         metrics.latency.record(started.elapsed());
         Ok(response)
@@ -246,6 +247,7 @@ async fn body_of(
     }
     let remaining = range.end - range.start;
     let window = read_ahead.max(1) as usize + 1;
+    let sent_bytes = dataset.metrics.response_bytes.clone();
     let dataset = Arc::clone(dataset);
     let info = Arc::clone(info);
     let rest = stream::iter((first + 1)..=last)
@@ -274,6 +276,7 @@ async fn body_of(
             .chain(rest)
             .boxed(),
         remaining,
+        sent: sent_bytes,
     })
 }
 
