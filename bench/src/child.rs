@@ -8,6 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use clap::Args;
+
+use ferry_config::{ByteSize, CachePolicy};
 
 /// How long a child gets to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -19,6 +22,37 @@ pub struct ChildProcess {
     pub addr: SocketAddr,
     /// Its admin address, when it has one.
     pub admin: Option<SocketAddr>,
+}
+
+/// Which ferry-proxy a scenario runs.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ProxyArgs {
+    /// Run this ferry-proxy binary instead of the one built into ferry-bench.
+    #[arg(long)]
+    pub proxy_bin: Option<PathBuf>,
+}
+
+impl ProxyArgs {
+    /// The program these arguments choose.
+    pub fn program(&self) -> ProxyProgram {
+        self.proxy_bin
+            .clone()
+            .map_or(ProxyProgram::Embedded, ProxyProgram::Binary)
+    }
+}
+
+/// A ferry-proxy worker a scenario starts.
+pub struct WorkerSpec<'a> {
+    /// Origin URL.
+    pub origin: &'a str,
+    /// Bucket (and data set) name.
+    pub bucket: &'a str,
+    /// Hot cache size.
+    pub cache_size: ByteSize,
+    /// Hot cache policy.
+    pub cache_policy: CachePolicy,
+    /// Read-ahead depth, when not the default.
+    pub read_ahead: Option<u32>,
 }
 
 /// Which program runs a proxy.
@@ -46,7 +80,7 @@ impl ProxyProgram {
 
 impl ChildProcess {
     /// Starts ferry-proxy with `args` (listen and admin on free ports).
-    pub fn proxy(program: &ProxyProgram, args: &[String]) -> anyhow::Result<Self> {
+    fn proxy(program: &ProxyProgram, args: &[String]) -> anyhow::Result<Self> {
         let mut command = program.command()?;
         command
             .args(args)
@@ -54,8 +88,47 @@ impl ChildProcess {
         Self::spawn(command, "ferry-proxy")
     }
 
+    /// Starts a ferry-proxy worker as `worker` describes.
+    pub fn ferry_worker(program: &ProxyProgram, worker: &WorkerSpec<'_>) -> anyhow::Result<Self> {
+        let mut args: Vec<String> = [
+            "worker",
+            "--origin",
+            worker.origin,
+            "--bucket",
+            worker.bucket,
+            "--cache-policy",
+            worker.cache_policy.as_str(),
+        ]
+        .map(str::to_owned)
+        .into();
+        args.extend([
+            "--cache-size".to_owned(),
+            worker.cache_size.bytes().to_string(),
+        ]);
+        if let Some(depth) = worker.read_ahead {
+            args.extend(["--read-ahead".to_owned(), depth.to_string()]);
+        }
+        Self::proxy(program, &args)
+    }
+
+    /// Starts the emulated remote store serving the synthetic data set `query`.
+    pub fn origin_server(query: &str, latency: std::time::Duration) -> anyhow::Result<Self> {
+        Self::server(&[
+            "origin".into(),
+            "--spec".into(),
+            query.to_owned(),
+            "--latency".into(),
+            format!("{}ms", latency.as_millis()),
+        ])
+    }
+
+    /// Starts the bare server holding the synthetic data set `query` in memory.
+    pub fn bare_server(query: &str) -> anyhow::Result<Self> {
+        Self::server(&["bare".into(), "--spec".into(), query.to_owned()])
+    }
+
     /// Starts one of this binary's baseline servers: `ferry-bench serve <args>`.
-    pub fn server(args: &[String]) -> anyhow::Result<Self> {
+    fn server(args: &[String]) -> anyhow::Result<Self> {
         let mut command = Command::new(std::env::current_exe().context("locating ferry-bench")?);
         command.arg("serve").args(args);
         Self::spawn(

@@ -55,7 +55,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         modes: vec![Mode::Synthetic, Mode::Bare, Mode::Direct, Mode::Ferry],
         cache_policy: ferry_config::CachePolicy::Pin,
         cache_size: None,
-        proxy_bin: None,
+        proxy: Default::default(),
         json: args.json.clone(),
         keep_running: args.keep_running,
     })

@@ -10,10 +10,12 @@ use serde::Serialize;
 
 use ferry_config::{ByteSize, CachePolicy, SyntheticSpec};
 
-use crate::child::{ChildProcess, ProxyProgram};
+use crate::child::{ChildProcess, ProxyArgs, ProxyProgram, WorkerSpec};
 use crate::client::{list_all, scrape};
 use crate::report::{self, Table};
-use crate::workload::{DataSet, EpochStats, Target, progress, run_epoch, synthetic_memory};
+use crate::workload::{
+    DataSet, EpochStats, Target, progress, run_epoch, sample_spec, shard_spec, synthetic_memory,
+};
 
 /// How the workload reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -75,9 +77,9 @@ pub struct EpochsArgs {
     /// Ferry's cache size (default: large enough for the whole data set).
     #[arg(long)]
     pub cache_size: Option<ByteSize>,
-    /// Run this ferry-proxy binary instead of the one built into ferry-bench.
-    #[arg(long)]
-    pub proxy_bin: Option<PathBuf>,
+    /// Which ferry-proxy to run.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
     /// Write the results as JSON here too.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -153,23 +155,12 @@ pub struct EpochsReport {
 }
 
 impl EpochsArgs {
-    fn spec(&self) -> SyntheticSpec {
-        let query = if self.shards {
-            format!(
-                "count={}&size={}&dist=fixed&seed={}",
-                self.shard_count,
-                self.shard_size.bytes(),
-                self.seed
-            )
+    fn spec(&self) -> anyhow::Result<SyntheticSpec> {
+        if self.shards {
+            shard_spec(self.shard_count, self.shard_size, self.seed)
         } else {
-            format!(
-                "count={}&size={}&seed={}",
-                self.samples,
-                self.size.bytes(),
-                self.seed
-            )
-        };
-        SyntheticSpec::from_query(&query).unwrap_or_default()
+            sample_spec(self.samples, self.size, self.seed)
+        }
     }
 
     fn bucket(&self) -> &'static str {
@@ -181,29 +172,20 @@ impl EpochsArgs {
 pub async fn run(args: &EpochsArgs) -> anyhow::Result<EpochsReport> {
     anyhow::ensure!(args.epochs >= 1, "--epochs must be at least 1");
     anyhow::ensure!(!args.modes.is_empty(), "--modes lists no mode");
-    let spec = args.spec();
-    let query = spec.to_url().trim_start_matches("synthetic://?").to_owned();
+    let spec = args.spec()?;
+    let query = spec.to_query();
     let data = if args.shards {
         DataSet::shards(spec.clone(), args.range_size.bytes().max(1))
     } else {
         DataSet::samples(spec.clone())
     };
-    let program = args
-        .proxy_bin
-        .clone()
-        .map_or(ProxyProgram::Embedded, ProxyProgram::Binary);
+    let program = args.proxy.program();
     let needs_origin = args
         .modes
         .iter()
         .any(|m| matches!(m, Mode::Direct | Mode::Ferry));
     let origin = if needs_origin {
-        Some(ChildProcess::server(&[
-            "origin".into(),
-            "--spec".into(),
-            query.clone(),
-            "--latency".into(),
-            format!("{}ms", args.origin_latency.as_millis()),
-        ])?)
+        Some(ChildProcess::origin_server(&query, args.origin_latency)?)
     } else {
         None
     };
@@ -308,7 +290,7 @@ async fn prepare(
     let target = match mode {
         Mode::Synthetic => Target::Synthetic(synthetic_memory(data.largest_read())),
         Mode::Bare => {
-            let bare = ChildProcess::server(&["bare".into(), "--spec".into(), query.to_owned()])?;
+            let bare = ChildProcess::bare_server(query)?;
             let target = Target::Http {
                 addr: bare.addr,
                 prefix: format!("/{bucket}"),
@@ -328,22 +310,15 @@ async fn prepare(
         }
         Mode::Ferry => {
             let origin = origin.ok_or_else(|| anyhow::anyhow!("no origin server"))?;
-            let cache_size = args
-                .cache_size
-                .unwrap_or(ByteSize(data.bytes + data.bytes / 4 + (64 << 20)));
-            let proxy = ChildProcess::proxy(
+            let proxy = ChildProcess::ferry_worker(
                 program,
-                &[
-                    "worker".into(),
-                    "--origin".into(),
-                    format!("http://{}/", origin.addr),
-                    "--bucket".into(),
-                    bucket.into(),
-                    "--cache-size".into(),
-                    cache_size.bytes().to_string(),
-                    "--cache-policy".into(),
-                    args.cache_policy.to_string(),
-                ],
+                &WorkerSpec {
+                    origin: &format!("http://{}/", origin.addr),
+                    bucket,
+                    cache_size: args.cache_size.unwrap_or_else(|| data.cache_for_all()),
+                    cache_policy: args.cache_policy,
+                    read_ahead: None,
+                },
             )?;
             idle_rss = proxy.rss_bytes();
             // A data loader lists the bucket once to build its index.

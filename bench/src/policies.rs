@@ -9,12 +9,12 @@ use std::path::PathBuf;
 use clap::Args;
 use serde::Serialize;
 
-use ferry_config::{ByteSize, CachePolicy, SyntheticSpec};
+use ferry_config::{ByteSize, CachePolicy};
 
-use crate::child::{ChildProcess, ProxyProgram};
+use crate::child::{ChildProcess, ProxyArgs, WorkerSpec};
 use crate::client::scrape;
 use crate::report::{self, Table};
-use crate::workload::{DataSet, Target, progress, run_epoch};
+use crate::workload::{DataSet, Target, progress, run_epoch, sample_spec};
 
 /// `ferry-bench policies` arguments.
 #[derive(Args, Clone, Debug)]
@@ -43,9 +43,9 @@ pub struct PoliciesArgs {
     /// Where to write the plot.
     #[arg(long, default_value = "target/ferry-bench/policies.svg")]
     pub svg: PathBuf,
-    /// Run this ferry-proxy binary instead of the one built into ferry-bench.
-    #[arg(long)]
-    pub proxy_bin: Option<PathBuf>,
+    /// Which ferry-proxy to run.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
     /// Write the results as JSON here too.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -70,18 +70,9 @@ pub async fn run(args: &PoliciesArgs) -> anyhow::Result<Vec<PolicyRun>> {
         args.epochs >= 2,
         "--epochs must be at least 2 (epoch 1 only fills the cache)"
     );
-    let spec = SyntheticSpec::from_query(&format!(
-        "count={}&size={}&seed={}",
-        args.samples,
-        args.size.bytes(),
-        args.seed
-    ))
-    .map_err(anyhow::Error::msg)?;
+    let spec = sample_spec(args.samples, args.size, args.seed)?;
     let data = DataSet::samples(spec.clone());
-    let program = args
-        .proxy_bin
-        .clone()
-        .map_or(ProxyProgram::Embedded, ProxyProgram::Binary);
+    let program = args.proxy.program();
     let mut runs = Vec::new();
     for &fraction in &args.fractions {
         anyhow::ensure!(
@@ -90,21 +81,15 @@ pub async fn run(args: &PoliciesArgs) -> anyhow::Result<Vec<PolicyRun>> {
         );
         for &policy in &args.policies {
             let cache = ByteSize((data.bytes as f64 * fraction) as u64);
-            let proxy = ChildProcess::proxy(
+            let proxy = ChildProcess::ferry_worker(
                 &program,
-                &[
-                    "worker".into(),
-                    "--origin".into(),
-                    spec.to_url(),
-                    "--bucket".into(),
-                    "imagenet".into(),
-                    "--cache-size".into(),
-                    cache.bytes().to_string(),
-                    "--cache-policy".into(),
-                    policy.to_string(),
-                    "--read-ahead".into(),
-                    "0".into(),
-                ],
+                &WorkerSpec {
+                    origin: &spec.to_url(),
+                    bucket: "imagenet",
+                    cache_size: cache,
+                    cache_policy: policy,
+                    read_ahead: Some(0),
+                },
             )?;
             let admin = proxy
                 .admin

@@ -13,12 +13,12 @@ use clap::Args;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use ferry_config::{ByteSize, CachePolicy, SyntheticSpec};
+use ferry_config::{ByteSize, CachePolicy};
 
-use crate::child::{ChildProcess, ProxyProgram};
+use crate::child::{ChildProcess, ProxyArgs, WorkerSpec};
 use crate::client::{Reader, list_all};
 use crate::report::{self, Table};
-use crate::workload::{DataSet, progress};
+use crate::workload::{DataSet, progress, sample_spec};
 
 /// `ferry-bench train` arguments.
 #[derive(Args, Clone, Debug)]
@@ -54,9 +54,9 @@ pub struct TrainArgs {
     /// Ferry's cache policy.
     #[arg(long, default_value = "pin")]
     pub cache_policy: CachePolicy,
-    /// Run this ferry-proxy binary instead of the one built into ferry-bench.
-    #[arg(long)]
-    pub proxy_bin: Option<PathBuf>,
+    /// Which ferry-proxy to run.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
     /// Write the results as JSON here too.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -105,40 +105,19 @@ pub async fn run(args: &TrainArgs) -> anyhow::Result<TrainReport> {
         args.rate > 0.0 && args.batch > 0 && args.workers > 0,
         "rate, batch and workers must be positive"
     );
-    let spec = SyntheticSpec::from_query(&format!(
-        "count={}&size={}&seed={}",
-        args.samples,
-        args.size.bytes(),
-        args.seed
-    ))
-    .map_err(anyhow::Error::msg)?;
-    let query = spec.to_url().trim_start_matches("synthetic://?").to_owned();
+    let spec = sample_spec(args.samples, args.size, args.seed)?;
+    let query = spec.to_query();
     let data = DataSet::samples(spec.clone());
-    let origin = ChildProcess::server(&[
-        "origin".into(),
-        "--spec".into(),
-        query,
-        "--latency".into(),
-        format!("{}ms", args.origin_latency.as_millis()),
-    ])?;
-    let program = args
-        .proxy_bin
-        .clone()
-        .map_or(ProxyProgram::Embedded, ProxyProgram::Binary);
-    let cache = ByteSize(data.bytes + data.bytes / 4 + (64 << 20));
-    let proxy = ChildProcess::proxy(
-        &program,
-        &[
-            "worker".into(),
-            "--origin".into(),
-            format!("http://{}/", origin.addr),
-            "--bucket".into(),
-            "imagenet".into(),
-            "--cache-size".into(),
-            cache.bytes().to_string(),
-            "--cache-policy".into(),
-            args.cache_policy.to_string(),
-        ],
+    let origin = ChildProcess::origin_server(&query, args.origin_latency)?;
+    let proxy = ChildProcess::ferry_worker(
+        &args.proxy.program(),
+        &WorkerSpec {
+            origin: &format!("http://{}/", origin.addr),
+            bucket: "imagenet",
+            cache_size: data.cache_for_all(),
+            cache_policy: args.cache_policy,
+            read_ahead: None,
+        },
     )?;
     list_all(proxy.addr, "/imagenet").await?;
     let ferry_source = Source::Ferry {

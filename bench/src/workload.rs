@@ -13,7 +13,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::Serialize;
 
-use ferry_config::SyntheticSpec;
+use ferry_config::{ByteSize, SizeDistribution, SyntheticSpec};
 
 use crate::client::Reader;
 
@@ -37,6 +37,36 @@ pub struct DataSet {
     pub items: Arc<Vec<Item>>,
     /// Total bytes of one epoch.
     pub bytes: u64,
+}
+
+/// An ImageNet-like synthetic data set of `count` samples around `size`.
+pub fn sample_spec(count: u64, size: ByteSize, seed: u64) -> anyhow::Result<SyntheticSpec> {
+    anyhow::ensure!(
+        count > 0 && size.bytes() > 0,
+        "a data set needs at least one sample of at least one byte"
+    );
+    Ok(SyntheticSpec {
+        count,
+        size,
+        seed,
+        ..SyntheticSpec::default()
+    })
+}
+
+/// A synthetic data set of `count` shards of exactly `size`.
+pub fn shard_spec(count: u64, size: ByteSize, seed: u64) -> anyhow::Result<SyntheticSpec> {
+    anyhow::ensure!(
+        count > 0 && size.bytes() > 0,
+        "a data set needs at least one shard of at least one byte"
+    );
+    Ok(SyntheticSpec {
+        count,
+        size,
+        seed,
+        dist: SizeDistribution::Fixed,
+        suffix: ".tar".to_owned(),
+        ..SyntheticSpec::default()
+    })
 }
 
 impl DataSet {
@@ -81,6 +111,11 @@ impl DataSet {
             items: Arc::new(items),
             bytes,
         }
+    }
+
+    /// A cache size that holds the whole data set with room to spare.
+    pub fn cache_for_all(&self) -> ByteSize {
+        ByteSize(self.bytes + self.bytes / 4 + (64 << 20))
     }
 
     /// Number of GETs in one epoch.

@@ -116,12 +116,17 @@ impl SyntheticSpec {
 
     /// The URL this spec was parsed from, normalised.
     pub fn to_url(&self) -> String {
+        format!("synthetic://?{}", self.to_query())
+    }
+
+    /// The query part of [`SyntheticSpec::to_url`], as [`SyntheticSpec::from_query`] reads it.
+    pub fn to_query(&self) -> String {
         let dist = match self.dist {
             SizeDistribution::Imagenet => "imagenet",
             SizeDistribution::Fixed => "fixed",
         };
         let mut url = format!(
-            "synthetic://?count={}&size={}&seed={}&dist={dist}",
+            "count={}&size={}&seed={}&dist={dist}",
             self.count, self.size, self.seed
         );
         if !self.prefix.is_empty() {
