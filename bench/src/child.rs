@@ -22,6 +22,8 @@ pub struct ChildProcess {
     pub addr: SocketAddr,
     /// Its admin address, when it has one.
     pub admin: Option<SocketAddr>,
+    /// A worker's listener for sidecars.
+    pub inbound: Option<SocketAddr>,
 }
 
 /// Which ferry-proxy a scenario runs.
@@ -80,11 +82,16 @@ impl ProxyProgram {
 
 impl ChildProcess {
     /// Starts ferry-proxy with `args` (listen and admin on free ports).
-    fn proxy(program: &ProxyProgram, args: &[String]) -> anyhow::Result<Self> {
+    pub fn proxy(program: &ProxyProgram, args: &[String]) -> anyhow::Result<Self> {
         let mut command = program.command()?;
         command
             .args(args)
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+        if args.first().map(String::as_str) == Some("worker")
+            && !args.iter().any(|a| a == "--inbound")
+        {
+            command.args(["--inbound", "127.0.0.1:0"]);
+        }
         Self::spawn(command, "ferry-proxy")
     }
 
@@ -174,6 +181,7 @@ impl ChildProcess {
         Ok(Self {
             addr,
             admin: address("admin"),
+            inbound: address("inbound"),
             child,
         })
     }

@@ -78,6 +78,41 @@ impl Reader {
         Ok(len)
     }
 
+    /// GETs `path` (optionally a byte range) and returns the body.
+    pub async fn get_body(
+        &mut self,
+        path: &str,
+        range: Option<(u64, u64)>,
+    ) -> anyhow::Result<Bytes> {
+        let attempt = async {
+            let mut request = Request::get(path).header(header::HOST, "127.0.0.1");
+            if let Some((start, end)) = range {
+                request = request.header(header::RANGE, format!("bytes={start}-{end}"));
+            }
+            let request = request.body(Empty::new())?;
+            let sender = self.connect().await?;
+            sender.ready().await?;
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            if status != StatusCode::OK && status != StatusCode::PARTIAL_CONTENT {
+                bail!("GET {path}: HTTP {status}");
+            }
+            Ok(body)
+        };
+        match tokio::time::timeout(READ_TIMEOUT, attempt).await {
+            Ok(Ok(body)) => Ok(body),
+            Ok(Err(err)) => {
+                self.sender = None;
+                Err(err)
+            }
+            Err(_) => {
+                self.sender = None;
+                bail!("GET {path} took longer than {READ_TIMEOUT:?}")
+            }
+        }
+    }
+
     /// GETs `path` and returns the body as text (listings, metrics).
     pub async fn get_text(&mut self, path: &str) -> anyhow::Result<String> {
         let request = Request::get(path)
@@ -126,17 +161,41 @@ pub async fn list_all(addr: SocketAddr, bucket_path: &str) -> anyhow::Result<usi
     }
 }
 
-/// Sums the samples of `name` with label `dataset="<dataset>"` in a proxy's /metrics.
-pub async fn scrape(admin: SocketAddr, name: &str, dataset: &str) -> anyhow::Result<f64> {
+/// The samples of `name` in a proxy's /metrics, by the value of `label`.
+pub async fn scrape_by(
+    admin: SocketAddr,
+    name: &str,
+    label: &str,
+) -> anyhow::Result<Vec<(String, f64)>> {
     let text = Reader::new(admin).get_text("/metrics").await?;
-    let label = format!("dataset=\"{dataset}\"");
+    let pattern = format!("{label}=\"");
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            if series.split('{').next()? != name {
+                return None;
+            }
+            let start = series.find(&pattern)? + pattern.len();
+            let end = series[start..].find('"')? + start;
+            Some((series[start..end].to_owned(), value.parse::<f64>().ok()?))
+        })
+        .collect())
+}
+
+/// Sums the samples of `name` in a proxy's /metrics whose labels include all of `labels`.
+pub async fn scrape(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+    let text = Reader::new(admin).get_text("/metrics").await?;
+    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
     Ok(text
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|line| {
             let (series, value) = line.rsplit_once(' ')?;
             let metric = series.split('{').next()?;
-            (metric == name && series.contains(&label)).then(|| value.parse::<f64>().ok())?
+            (metric == name && wanted.iter().all(|w| series.contains(w.as_str())))
+                .then(|| value.parse::<f64>().ok())?
         })
         .sum())
 }

@@ -40,7 +40,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         "  bare:      a minimal HTTP server answering from memory (this machine's HTTP ceiling)"
     );
     println!("  direct:    reading the origin with no cache");
-    println!("  ferry:     reading through ferry-proxy (worker role, pin cache)\n");
+    println!(
+        "  pool:      the app reads a ferry-proxy sidecar (cache: a quarter of the data set), which\n             \
+         sends each miss to the one of 3 ferry-proxy workers that owns the chunk\n"
+    );
     let report = epochs::run(&EpochsArgs {
         samples: args.samples,
         size: ByteSize::kib(110),
@@ -52,9 +55,12 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         epochs: args.epochs,
         seed: 1,
         origin_latency: Duration::from_millis(10),
-        modes: vec![Mode::Synthetic, Mode::Bare, Mode::Direct, Mode::Ferry],
+        modes: vec![Mode::Synthetic, Mode::Bare, Mode::Direct, Mode::Pool],
         cache_policy: ferry_config::CachePolicy::Pin,
         cache_size: None,
+        workers: 3,
+        sidecar_fraction: 0.25,
+        sidecar_flags: None,
         proxy: Default::default(),
         json: args.json.clone(),
         keep_running: args.keep_running,
@@ -67,7 +73,8 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         .map(|e| e.errors)
         .sum();
     println!(
-        "\nEpoch 1 through Ferry fills its cache from the origin; later epochs come from memory."
+        "\nEpoch 1 fills the workers' caches from the origin; later epochs never touch it \
+         (hit ratio: the sidecar's; pool hit: the workers'; max/mean: load spread over workers)."
     );
     println!("To browse the proxy's metrics, add --keep-running, or run one yourself:");
     println!(

@@ -13,6 +13,7 @@ use ferry_config::{ByteSize, CachePolicy, SyntheticSpec};
 use crate::child::{ChildProcess, ProxyArgs, ProxyProgram, WorkerSpec};
 use crate::client::{list_all, scrape};
 use crate::report::{self, Table};
+use crate::topology::{PoolSpec, PoolTopology};
 use crate::workload::{
     DataSet, EpochStats, Target, progress, run_epoch, sample_spec, shard_spec, synthetic_memory,
 };
@@ -29,6 +30,8 @@ pub enum Mode {
     Direct,
     /// Through ferry-proxy, whose origin is the same origin server.
     Ferry,
+    /// Through a sidecar whose pool of workers reads the same origin server.
+    Pool,
 }
 
 /// `ferry-bench epochs` arguments.
@@ -77,6 +80,16 @@ pub struct EpochsArgs {
     /// Ferry's cache size (default: large enough for the whole data set).
     #[arg(long)]
     pub cache_size: Option<ByteSize>,
+    /// Workers in the pool topology.
+    #[arg(long, default_value_t = 3)]
+    pub workers: usize,
+    /// The pool sidecar's cache as a fraction of the data set (the workers
+    /// together hold all of it).
+    #[arg(long, default_value_t = 0.25)]
+    pub sidecar_fraction: f64,
+    /// Extra sidecar flags for the pool topology, e.g. "--hedge off".
+    #[arg(long, allow_hyphen_values = true)]
+    pub sidecar_flags: Option<String>,
     /// Which ferry-proxy to run.
     #[command(flatten)]
     pub proxy: ProxyArgs,
@@ -183,7 +196,7 @@ pub async fn run(args: &EpochsArgs) -> anyhow::Result<EpochsReport> {
     let needs_origin = args
         .modes
         .iter()
-        .any(|m| matches!(m, Mode::Direct | Mode::Ferry));
+        .any(|m| matches!(m, Mode::Direct | Mode::Ferry | Mode::Pool));
     let origin = if needs_origin {
         Some(ChildProcess::origin_server(&query, args.origin_latency)?)
     } else {
@@ -211,22 +224,28 @@ pub async fn run(args: &EpochsArgs) -> anyhow::Result<EpochsReport> {
         }
     }
     let mut servers = Vec::new();
+    let mut pools = Vec::new();
     let mut runs = Vec::new();
     for mut mode in prepared {
-        if mode.run.mode == Mode::Ferry
-            && let Some(proxy) = &mode.server
-        {
+        // The proxy the app talked to: the worker, or the pool's sidecar.
+        let proxy = match mode.run.mode {
+            Mode::Ferry => mode.server.as_ref(),
+            Mode::Pool => mode.pool.as_ref().map(|p| &p.sidecar),
+            _ => None,
+        };
+        if let Some(proxy) = proxy {
             mode.run.proxy_final_rss_bytes = proxy.rss_bytes();
             if let Some(admin) = proxy.admin {
                 mode.run.proxy_admin = Some(admin.to_string());
                 for name in PROXY_COUNTERS {
-                    if let Ok(value) = scrape(admin, name, mode.bucket).await {
+                    if let Ok(value) = scrape(admin, name, &[("dataset", mode.bucket)]).await {
                         mode.run.proxy_counters.push((name.to_owned(), value));
                     }
                 }
             }
         }
         servers.extend(mode.server);
+        pools.extend(mode.pool);
         runs.push(mode.run);
     }
     let ratios = ratios(&runs);
@@ -254,6 +273,7 @@ pub async fn run(args: &EpochsArgs) -> anyhow::Result<EpochsReport> {
         let _ = tokio::signal::ctrl_c().await;
     }
     drop(servers);
+    drop(pools);
     Ok(report)
 }
 
@@ -272,6 +292,7 @@ struct PreparedMode {
     run: ModeRun,
     target: Target,
     server: Option<ChildProcess>,
+    pool: Option<PoolTopology>,
     bucket: &'static str,
 }
 
@@ -285,16 +306,14 @@ async fn prepare(
 ) -> anyhow::Result<PreparedMode> {
     let bucket = args.bucket();
     let mut server = None;
+    let mut pool = None;
     let mut list_seconds = None;
     let mut idle_rss = None;
     let target = match mode {
         Mode::Synthetic => Target::Synthetic(synthetic_memory(data.largest_read())),
         Mode::Bare => {
             let bare = ChildProcess::bare_server(query)?;
-            let target = Target::Http {
-                addr: bare.addr,
-                prefix: format!("/{bucket}"),
-            };
+            let target = Target::http(bare.addr, format!("/{bucket}"));
             server = Some(bare);
             target
         }
@@ -303,10 +322,7 @@ async fn prepare(
             let started = std::time::Instant::now();
             list_all(origin.addr, "").await?;
             list_seconds = Some(started.elapsed().as_secs_f64());
-            Target::Http {
-                addr: origin.addr,
-                prefix: String::new(),
-            }
+            Target::http(origin.addr, String::new())
         }
         Mode::Ferry => {
             let origin = origin.ok_or_else(|| anyhow::anyhow!("no origin server"))?;
@@ -325,11 +341,39 @@ async fn prepare(
             let started = std::time::Instant::now();
             list_all(proxy.addr, &format!("/{bucket}")).await?;
             list_seconds = Some(started.elapsed().as_secs_f64());
-            let target = Target::Http {
-                addr: proxy.addr,
-                prefix: format!("/{bucket}"),
-            };
+            let target = Target::http(proxy.addr, format!("/{bucket}"));
             server = Some(proxy);
+            target
+        }
+        Mode::Pool => {
+            let origin = origin.ok_or_else(|| anyhow::anyhow!("no origin server"))?;
+            anyhow::ensure!(
+                (0.0..1.0).contains(&args.sidecar_fraction),
+                "--sidecar-fraction must be below 1: the sidecar's cache is smaller than the data set"
+            );
+            let workers = args.workers.max(1) as u64;
+            let topology = PoolTopology::start(
+                program,
+                &PoolSpec {
+                    origin: &format!("http://{}/", origin.addr),
+                    bucket,
+                    workers: workers as usize,
+                    worker_cache: ByteSize(data.cache_for_all().bytes() / workers + (64 << 20)),
+                    sidecar_cache: ByteSize((data.bytes as f64 * args.sidecar_fraction) as u64),
+                    policy: args.cache_policy,
+                    sidecar_flags: args
+                        .sidecar_flags
+                        .as_deref()
+                        .map(|f| f.split_whitespace().map(str::to_owned).collect())
+                        .unwrap_or_default(),
+                },
+            )?;
+            idle_rss = topology.sidecar.rss_bytes();
+            let started = std::time::Instant::now();
+            list_all(topology.sidecar.addr, &format!("/{bucket}")).await?;
+            list_seconds = Some(started.elapsed().as_secs_f64());
+            let target = Target::http(topology.sidecar.addr, format!("/{bucket}"));
+            pool = Some(topology);
             target
         }
     };
@@ -345,6 +389,7 @@ async fn prepare(
         },
         target,
         server,
+        pool,
         bucket,
     })
 }
@@ -356,6 +401,10 @@ impl PreparedMode {
             _ => None,
         };
         let before = hit_counters(admin, self.bucket).await;
+        let pool_before = match &self.pool {
+            Some(pool) => pool.counters().await.ok(),
+            None => None,
+        };
         let label = format!("{:?} epoch {epoch}", self.run.mode).to_lowercase();
         let bar = progress(data.items.len(), &label);
         let mut stats = run_epoch(
@@ -373,6 +422,15 @@ impl PreparedMode {
             let lookups = hits + after.1 - before.1;
             stats.hit_ratio = (lookups > 0.0).then(|| hits / lookups);
         }
+        if let (Some(pool), Some(before)) = (&self.pool, pool_before)
+            && let Ok(after) = pool.counters().await
+        {
+            let (sidecar, workers, origin_bytes, evenness) = before.delta(&after);
+            stats.hit_ratio = sidecar;
+            stats.pool_hit_ratio = workers;
+            stats.origin_bytes = Some(origin_bytes);
+            stats.load_evenness = evenness;
+        }
         stats
     }
 }
@@ -380,34 +438,59 @@ impl PreparedMode {
 /// (hits, misses) of the proxy's memory tier, if `admin` is a proxy's.
 async fn hit_counters(admin: Option<std::net::SocketAddr>, dataset: &str) -> Option<(f64, f64)> {
     let admin = admin?;
-    let hits = scrape(admin, "cache_hits_total", dataset).await.ok()?;
-    let misses = scrape(admin, "cache_misses_total", dataset).await.ok()?;
+    let hits = scrape(
+        admin,
+        "cache_hits_total",
+        &[("dataset", dataset), ("tier", "memory")],
+    )
+    .await
+    .ok()?;
+    let misses = scrape(
+        admin,
+        "cache_misses_total",
+        &[("dataset", dataset), ("tier", "memory")],
+    )
+    .await
+    .ok()?;
     Some((hits, misses))
 }
 
 fn ratios(runs: &[ModeRun]) -> Vec<(String, f64)> {
     let find = |mode| runs.iter().find(|r| r.mode == mode);
-    let Some(ferry) = find(Mode::Ferry) else {
-        return Vec::new();
-    };
     let mut ratios = Vec::new();
-    for (mode, name) in [(Mode::Bare, "bare"), (Mode::Direct, "direct")] {
-        if let Some(base) = find(mode) {
-            ratios.push((
-                format!("ferry/{name} items/s"),
-                ferry.warm_items_per_second() / base.warm_items_per_second(),
-            ));
-            ratios.push((
-                format!("ferry/{name} MB/s"),
-                ferry.warm_mb_per_second() / base.warm_mb_per_second(),
-            ));
+    let comparisons = [
+        (
+            Mode::Ferry,
+            "ferry",
+            [(Mode::Bare, "bare"), (Mode::Direct, "direct")],
+        ),
+        (
+            Mode::Pool,
+            "pool",
+            [(Mode::Synthetic, "synthetic"), (Mode::Direct, "direct")],
+        ),
+    ];
+    for (mode, name, baselines) in comparisons {
+        let Some(run) = find(mode) else { continue };
+        for (baseline, base_name) in baselines {
+            if let Some(base) = find(baseline) {
+                ratios.push((
+                    format!("{name}/{base_name} items/s"),
+                    run.warm_items_per_second() / base.warm_items_per_second(),
+                ));
+                ratios.push((
+                    format!("{name}/{base_name} MB/s"),
+                    run.warm_mb_per_second() / base.warm_mb_per_second(),
+                ));
+            }
         }
     }
     ratios
 }
 
 fn print(report: &EpochsReport) {
-    let mut table = Table::new(&[
+    let pool = report.runs.iter().any(|r| r.mode == Mode::Pool);
+    let mut header = vec![
         "mode",
         "epoch",
         "items/s",
@@ -416,11 +499,16 @@ fn print(report: &EpochsReport) {
         "p50 ms",
         "p99 ms",
         "hit ratio",
-        "errors",
-    ]);
+    ];
+    if pool {
+        header.extend(["pool hit", "origin MB", "max/mean"]);
+    }
+    header.push("errors");
+    let mut table = Table::new(&header);
+    let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".into());
     for run in &report.runs {
         for epoch in &run.epochs {
-            table.row(vec![
+            let mut row = vec![
                 format!("{:?}", run.mode).to_lowercase(),
                 epoch.epoch.to_string(),
                 format!("{:.0}", epoch.items_per_second()),
@@ -428,9 +516,17 @@ fn print(report: &EpochsReport) {
                 format!("{:.0}", epoch.mb_per_second()),
                 format!("{:.2}", epoch.p50_ms),
                 format!("{:.2}", epoch.p99_ms),
-                epoch.hit_ratio.map_or("-".into(), |h| format!("{h:.3}")),
-                epoch.errors.to_string(),
-            ]);
+                or_dash(epoch.hit_ratio.map(|h| format!("{h:.3}"))),
+            ];
+            if pool {
+                row.push(or_dash(epoch.pool_hit_ratio.map(|h| format!("{h:.3}"))));
+                row.push(or_dash(
+                    epoch.origin_bytes.map(|b| format!("{:.1}", b as f64 / 1e6)),
+                ));
+                row.push(or_dash(epoch.load_evenness.map(|e| format!("{e:.3}"))));
+            }
+            row.push(epoch.errors.to_string());
+            table.row(row);
         }
     }
     println!(

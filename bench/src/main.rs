@@ -1,6 +1,7 @@
 //! `ferry-bench`: the training-read workload against real processes, the
 //! scenarios that measure Ferry, and the one-command local demo.
 
+mod chaos;
 mod child;
 mod client;
 mod demo;
@@ -8,6 +9,7 @@ mod epochs;
 mod policies;
 mod report;
 mod serve;
+mod topology;
 mod train;
 mod workload;
 
@@ -38,6 +40,10 @@ enum Command {
     Train(train::TrainArgs),
     /// Cache policies at several cache sizes under shuffled epochs, with a plot.
     Policies(policies::PoliciesArgs),
+    /// The sidecar and worker pool against synthetic and direct reads.
+    Pool(PoolArgs),
+    /// A worker killed mid-epoch and restarted: failed reads, wrong bytes, recovery.
+    Chaos(chaos::ChaosArgs),
     /// A baseline server (used by the scenarios).
     #[command(hide = true)]
     Serve(serve::ServeArgs),
@@ -68,6 +74,16 @@ fn main() -> std::process::ExitCode {
                     Command::Epochs(args) => epochs::run(&args).await.map(drop),
                     Command::Train(args) => train::run(&args).await.map(drop),
                     Command::Policies(args) => policies::run(&args).await.map(drop),
+                    Command::Pool(args) => epochs::run(&args.into_epochs()).await.map(drop),
+                    Command::Chaos(args) => chaos::run(&args).await.and_then(|report| {
+                        anyhow::ensure!(
+                            report.failed_reads == 0 && report.wrong_bytes == 0,
+                            "{} failed reads, {} wrong bytes",
+                            report.failed_reads,
+                            report.wrong_bytes
+                        );
+                        Ok(())
+                    }),
                     Command::Serve(_) | Command::Proxy { .. } => Ok(()),
                 }
             })
@@ -78,6 +94,62 @@ fn main() -> std::process::ExitCode {
         Err(err) => {
             eprintln!("ferry-bench: {err:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ferry-bench pool` arguments: the epochs comparison with the pool topology.
+#[derive(clap::Args, Debug)]
+struct PoolArgs {
+    /// Samples in the data set.
+    #[arg(long, default_value_t = 20_000)]
+    samples: u64,
+    /// Epochs.
+    #[arg(long, default_value_t = 4)]
+    epochs: usize,
+    /// Workers.
+    #[arg(long, default_value_t = 3)]
+    workers: usize,
+    /// The sidecar's cache as a fraction of the data set.
+    #[arg(long, default_value_t = 0.25)]
+    sidecar_fraction: f64,
+    /// Extra sidecar flags, e.g. "--hedge off".
+    #[arg(long, allow_hyphen_values = true)]
+    sidecar_flags: Option<String>,
+    /// Which ferry-proxy to run.
+    #[command(flatten)]
+    proxy: child::ProxyArgs,
+    /// Write the results as JSON here too.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+impl PoolArgs {
+    fn into_epochs(self) -> epochs::EpochsArgs {
+        epochs::EpochsArgs {
+            samples: self.samples,
+            size: ferry_config::ByteSize::kib(110),
+            shards: false,
+            shard_count: 0,
+            shard_size: ferry_config::ByteSize::mib(64),
+            range_size: ferry_config::ByteSize::mib(4),
+            readers: 32,
+            epochs: self.epochs,
+            seed: 1,
+            origin_latency: std::time::Duration::from_millis(10),
+            modes: vec![
+                epochs::Mode::Synthetic,
+                epochs::Mode::Direct,
+                epochs::Mode::Pool,
+            ],
+            cache_policy: ferry_config::CachePolicy::Pin,
+            cache_size: None,
+            workers: self.workers,
+            sidecar_fraction: self.sidecar_fraction,
+            sidecar_flags: self.sidecar_flags,
+            proxy: self.proxy,
+            json: self.json,
+            keep_running: false,
         }
     }
 }

@@ -94,14 +94,21 @@ pub async fn run(args: &PoliciesArgs) -> anyhow::Result<Vec<PolicyRun>> {
             let admin = proxy
                 .admin
                 .ok_or_else(|| anyhow::anyhow!("proxy reported no admin address"))?;
-            let target = Target::Http {
-                addr: proxy.addr,
-                prefix: "/imagenet".into(),
-            };
+            let target = Target::http(proxy.addr, "/imagenet");
             let mut ratios = Vec::new();
             for epoch in 1..=args.epochs {
-                let hits = scrape(admin, "cache_hits_total", "imagenet").await?;
-                let misses = scrape(admin, "cache_misses_total", "imagenet").await?;
+                let hits = scrape(
+                    admin,
+                    "cache_hits_total",
+                    &[("dataset", "imagenet"), ("tier", "memory")],
+                )
+                .await?;
+                let misses = scrape(
+                    admin,
+                    "cache_misses_total",
+                    &[("dataset", "imagenet"), ("tier", "memory")],
+                )
+                .await?;
                 let bar = progress(data.items.len(), &format!("{policy} c={fraction} e{epoch}"));
                 let stats = run_epoch(
                     &data,
@@ -117,8 +124,20 @@ pub async fn run(args: &PoliciesArgs) -> anyhow::Result<Vec<PolicyRun>> {
                     "{} reads failed ({policy}, c={fraction})",
                     stats.errors
                 );
-                let hits = scrape(admin, "cache_hits_total", "imagenet").await? - hits;
-                let misses = scrape(admin, "cache_misses_total", "imagenet").await? - misses;
+                let hits = scrape(
+                    admin,
+                    "cache_hits_total",
+                    &[("dataset", "imagenet"), ("tier", "memory")],
+                )
+                .await?
+                    - hits;
+                let misses = scrape(
+                    admin,
+                    "cache_misses_total",
+                    &[("dataset", "imagenet"), ("tier", "memory")],
+                )
+                .await?
+                    - misses;
                 ratios.push(hits / (hits + misses).max(1.0));
             }
             let warm = &ratios[1..];

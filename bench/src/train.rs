@@ -18,6 +18,7 @@ use ferry_config::{ByteSize, CachePolicy};
 use crate::child::{ChildProcess, ProxyArgs, WorkerSpec};
 use crate::client::{Reader, list_all};
 use crate::report::{self, Table};
+use crate::topology::{PoolSpec, PoolTopology};
 use crate::workload::{DataSet, progress, sample_spec};
 
 /// `ferry-bench train` arguments.
@@ -54,12 +55,24 @@ pub struct TrainArgs {
     /// Ferry's cache policy.
     #[arg(long, default_value = "pin")]
     pub cache_policy: CachePolicy,
+    /// Read through a sidecar and 3 workers (pool) or one worker.
+    #[arg(long, value_enum, default_value = "pool")]
+    pub topology: Topology,
     /// Which ferry-proxy to run.
     #[command(flatten)]
     pub proxy: ProxyArgs,
     /// Write the results as JSON here too.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// Which Ferry the job reads through.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Topology {
+    /// One worker, read directly.
+    Worker,
+    /// A sidecar with a pool of 3 workers.
+    Pool,
 }
 
 /// One epoch of one job.
@@ -109,19 +122,46 @@ pub async fn run(args: &TrainArgs) -> anyhow::Result<TrainReport> {
     let query = spec.to_query();
     let data = DataSet::samples(spec.clone());
     let origin = ChildProcess::origin_server(&query, args.origin_latency)?;
-    let proxy = ChildProcess::ferry_worker(
-        &args.proxy.program(),
-        &WorkerSpec {
-            origin: &format!("http://{}/", origin.addr),
-            bucket: "imagenet",
-            cache_size: data.cache_for_all(),
-            cache_policy: args.cache_policy,
-            read_ahead: None,
-        },
-    )?;
-    list_all(proxy.addr, "/imagenet").await?;
+    let origin_url = format!("http://{}/", origin.addr);
+    // Keep the processes alive for the whole run.
+    let (_worker, _pool, addr) = match args.topology {
+        Topology::Worker => {
+            let worker = ChildProcess::ferry_worker(
+                &args.proxy.program(),
+                &WorkerSpec {
+                    origin: &origin_url,
+                    bucket: "imagenet",
+                    cache_size: data.cache_for_all(),
+                    cache_policy: args.cache_policy,
+                    read_ahead: None,
+                },
+            )?;
+            let addr = worker.addr;
+            (Some(worker), None, addr)
+        }
+        Topology::Pool => {
+            let workers = 3;
+            let pool = PoolTopology::start(
+                &args.proxy.program(),
+                &PoolSpec {
+                    origin: &origin_url,
+                    bucket: "imagenet",
+                    workers,
+                    worker_cache: ByteSize(
+                        data.cache_for_all().bytes() / workers as u64 + (64 << 20),
+                    ),
+                    sidecar_cache: ByteSize(data.bytes / 4),
+                    policy: args.cache_policy,
+                    sidecar_flags: Vec::new(),
+                },
+            )?;
+            let addr = pool.sidecar.addr;
+            (None, Some(pool), addr)
+        }
+    };
+    list_all(addr, "/imagenet").await?;
     let ferry_source = Source::Ferry {
-        addr: proxy.addr,
+        addr,
         bucket: "imagenet".into(),
     };
     eprintln!(

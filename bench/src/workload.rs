@@ -154,7 +154,20 @@ pub enum Target {
         addr: SocketAddr,
         /// Path before the key: `/bucket` or empty.
         prefix: String,
+        /// Check every byte against the synthetic data set this describes.
+        verify: Option<Arc<SyntheticSpec>>,
     },
+}
+
+impl Target {
+    /// An HTTP target that does not verify bytes.
+    pub fn http(addr: SocketAddr, prefix: impl Into<String>) -> Self {
+        Self::Http {
+            addr,
+            prefix: prefix.into(),
+            verify: None,
+        }
+    }
 }
 
 /// Results of one epoch.
@@ -172,12 +185,24 @@ pub struct EpochStats {
     pub seconds: f64,
     /// Failed reads.
     pub errors: usize,
+    /// Reads whose bytes differed from the data set (when verifying).
+    pub wrong_bytes: usize,
     /// Median read latency in milliseconds.
     pub p50_ms: f64,
     /// 99th percentile read latency in milliseconds.
     pub p99_ms: f64,
-    /// Cache hit ratio of the epoch, when reading through a proxy.
+    /// Cache hit ratio of the epoch, when reading through a proxy (the
+    /// sidecar's, in a pool).
     pub hit_ratio: Option<f64>,
+    /// Hit ratio of the workers' caches (pool topology).
+    pub pool_hit_ratio: Option<f64>,
+    /// Bytes the proxies read from the origin during the epoch.
+    pub origin_bytes: Option<u64>,
+    /// Most requests any worker got over the mean (pool topology).
+    pub load_evenness: Option<f64>,
+    /// Each read's start (ms since the epoch began) and latency (µs).
+    #[serde(skip)]
+    pub timeline: Vec<(u32, u32)>,
 }
 
 impl EpochStats {
@@ -231,6 +256,7 @@ pub async fn run_epoch(
                     Target::Synthetic(_) => None,
                 };
                 let mut path = String::new();
+                let mut expected = Vec::new();
                 loop {
                     let at = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&item) = order.get(at) else { break };
@@ -241,18 +267,33 @@ pub async fn run_epoch(
                                 let sample = memory.slice(..read.len as usize);
                                 Ok(std::hint::black_box(sample).len() as u64)
                             }
-                            (Target::Http { prefix, .. }, Some(reader)) => {
+                            (Target::Http { prefix, verify, .. }, Some(reader)) => {
                                 path.clear();
                                 path.push_str(prefix);
                                 path.push('/');
                                 path.push_str(&read.key);
-                                reader.get(&path, read.range).await
+                                match verify {
+                                    None => reader.get(&path, read.range).await,
+                                    Some(spec) => match reader.get_body(&path, read.range).await {
+                                        Ok(body) => {
+                                            if !matches_spec(spec, read, &body, &mut expected) {
+                                                local.wrong += 1;
+                                            }
+                                            Ok(body.len() as u64)
+                                        }
+                                        Err(err) => Err(err),
+                                    },
+                                }
                             }
                             (Target::Http { .. }, None) => Ok(0),
                         };
-                        local
-                            .latencies_us
-                            .push(begun.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        let latency = begun.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                        local.latencies_us.push(latency);
+                        let start_ms = begun
+                            .duration_since(started)
+                            .as_millis()
+                            .min(u32::MAX as u128) as u32;
+                        local.timeline.push((start_ms, latency));
                         match outcome {
                             Ok(len) if len == read.len => {
                                 local.reads += 1;
@@ -285,7 +326,9 @@ pub struct ReaderTotals {
     items: usize,
     bytes: u64,
     errors: usize,
+    wrong: usize,
     latencies_us: Vec<u32>,
+    timeline: Vec<(u32, u32)>,
 }
 
 impl ReaderTotals {
@@ -294,7 +337,9 @@ impl ReaderTotals {
         self.items += other.items;
         self.bytes += other.bytes;
         self.errors += other.errors;
+        self.wrong += other.wrong;
         self.latencies_us.extend(other.latencies_us);
+        self.timeline.extend(other.timeline);
     }
 
     fn into_stats(mut self, seconds: f64) -> EpochStats {
@@ -305,11 +350,24 @@ impl ReaderTotals {
             bytes: self.bytes,
             seconds,
             errors: self.errors,
+            wrong_bytes: self.wrong,
+            timeline: self.timeline,
             p50_ms: percentile_ms(&self.latencies_us, 0.50),
             p99_ms: percentile_ms(&self.latencies_us, 0.99),
             ..EpochStats::default()
         }
     }
+}
+
+/// Whether `body` is exactly what the data set holds for `read`.
+fn matches_spec(spec: &SyntheticSpec, read: &Read, body: &[u8], expected: &mut Vec<u8>) -> bool {
+    let Some(index) = spec.index_of(&read.key) else {
+        return false;
+    };
+    let offset = read.range.map_or(0, |(start, _)| start);
+    expected.resize(read.len as usize, 0);
+    spec.fill(index, offset, expected);
+    body == &expected[..]
 }
 
 /// The `q` quantile of sorted microsecond samples, in milliseconds.

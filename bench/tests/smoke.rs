@@ -165,3 +165,65 @@ fn train_compares_synthetic_and_ferry_epochs() {
     let ratio = report["warm_ratio"].as_f64().expect("ratio");
     assert!(ratio > 0.0 && ratio <= 1.5, "ratio {ratio}");
 }
+
+#[test]
+fn the_pool_topology_holds_the_data_set_after_epoch_one() {
+    let json = temp_json("pool");
+    bench(&[
+        "pool",
+        "--samples",
+        "400",
+        "--epochs",
+        "2",
+        "--json",
+        json.to_str().expect("path"),
+    ]);
+    let report = read_json(&json);
+    let pool = report["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .find(|r| r["mode"] == "pool")
+        .expect("pool run")
+        .clone();
+    let second = &pool["epochs"][1];
+    assert_eq!(second["errors"], 0);
+    let pool_hit = second["pool_hit_ratio"].as_f64().expect("pool hit ratio");
+    assert!(pool_hit >= 0.95, "workers hold the data set: {pool_hit}");
+    assert!(second["load_evenness"].as_f64().expect("evenness") >= 1.0);
+    assert!(
+        report["ratios"]
+            .as_array()
+            .expect("ratios")
+            .iter()
+            .any(|r| r[0] == "pool/direct items/s")
+    );
+}
+
+#[test]
+fn chaos_loses_no_read_when_a_worker_dies() {
+    let json = temp_json("chaos");
+    bench(&[
+        "chaos",
+        "--samples",
+        "1500",
+        "--size",
+        "16KiB",
+        "--readers",
+        "8",
+        "--down-for",
+        "300ms",
+        "--origin-latency",
+        "1ms",
+        "--json",
+        json.to_str().expect("path"),
+    ]);
+    let report = read_json(&json);
+    assert_eq!(report["failed_reads"], 0);
+    assert_eq!(report["wrong_bytes"], 0);
+    assert_eq!(report["epochs"].as_array().expect("epochs").len(), 3);
+    assert!(
+        report["failover_window"][0].as_u64().expect("count") > 0,
+        "reads went on after the kill"
+    );
+}

@@ -4,6 +4,7 @@
 pub mod load;
 pub mod origin;
 pub mod policy;
+pub mod pool;
 pub mod proxy;
 pub mod synthetic;
 pub mod units;
@@ -11,8 +12,10 @@ pub mod units;
 pub use load::{ConfigError, from_yaml, from_yaml_file};
 pub use origin::OriginSpec;
 pub use policy::{
-    CachePolicy, CacheSpec, DatasetPolicy, Datasets, PolicyFile, RoleCaches, S3Options,
+    CachePolicy, CacheSpec, DatasetPolicy, Datasets, PolicyFile, PoolDownPolicy, RoleCaches,
+    S3Options,
 };
-pub use proxy::{Limits, ProxyConfig, Role};
+pub use pool::{BalanceSpec, HedgeSpec, MemberSpec, PoolSpec};
+pub use proxy::{DiskCacheSpec, Limits, ProxyConfig, Role};
 pub use synthetic::{SizeDistribution, SyntheticSpec};
 pub use units::{ByteSize, HumanDuration, MetadataTtl};

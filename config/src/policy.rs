@@ -31,8 +31,13 @@ pub struct DatasetPolicy {
     pub name: String,
     /// The bucket name the training program uses for it.
     pub bucket: String,
-    /// Where its objects live.
-    pub origin: OriginSpec,
+    /// Where its objects live (required on workers; a sidecar needs it only
+    /// to read the origin when its whole pool is down, see `on_pool_down`).
+    pub origin: Option<OriginSpec>,
+    /// The worker pool a sidecar reads misses from (default: the only pool).
+    pub pool: Option<String>,
+    /// What a sidecar does when every worker of its pool is down.
+    pub on_pool_down: PoolDownPolicy,
     /// Settings for an `s3://` origin.
     pub s3: S3Options,
     /// Size of the aligned chunks objects are cached in; a smaller object is one chunk.
@@ -43,6 +48,38 @@ pub struct DatasetPolicy {
     pub read_ahead: u32,
     /// Hot-cache settings per role.
     pub cache: RoleCaches,
+}
+
+/// What a sidecar does when no worker of its pool can serve a chunk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolDownPolicy {
+    /// Fail the read with a 503 that names the pool and why each worker failed.
+    #[default]
+    Fail,
+    /// Read the origin directly (the sidecar then needs the origin's credentials).
+    Origin,
+}
+
+impl PoolDownPolicy {
+    /// The name used in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fail => "fail",
+            Self::Origin => "origin",
+        }
+    }
+}
+
+impl std::str::FromStr for PoolDownPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fail" => Ok(Self::Fail),
+            "origin" => Ok(Self::Origin),
+            other => Err(format!("'{other}' is not allowed: use fail or origin")),
+        }
+    }
 }
 
 /// Settings for an S3-compatible origin. Credentials come only from the standard
@@ -138,7 +175,10 @@ struct RawDatasetPolicy {
     name: String,
     #[serde(default, deserialize_with = "optional_bucket_name")]
     bucket: Option<String>,
-    origin: OriginSpec,
+    origin: Option<OriginSpec>,
+    pool: Option<String>,
+    #[serde(default)]
+    on_pool_down: PoolDownPolicy,
     #[serde(default)]
     s3: Option<S3Options>,
     #[serde(default = "default_chunk_size", deserialize_with = "chunk_size")]
@@ -162,16 +202,28 @@ fn default_read_ahead() -> u32 {
 impl TryFrom<RawDatasetPolicy> for DatasetPolicy {
     type Error = String;
     fn try_from(raw: RawDatasetPolicy) -> Result<Self, String> {
-        if raw.s3.is_some() && !matches!(raw.origin, OriginSpec::S3 { .. }) {
+        if raw.s3.is_some() && !matches!(raw.origin, Some(OriginSpec::S3 { .. })) {
+            let origin = raw
+                .origin
+                .as_ref()
+                .map_or("none".to_owned(), ToString::to_string);
             return Err(format!(
-                "data set '{}': s3 settings apply only to an s3:// origin, but the origin is {}",
-                raw.name, raw.origin
+                "data set '{}': s3 settings apply only to an s3:// origin, but the origin is {origin}",
+                raw.name
+            ));
+        }
+        if raw.on_pool_down == PoolDownPolicy::Origin && raw.origin.is_none() {
+            return Err(format!(
+                "data set '{}': on_pool_down: origin needs an origin to fall back to",
+                raw.name
             ));
         }
         Ok(Self {
             bucket: raw.bucket.unwrap_or_else(|| raw.name.clone()),
             name: raw.name,
             origin: raw.origin,
+            pool: raw.pool,
+            on_pool_down: raw.on_pool_down,
             s3: raw.s3.unwrap_or_default(),
             chunk_size: raw.chunk_size,
             metadata_ttl: raw.metadata_ttl,

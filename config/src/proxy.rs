@@ -1,17 +1,22 @@
 //! Settings of one `ferry-proxy` process.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::Datasets;
+use crate::load::ConfigError;
+use crate::policy::{DatasetPolicy, Datasets, PoolDownPolicy};
+use crate::pool::PoolSpec;
 use crate::units::{ByteSize, HumanDuration};
 
 /// Default S3 front door for the local app.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4140";
 /// Default admin listener.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:4191";
+/// Default inbound listener of a worker (other proxies connect here).
+pub const DEFAULT_INBOUND: &str = "0.0.0.0:4143";
 
 /// Which side of the mesh a proxy is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -44,14 +49,30 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     /// Address of the admin endpoints (metrics, readiness).
     pub admin: SocketAddr,
+    /// Where a worker accepts requests from sidecars.
+    pub inbound: SocketAddr,
     /// Runtime worker threads; absent means sized from the container's CPU quota.
     pub threads: Option<usize>,
     /// Host-name suffixes for virtual-hosted requests: `<bucket>.<suffix>`.
     pub virtual_host_domains: Vec<String>,
     /// Resource bounds.
     pub limits: Limits,
+    /// Worker pools sidecars read from.
+    pub pools: Vec<PoolSpec>,
+    /// A worker's local-disk cache tier.
+    pub disk_cache: Option<DiskCacheSpec>,
     /// The data sets served.
     pub datasets: Datasets,
+}
+
+/// The local-disk tier of a worker's cache.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskCacheSpec {
+    /// Directory holding cached chunks (created if missing).
+    pub dir: PathBuf,
+    /// Most bytes of chunk data kept there.
+    pub size: ByteSize,
 }
 
 impl Default for ProxyConfig {
@@ -60,10 +81,91 @@ impl Default for ProxyConfig {
             role: Role::Worker,
             listen: parse_default_addr(DEFAULT_LISTEN),
             admin: parse_default_addr(DEFAULT_ADMIN),
+            inbound: parse_default_addr(DEFAULT_INBOUND),
             threads: None,
             virtual_host_domains: vec!["localhost".to_owned()],
             limits: Limits::default(),
+            pools: Vec::new(),
+            disk_cache: None,
             datasets: Datasets::default(),
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// Checks what spans sections: every data set has what its role needs, and
+    /// pools are named uniquely and exist. `file` names the source in errors.
+    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let error = |field: String, message: String| ConfigError {
+            file: file.to_owned(),
+            line: None,
+            column: None,
+            field,
+            message,
+        };
+        for (i, pool) in self.pools.iter().enumerate() {
+            if self.pools[..i].iter().any(|p| p.name == pool.name) {
+                return Err(error(
+                    format!("pools[{i}].name"),
+                    format!("pool name '{}' is used twice", pool.name),
+                ));
+            }
+        }
+        if self.disk_cache.is_some() && self.role != Role::Worker {
+            return Err(error(
+                "disk_cache".into(),
+                "a disk cache belongs to a worker, not a sidecar".into(),
+            ));
+        }
+        for (i, dataset) in self.datasets.iter().enumerate() {
+            match self.role {
+                Role::Worker if dataset.origin.is_none() => {
+                    return Err(error(
+                        format!("datasets[{i}].origin"),
+                        format!(
+                            "data set '{}' has no origin: a worker reads from one",
+                            dataset.name
+                        ),
+                    ));
+                }
+                Role::Worker => {}
+                Role::Sidecar => {
+                    self.pool_of(dataset)
+                        .map_err(|message| error(format!("datasets[{i}].pool"), message))?;
+                    if dataset.on_pool_down == PoolDownPolicy::Origin && dataset.origin.is_none() {
+                        return Err(error(
+                            format!("datasets[{i}].origin"),
+                            "on_pool_down: origin needs an origin".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The pool a sidecar's data set reads from: the one it names, or the only one.
+    pub fn pool_of(&self, dataset: &DatasetPolicy) -> Result<&PoolSpec, String> {
+        match &dataset.pool {
+            Some(name) => self.pools.iter().find(|p| &p.name == name).ok_or_else(|| {
+                let known: Vec<&str> = self.pools.iter().map(|p| p.name.as_str()).collect();
+                format!(
+                    "data set '{}' names pool '{name}', which is not defined (pools: {known:?})",
+                    dataset.name
+                )
+            }),
+            None => match self.pools.as_slice() {
+                [only] => Ok(only),
+                [] => Err(format!(
+                    "data set '{}' has no pool to read from: define one under `pools:`",
+                    dataset.name
+                )),
+                _ => Err(format!(
+                    "data set '{}' must name its pool: there are {} pools",
+                    dataset.name,
+                    self.pools.len()
+                )),
+            },
         }
     }
 }

@@ -31,10 +31,11 @@ fn every_example_loads() {
         } else {
             let config: ProxyConfig = from_yaml_file(&path).unwrap_or_else(|e| panic!("{e}"));
             assert!(!config.datasets.is_empty(), "{name} defines data sets");
+            config.validate(name).unwrap_or_else(|e| panic!("{e}"));
         }
         loaded += 1;
     }
-    assert!(loaded >= 4, "only {loaded} examples found");
+    assert!(loaded >= 6, "only {loaded} examples found");
 }
 
 #[test]
@@ -70,7 +71,7 @@ fn written_values_override_defaults() {
     let dataset = &config.datasets[0];
     assert_eq!(dataset.bucket, "train");
     assert!(
-        matches!(&dataset.origin, OriginSpec::S3 { bucket, prefix } if bucket == "b" && prefix == "p/")
+        matches!(&dataset.origin, Some(OriginSpec::S3 { bucket, prefix }) if bucket == "b" && prefix == "p/")
     );
     assert_eq!(
         dataset.s3.endpoint.as_deref(),
@@ -209,4 +210,71 @@ fn syntax_errors_and_missing_files_are_reported() {
         err.message.contains("name"),
         "missing field is named: {err}"
     );
+}
+
+const SIDECAR: &str = "role: sidecar\npools:\n  - name: workers\n    members:\n      - { address: 'w1:4143' }\n      - { address: 'w2:4143', weight: 3, zone: b }\n    balance: { hedge: 15ms, load_epsilon: 0.5 }\ndatasets:\n  - name: imagenet\n";
+
+#[test]
+fn sidecar_pools_parse_and_resolve() {
+    let config: ProxyConfig = from_yaml(SIDECAR, "s.yaml").expect("config");
+    config.validate("s.yaml").expect("valid");
+    let pool = config.pool_of(&config.datasets[0]).expect("the only pool");
+    assert_eq!(pool.name, "workers");
+    assert_eq!(pool.members[1].weight, 3);
+    assert_eq!(pool.members[1].zone.as_deref(), Some("b"));
+    assert_eq!(
+        pool.balance.hedge,
+        ferry_config::HedgeSpec::After(Duration::from_millis(15))
+    );
+    assert_eq!(pool.balance.load_epsilon, 0.5);
+    assert_eq!(pool.balance.retry_ratio, 0.2, "defaults fill the rest");
+    assert!(
+        config.datasets[0].origin.is_none(),
+        "a sidecar needs no origin"
+    );
+}
+
+#[test]
+fn bad_pools_are_refused_with_their_location() {
+    let err = proxy_error("pools:\n  - name: workers\n    members: []\n");
+    assert_eq!((err.line, err.field.as_str()), (Some(2), "pools[0]"));
+    assert!(
+        err.message.contains("pool 'workers' has no members"),
+        "{err}"
+    );
+    let err = proxy_error(
+        "pools:\n  - name: workers\n    members: [{ address: 'a:1' }, { address: 'a:1' }]\n",
+    );
+    assert!(err.message.contains("lists member 'a:1' twice"), "{err}");
+    let err = proxy_error("pools:\n  - name: workers\n    members: [{ address: 'no-port' }]\n");
+    assert!(err.message.contains("not host:port"), "{err}");
+    let err = proxy_error(
+        "pools:\n  - name: w\n    members: [{ address: 'a:1' }]\n    balance: { hedge: soon }\n",
+    );
+    assert_eq!(err.field, "pools[0].balance.hedge");
+    assert!(err.message.contains("auto"), "{err}");
+}
+
+#[test]
+fn roles_get_what_they_need() {
+    let config: ProxyConfig =
+        from_yaml("role: sidecar\ndatasets:\n  - name: imagenet\n", "t.yaml").expect("parses");
+    let err = config.validate("t.yaml").expect_err("no pool");
+    assert_eq!(err.field, "datasets[0].pool");
+    assert!(err.message.contains("define one under `pools:`"), "{err}");
+    let text = SIDECAR.replace(
+        "  - name: imagenet\n",
+        "  - name: imagenet\n    pool: other\n",
+    );
+    let config: ProxyConfig = from_yaml(&text, "t.yaml").expect("parses");
+    let err = config.validate("t.yaml").expect_err("unknown pool");
+    assert!(err.message.contains("names pool 'other'"), "{err}");
+    let config: ProxyConfig =
+        from_yaml("datasets:\n  - name: imagenet\n", "t.yaml").expect("parses");
+    let err = config
+        .validate("t.yaml")
+        .expect_err("worker without origin");
+    assert_eq!(err.field, "datasets[0].origin");
+    let err = proxy_error("datasets:\n  - name: imagenet\n    on_pool_down: origin\n");
+    assert!(err.message.contains("needs an origin"), "{err}");
 }

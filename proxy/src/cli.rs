@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use ferry_config::units::parse_duration;
 use ferry_config::{
-    ByteSize, CachePolicy, DatasetPolicy, MetadataTtl, OriginSpec, ProxyConfig, Role, from_yaml,
-    from_yaml_file,
+    ByteSize, CachePolicy, DatasetPolicy, DiskCacheSpec, HumanDuration, MemberSpec, MetadataTtl,
+    OriginSpec, PoolDownPolicy, PoolSpec, ProxyConfig, Role, from_yaml, from_yaml_file,
 };
 
 use crate::{runtime, server, telemetry};
@@ -19,7 +20,7 @@ use crate::{runtime, server, telemetry};
 #[command(
     name = "ferry-proxy",
     version,
-    about = "Ferry's data-plane proxy: S3 front door and chunk cache"
+    about = "Ferry's data-plane proxy: S3 front door, chunk cache, worker pool"
 )]
 pub struct Cli {
     /// YAML configuration (schema in ferry-config); flags override it.
@@ -33,18 +34,17 @@ pub struct Cli {
 /// The roles.
 #[derive(Subcommand, Debug)]
 pub enum RoleCommand {
-    /// Cache worker: serves data sets from their origins.
+    /// Cache worker: serves data sets from their origins, to apps and sidecars.
     Worker(WorkerArgs),
+    /// Sidecar: serves the app from memory and reads misses from a worker pool.
+    Sidecar(SidecarArgs),
 }
 
-/// Flags of the worker role.
+/// Flags both roles take.
 #[derive(Args, Debug, Default)]
-pub struct WorkerArgs {
-    /// Origin of a data set: file:///dir, http(s)://host/prefix, s3://bucket/prefix, synthetic://?count=N.
-    #[arg(long, requires = "bucket")]
-    pub origin: Option<String>,
-    /// Bucket name the app uses for that data set.
-    #[arg(long, requires = "origin")]
+pub struct CommonArgs {
+    /// Bucket name the app uses for a data set given by flags.
+    #[arg(long)]
     pub bucket: Option<String>,
     /// Data set name in metrics (defaults to the bucket).
     #[arg(long)]
@@ -55,10 +55,10 @@ pub struct WorkerArgs {
     /// Admin address (metrics, readiness).
     #[arg(long)]
     pub admin: Option<SocketAddr>,
-    /// Hot cache size per data set, e.g. 1GiB.
+    /// Hot cache size per data set for this role, e.g. 1GiB.
     #[arg(long)]
     pub cache_size: Option<ByteSize>,
-    /// Hot cache policy: pin, lru or s3fifo.
+    /// Hot cache policy for this role: pin, lru or s3fifo.
     #[arg(long)]
     pub cache_policy: Option<CachePolicy>,
     /// Chunk size for a data set given by flags, e.g. 4MiB.
@@ -78,9 +78,68 @@ pub struct WorkerArgs {
     pub inflight_memory: Option<ByteSize>,
 }
 
+/// Flags of the worker role.
+#[derive(Args, Debug, Default)]
+pub struct WorkerArgs {
+    /// Origin of the data set: file:///dir, http(s)://host/prefix, s3://bucket/prefix, synthetic://?count=N.
+    #[arg(long, requires = "bucket")]
+    pub origin: Option<String>,
+    /// Listener for sidecars.
+    #[arg(long)]
+    pub inbound: Option<SocketAddr>,
+    /// Directory of the local-disk cache tier.
+    #[arg(long, requires = "disk_cache_size")]
+    pub disk_cache: Option<PathBuf>,
+    /// Size of the local-disk cache tier, e.g. 100GiB.
+    #[arg(long, requires = "disk_cache")]
+    pub disk_cache_size: Option<ByteSize>,
+    /// Flags both roles take.
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// Flags of the sidecar role.
+#[derive(Args, Debug, Default)]
+pub struct SidecarArgs {
+    /// Workers of the pool: host:port[@weight][/zone], comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub pool: Vec<String>,
+    /// The data set's origin, read directly when the whole pool is down (with --on-pool-down origin).
+    #[arg(long)]
+    pub origin: Option<String>,
+    /// When every worker is down: fail (503 naming the pool) or origin.
+    #[arg(long)]
+    pub on_pool_down: Option<PoolDownPolicy>,
+    /// Hedge after: auto (the pool's p95), off, or a duration like 20ms.
+    #[arg(long)]
+    pub hedge: Option<String>,
+    /// Owner skipped above (1 + epsilon) × the pool's mean load.
+    #[arg(long)]
+    pub load_epsilon: Option<f64>,
+    /// Deadline of one request to a worker.
+    #[arg(long)]
+    pub chunk_timeout: Option<String>,
+    /// HTTP/2 flow-control window per stream to workers.
+    #[arg(long)]
+    pub h2_stream_window: Option<ByteSize>,
+    /// HTTP/2 flow-control window per connection to workers.
+    #[arg(long)]
+    pub h2_connection_window: Option<ByteSize>,
+    /// Flags both roles take.
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// The pool defined by `--pool` flags.
+const FLAG_POOL: &str = "workers";
+
 impl Cli {
-    /// The configuration these arguments describe.
+    /// The configuration these arguments describe, validated.
     pub fn into_config(self) -> anyhow::Result<ProxyConfig> {
+        let source = self
+            .config
+            .as_ref()
+            .map_or_else(|| "command line".to_owned(), |p| p.display().to_string());
         let mut config = match &self.config {
             Some(path) => from_yaml_file::<ProxyConfig>(path)?,
             None => ProxyConfig::default(),
@@ -90,37 +149,37 @@ impl Cli {
                 config.role = Role::Worker;
                 args.apply(&mut config)?;
             }
-            None if self.config.is_none() => {
-                anyhow::bail!(
-                    "give a role (e.g. `ferry-proxy worker --origin URL --bucket NAME`) or --config FILE"
-                )
+            Some(RoleCommand::Sidecar(args)) => {
+                config.role = Role::Sidecar;
+                args.apply(&mut config)?;
             }
+            None if self.config.is_none() => anyhow::bail!(
+                "give a role (`ferry-proxy worker --origin URL --bucket NAME` or \
+                 `ferry-proxy sidecar --pool ADDR,... --bucket NAME`) or --config FILE"
+            ),
             None => {}
         }
         anyhow::ensure!(
-            config.role == Role::Worker,
-            "the {} role is not available in this version: run `ferry-proxy worker`",
-            config.role.as_str()
-        );
-        anyhow::ensure!(
             !config.datasets.is_empty(),
-            "no data sets to serve: give --origin URL --bucket NAME or list them under `datasets:` in --config"
+            "no data sets to serve: give --bucket NAME (and --origin URL for a worker) or list them under `datasets:` in --config"
         );
+        config.validate(&source)?;
         Ok(config)
     }
 }
 
-impl WorkerArgs {
-    fn apply(self, config: &mut ProxyConfig) -> anyhow::Result<()> {
-        if let (Some(origin), Some(bucket)) = (&self.origin, &self.bucket) {
+impl CommonArgs {
+    /// Adds the data set these flags describe (if `--bucket` is given) and
+    /// applies the process-wide flags; `extra` is more of the policy as YAML.
+    fn apply(&self, config: &mut ProxyConfig, role: Role, extra: &str) -> anyhow::Result<()> {
+        if let Some(bucket) = &self.bucket {
             let dataset = self.dataset.as_deref().unwrap_or(bucket);
             // Build the policy through the schema so flags get the same
             // validation (and messages) as a file.
             let yaml = format!(
-                "name: {}\nbucket: {}\norigin: {}\n",
+                "name: {}\nbucket: {}\n{extra}",
                 yaml_string(dataset),
-                yaml_string(bucket),
-                yaml_string(origin)
+                yaml_string(bucket)
             );
             let mut policy: DatasetPolicy = from_yaml(&yaml, "command line").map_err(|e| {
                 anyhow::anyhow!("{}", e.message).context(format!("invalid flags ({})", e.field))
@@ -165,27 +224,115 @@ impl WorkerArgs {
             config.limits.inflight_memory = bytes;
         }
         for policy in &mut config.datasets.0 {
+            let cache = match role {
+                Role::Worker => &mut policy.cache.worker,
+                Role::Sidecar => &mut policy.cache.sidecar,
+            };
             if let Some(size) = self.cache_size {
-                policy.cache.worker.size = size;
+                cache.size = size;
             }
             if let Some(cache_policy) = self.cache_policy {
-                policy.cache.worker.policy = cache_policy;
+                cache.policy = cache_policy;
             }
         }
         Ok(())
     }
 }
 
+impl WorkerArgs {
+    fn apply(self, config: &mut ProxyConfig) -> anyhow::Result<()> {
+        if self.common.bucket.is_some() && self.origin.is_none() {
+            anyhow::bail!("a worker's data set needs --origin URL");
+        }
+        let extra = self
+            .origin
+            .as_deref()
+            .map_or(String::new(), |o| format!("origin: {}\n", yaml_string(o)));
+        self.common.apply(config, Role::Worker, &extra)?;
+        if let Some(inbound) = self.inbound {
+            config.inbound = inbound;
+        }
+        if let (Some(dir), Some(size)) = (self.disk_cache, self.disk_cache_size) {
+            config.disk_cache = Some(DiskCacheSpec { dir, size });
+        }
+        Ok(())
+    }
+}
+
+impl SidecarArgs {
+    fn apply(self, config: &mut ProxyConfig) -> anyhow::Result<()> {
+        if !self.pool.is_empty() {
+            let members = self
+                .pool
+                .iter()
+                .map(|m| {
+                    MemberSpec::parse_flag(m.trim()).map_err(|e| anyhow::anyhow!("--pool: {e}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            // Through the schema, so an empty or duplicated list is refused as in a file.
+            let yaml = format!(
+                "name: {FLAG_POOL}\nmembers:\n{}",
+                members
+                    .iter()
+                    .map(|m| format!(
+                        "  - {{ address: {}, weight: {} }}\n",
+                        yaml_string(&m.address),
+                        m.weight
+                    ))
+                    .collect::<String>()
+            );
+            let mut pool: PoolSpec =
+                from_yaml(&yaml, "--pool").map_err(|e| anyhow::anyhow!("--pool: {}", e.message))?;
+            for (spec, flag) in pool.members.iter_mut().zip(&members) {
+                spec.zone.clone_from(&flag.zone);
+            }
+            if let Some(hedge) = &self.hedge {
+                pool.balance.hedge = from_yaml(&yaml_string(hedge), "--hedge")
+                    .map_err(|e| anyhow::anyhow!("--hedge: {}", e.message))?;
+            }
+            if let Some(epsilon) = self.load_epsilon {
+                anyhow::ensure!(
+                    (0.0..=10.0).contains(&epsilon),
+                    "--load-epsilon {epsilon} is out of range: allowed 0 to 10"
+                );
+                pool.balance.load_epsilon = epsilon;
+            }
+            if let Some(window) = self.h2_stream_window {
+                pool.balance.stream_window = window;
+                pool.balance.connection_window = pool.balance.connection_window.max(window);
+            }
+            if let Some(window) = self.h2_connection_window {
+                pool.balance.connection_window = window;
+            }
+            anyhow::ensure!(
+                pool.balance.stream_window >= ByteSize::kib(64)
+                    && pool.balance.connection_window >= pool.balance.stream_window,
+                "HTTP/2 windows: the stream window must be at least 64KiB and the connection window at least the stream window"
+            );
+            if let Some(timeout) = &self.chunk_timeout {
+                pool.balance.chunk_timeout =
+                    HumanDuration(parse_duration(timeout).map_err(anyhow::Error::msg)?);
+            }
+            config.pools.retain(|p| p.name != FLAG_POOL);
+            config.pools.push(pool);
+        }
+        let mut extra = String::new();
+        if let Some(origin) = &self.origin {
+            extra.push_str(&format!("origin: {}\n", yaml_string(origin)));
+        }
+        if let Some(policy) = self.on_pool_down {
+            extra.push_str(&format!("on_pool_down: {}\n", policy.as_str()));
+        }
+        if !self.pool.is_empty() && config.pools.len() > 1 {
+            extra.push_str(&format!("pool: {FLAG_POOL}\n"));
+        }
+        self.common.apply(config, Role::Sidecar, &extra)
+    }
+}
+
 /// Quotes a flag value as a YAML string.
 fn yaml_string(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
-}
-
-impl std::str::FromStr for RoleCommand {
-    type Err = String;
-    fn from_str(_: &str) -> Result<Self, String> {
-        Err("roles are subcommands".to_owned())
-    }
 }
 
 /// Runs the proxy described by `cli` until SIGINT, SIGTERM or `/shutdown`.
@@ -204,8 +351,9 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
         let proxy = server::start(config, Some(prometheus)).await?;
         // One machine-readable line on stdout: tests and the bench read the
         // bound addresses from it (ports may have been 0).
+        let inbound = proxy.inbound.map_or("null".to_owned(), |a| format!("\"{a}\""));
         println!(
-            "{{\"event\":\"ready\",\"role\":\"{}\",\"listen\":\"{}\",\"admin\":\"{}\",\"threads\":{threads}}}",
+            "{{\"event\":\"ready\",\"role\":\"{}\",\"listen\":\"{}\",\"admin\":\"{}\",\"inbound\":{inbound},\"threads\":{threads}}}",
             role.as_str(),
             proxy.listen,
             proxy.admin

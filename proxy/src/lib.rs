@@ -2,6 +2,7 @@
 //! from their origins through a chunk cache behind an S3 front door.
 
 pub mod admin;
+pub mod balance;
 pub mod cache;
 pub mod chunk;
 pub mod cli;
@@ -9,6 +10,7 @@ pub mod dataset;
 pub mod flight;
 pub mod metadata;
 pub mod origin;
+pub mod outbound;
 pub mod runtime;
 pub mod s3;
 pub mod server;

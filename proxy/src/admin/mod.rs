@@ -41,6 +41,28 @@ struct CacheReport<'a> {
     used_bytes: u64,
     chunks: usize,
     metadata_objects: usize,
+    disk: Option<DiskReport>,
+}
+
+#[derive(Serialize)]
+struct DiskReport {
+    used_bytes: u64,
+    chunks: usize,
+}
+
+#[derive(Serialize)]
+struct PoolReport<'a> {
+    pool: &'a str,
+    members: Vec<MemberReport>,
+}
+
+#[derive(Serialize)]
+struct MemberReport {
+    address: String,
+    weight: u32,
+    zone: Option<String>,
+    inflight: usize,
+    available: bool,
 }
 
 impl Admin {
@@ -62,6 +84,7 @@ impl Admin {
             (&Method::GET, "/metrics") => self.metrics(),
             (&Method::GET, "/config") => json(&self.config),
             (&Method::GET, "/cache") => json(&self.cache_report()),
+            (&Method::GET, "/pools") => json(&self.pool_report()),
             (&Method::POST, "/shutdown") if peer.ip().is_loopback() => {
                 self.shutdown.notify_one();
                 text(StatusCode::OK, "shutting down\n")
@@ -72,7 +95,7 @@ impl Admin {
             ),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /live, /ready, /metrics, /config, /cache or POST /shutdown\n",
+                "not found: try /live, /ready, /metrics, /config, /cache, /pools or POST /shutdown\n",
             ),
         };
         Ok(response)
@@ -95,7 +118,32 @@ impl Admin {
                     used_bytes: cache.used_bytes(),
                     chunks: cache.entries(),
                     metadata_objects: d.metadata.cached_objects(),
+                    disk: d.chunks.disk().map(|disk| DiskReport {
+                        used_bytes: disk.used_bytes(),
+                        chunks: disk.entries(),
+                    }),
                 }
+            })
+            .collect()
+    }
+
+    fn pool_report(&self) -> Vec<PoolReport<'_>> {
+        self.datasets
+            .pools()
+            .iter()
+            .map(|pool| PoolReport {
+                pool: &pool.name,
+                members: pool
+                    .members_report()
+                    .into_iter()
+                    .map(|(member, available)| MemberReport {
+                        address: member.address.clone(),
+                        weight: member.weight,
+                        zone: member.zone.clone(),
+                        inflight: member.inflight(),
+                        available,
+                    })
+                    .collect(),
             })
             .collect()
     }
@@ -112,7 +160,8 @@ impl Admin {
         for dataset in self.datasets.iter() {
             dataset
                 .metrics
-                .cache_bytes
+                .memory
+                .bytes
                 .set(dataset.chunks.cache().used_bytes() as f64);
             inflight = dataset.chunks.inflight_bytes();
         }

@@ -1,6 +1,7 @@
 //! The hot chunk cache in memory, with one of three policies:
 //! `pin` (admit until full, never evict), `lru` and `s3fifo` (foyer's).
 
+pub mod disk;
 mod pin;
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use metrics::Counter;
 
 use ferry_config::{CachePolicy, CacheSpec};
 
+pub use disk::{DiskCounters, DiskTier};
 pub use pin::PinCache;
 
 /// Identifies one chunk of one version of one object.

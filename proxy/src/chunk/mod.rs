@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
-use crate::cache::{ChunkCache, ChunkKey};
+use crate::cache::{ChunkCache, ChunkKey, DiskTier};
 use crate::flight::SingleFlight;
 use crate::metadata::ObjectInfo;
 use crate::origin::{Origin, OriginError};
@@ -68,7 +68,7 @@ impl FetchBudget {
 /// Where a chunk came from, for metrics and tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
-    /// The hot cache.
+    /// The hot cache in memory.
     Cache,
     /// A read-ahead chunk kept aside because the cache did not admit it.
     Staged,
@@ -81,6 +81,7 @@ pub enum Source {
 /// Chunks of one data set.
 pub struct ChunkStore {
     cache: ChunkCache,
+    disk: Option<Arc<DiskTier>>,
     staging: Staging,
     flights: Arc<SingleFlight<ChunkKey, Bytes, OriginError>>,
     origin: Arc<dyn Origin>,
@@ -101,6 +102,8 @@ fn lost() -> OriginError {
 pub struct ChunkStoreParts {
     /// The hot cache.
     pub cache: ChunkCache,
+    /// The local-disk tier below it, on workers that have one.
+    pub disk: Option<Arc<DiskTier>>,
     /// Upstream.
     pub origin: Arc<dyn Origin>,
     /// Shared bound on bytes in flight.
@@ -120,6 +123,7 @@ impl ChunkStore {
     pub fn new(parts: ChunkStoreParts) -> Self {
         Self {
             cache: parts.cache,
+            disk: parts.disk,
             staging: Staging::new(parts.staging_bytes),
             flights: Arc::new(SingleFlight::new(lost)),
             origin: parts.origin,
@@ -140,6 +144,11 @@ impl ChunkStore {
         &self.cache
     }
 
+    /// The disk tier, if there is one.
+    pub fn disk(&self) -> Option<&Arc<DiskTier>> {
+        self.disk.as_ref()
+    }
+
     /// Chunk `index` of `object`, fetched once however many ask at once.
     pub async fn get(
         self: &Arc<Self>,
@@ -151,14 +160,14 @@ impl ChunkStore {
             index,
         };
         if let Some(chunk) = self.cache.get(&key) {
-            self.metrics.cache_hits.increment(1);
+            self.metrics.memory.hits.increment(1);
             return Ok((chunk, Source::Cache));
         }
         if let Some(chunk) = self.staging.take(&key) {
-            self.metrics.cache_hits.increment(1);
+            self.metrics.memory.hits.increment(1);
             return Ok((chunk, Source::Staged));
         }
-        self.metrics.cache_misses.increment(1);
+        self.metrics.memory.misses.increment(1);
         let (flight, started) = self.start_fetch(key, object, false);
         let chunk = flight.await?;
         Ok((
@@ -210,6 +219,16 @@ impl ChunkStore {
         self.flights.join_or_start(key, move || {
             Box::pin(async move {
                 let range = chunk_range(key.index, this.chunk_size, object.meta.size);
+                if let Some(disk) = &this.disk {
+                    if let Some(chunk) = disk.get(key).await
+                        && chunk.len() as u64 == range.end - range.start
+                    {
+                        this.metrics.disk.hits.increment(1);
+                        this.keep(key, &chunk, ahead);
+                        return Ok(chunk);
+                    }
+                    this.metrics.disk.misses.increment(1);
+                }
                 let units = this.budget.units(range.end - range.start);
                 let _permit = this
                     .budget
@@ -236,12 +255,20 @@ impl ChunkStore {
                 this.metrics.origin_latency.record(started.elapsed());
                 let chunk = fetched.inspect_err(|_| this.metrics.origin_errors.increment(1))?;
                 this.metrics.origin_bytes.increment(chunk.len() as u64);
-                if !this.cache.insert(key, chunk.clone()) && ahead {
-                    this.staging.put(key, chunk.clone());
+                this.keep(key, &chunk, ahead);
+                if let Some(disk) = &this.disk {
+                    disk.put(key, chunk.clone());
                 }
                 Ok(chunk)
             })
         })
+    }
+
+    /// Puts a fetched chunk in memory; read-ahead the cache refuses waits in staging.
+    fn keep(&self, key: ChunkKey, chunk: &Bytes, ahead: bool) {
+        if !self.cache.insert(key, chunk.clone()) && ahead {
+            self.staging.put(key, chunk.clone());
+        }
     }
 
     /// Bytes of chunks being fetched now (all data sets).
@@ -315,7 +342,7 @@ mod tests {
     }
 
     fn store(origin: Arc<GaugedOrigin>, budget_bytes: u64, cache: ByteSize) -> Arc<ChunkStore> {
-        let metrics = Arc::new(DatasetMetrics::new("test", "outbound"));
+        let metrics = Arc::new(DatasetMetrics::new("test"));
         Arc::new(ChunkStore::new(ChunkStoreParts {
             cache: ChunkCache::new(
                 CacheSpec {
@@ -327,6 +354,7 @@ mod tests {
                     rejections: metrics::Counter::noop(),
                 },
             ),
+            disk: None,
             origin,
             budget: FetchBudget::new(budget_bytes),
             staging_bytes: 1 << 20,

@@ -1,16 +1,22 @@
-//! The data sets a proxy serves, each with its origin, caches and metrics.
+//! The data sets a proxy serves, each with its upstream (the origin on a
+//! worker, the worker pool on a sidecar), its cache tiers and its metrics.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use ferry_config::{DatasetPolicy, ProxyConfig, Role};
+use anyhow::Context;
 
-use crate::cache::ChunkCache;
+use ferry_config::{CachePolicy, DatasetPolicy, PoolDownPolicy, ProxyConfig, Role};
+
+use crate::balance::Pool;
+use crate::cache::disk::persistent_seed;
+use crate::cache::{ChunkCache, DiskCounters, DiskTier};
 use crate::chunk::{ChunkStore, ChunkStoreParts, FetchBudget, SequentialDetector};
 use crate::metadata::{MetadataCache, MetadataSettings};
-use crate::origin;
-use crate::telemetry::DatasetMetrics;
+use crate::origin::{self, Origin};
+use crate::outbound::PoolUpstream;
+use crate::telemetry::{DatasetMetrics, Direction, TrafficMetrics};
 
 /// Read-ahead streams whose chunks may wait in staging at once.
 const STAGED_STREAMS: u64 = 8;
@@ -19,6 +25,8 @@ const STAGED_STREAMS: u64 = 8;
 pub struct Dataset {
     /// Its policy.
     pub policy: DatasetPolicy,
+    /// Where misses go: the origin (worker) or the pool (sidecar).
+    pub upstream: Arc<dyn Origin>,
     /// Object metadata and listings.
     pub metadata: Arc<MetadataCache>,
     /// Chunks.
@@ -29,29 +37,39 @@ pub struct Dataset {
     pub metrics: Arc<DatasetMetrics>,
 }
 
+/// Where a data set keeps chunks on disk, and with which key seed.
+pub struct DiskPlacement {
+    /// The tier.
+    pub tier: Arc<DiskTier>,
+    /// Fingerprint seed kept beside it.
+    pub seed: u64,
+}
+
 impl Dataset {
-    /// Builds a data set for a proxy in `role`, upstream of `origin`.
+    /// Builds a data set for a proxy in `role`, reading misses from `upstream`.
     pub fn new(
         policy: &DatasetPolicy,
         role: Role,
         config: &ProxyConfig,
-        origin: Arc<dyn origin::Origin>,
+        upstream: Arc<dyn Origin>,
         budget: Arc<FetchBudget>,
-        direction: &'static str,
+        disk: Option<DiskPlacement>,
+        metrics: Arc<DatasetMetrics>,
     ) -> Self {
-        let metrics = Arc::new(DatasetMetrics::new(&policy.name, direction));
         let cache_spec = match role {
             Role::Worker => policy.cache.worker,
             Role::Sidecar => policy.cache.sidecar,
         };
-        metrics.cache_capacity.set(cache_spec.size.bytes() as f64);
+        metrics.memory.capacity.set(cache_spec.size.bytes() as f64);
         let timeout = config.limits.upstream_timeout.0;
         let chunk_size = policy.chunk_size.bytes();
         let staging_bytes = (u64::from(policy.read_ahead) * chunk_size * STAGED_STREAMS)
             .min(config.limits.inflight_memory.bytes());
+        let seed = disk.as_ref().map_or_else(random_seed, |d| d.seed);
         let chunks = Arc::new(ChunkStore::new(ChunkStoreParts {
-            cache: ChunkCache::new(cache_spec, metrics.cache_counters()),
-            origin: origin.clone(),
+            cache: ChunkCache::new(cache_spec, metrics.memory.cache_counters()),
+            disk: disk.map(|d| d.tier),
+            origin: upstream.clone(),
             budget,
             staging_bytes,
             chunk_size,
@@ -59,18 +77,19 @@ impl Dataset {
             metrics: metrics.clone(),
         }));
         let metadata = Arc::new(MetadataCache::new(
-            origin,
+            upstream.clone(),
             MetadataSettings {
                 ttl: policy.metadata_ttl,
                 object_capacity: config.limits.metadata_entries,
                 listing_capacity: config.limits.listing_entries,
                 timeout,
-                seed: fingerprint_seed(),
+                seed,
             },
             metrics.clone(),
         ));
         Self {
             policy: policy.clone(),
+            upstream,
             metadata,
             chunks,
             sequential: SequentialDetector::default(),
@@ -81,40 +100,100 @@ impl Dataset {
 
 /// A per-process secret for chunk fingerprints, so nobody can craft two
 /// objects whose chunks collide in the cache.
-fn fingerprint_seed() -> u64 {
+fn random_seed() -> u64 {
     std::collections::hash_map::RandomState::new().hash_one(0x5EED_u64)
 }
 
-/// The data sets by bucket.
+/// The data sets by bucket, and the pools they read from.
 pub struct Datasets {
     by_bucket: HashMap<String, Arc<Dataset>>,
     ordered: Vec<Arc<Dataset>>,
-    /// Metrics for requests that match no data set.
-    pub unknown: Arc<DatasetMetrics>,
+    pools: Vec<Arc<Pool>>,
+    unknown_outbound: TrafficMetrics,
+    unknown_inbound: TrafficMetrics,
 }
 
 impl Datasets {
-    /// Builds every data set of `config`, each from its own origin.
-    pub fn from_config(config: &ProxyConfig, direction: &'static str) -> anyhow::Result<Self> {
+    /// Builds every data set of `config` with the upstream its role reads from.
+    pub fn from_config(config: &ProxyConfig) -> anyhow::Result<Self> {
+        config.validate("configuration")?;
         let budget = FetchBudget::new(config.limits.inflight_memory.bytes());
+        let timeout = config.limits.upstream_timeout.0;
+        let pools: HashMap<&str, Arc<Pool>> = match config.role {
+            Role::Sidecar => config
+                .pools
+                .iter()
+                .map(|p| (p.name.as_str(), Pool::new(p)))
+                .collect(),
+            Role::Worker => HashMap::new(),
+        };
         let mut built = Vec::new();
         for policy in config.datasets.iter() {
-            let origin = origin::from_policy(policy, config.limits.upstream_timeout.0)
-                .map_err(|e| anyhow::anyhow!("data set '{}': {e:#}", policy.name))?;
+            let name = &policy.name;
+            let upstream: Arc<dyn Origin> = match config.role {
+                Role::Worker => origin::from_policy(policy, timeout)
+                    .with_context(|| format!("data set '{name}'"))?,
+                Role::Sidecar => {
+                    let spec = config.pool_of(policy).map_err(anyhow::Error::msg)?;
+                    let pool = pools.get(spec.name.as_str()).cloned().with_context(|| {
+                        format!("data set '{name}': pool '{}' is missing", spec.name)
+                    })?;
+                    let fallback = match policy.on_pool_down {
+                        PoolDownPolicy::Origin => {
+                            Some(origin::from_policy(policy, timeout).with_context(|| {
+                                format!("data set '{name}': the fallback origin")
+                            })?)
+                        }
+                        PoolDownPolicy::Fail => None,
+                    };
+                    Arc::new(PoolUpstream::new(pool, &policy.bucket, fallback))
+                }
+            };
+            let metrics = Arc::new(DatasetMetrics::new(name));
+            let disk = match &config.disk_cache {
+                Some(spec) if config.role == Role::Worker => {
+                    // Each data set gets its own directory and an equal share.
+                    let dir = spec.dir.join(name);
+                    let share = spec.size.bytes() / config.datasets.len().max(1) as u64;
+                    let evict = policy.cache.worker.policy != CachePolicy::Pin;
+                    metrics.disk.capacity.set(share as f64);
+                    let tier = DiskTier::open(
+                        &dir.join("chunks"),
+                        share,
+                        evict,
+                        DiskCounters {
+                            evictions: metrics.disk.evictions.clone(),
+                            rejections: metrics.disk.rejections.clone(),
+                            checksum_failures: metrics.disk.checksum_failures.clone(),
+                            bytes: metrics.disk.bytes.clone(),
+                        },
+                    )
+                    .with_context(|| format!("data set '{name}': disk cache"))?;
+                    Some(DiskPlacement {
+                        tier: Arc::new(tier),
+                        seed: persistent_seed(&dir)
+                            .with_context(|| format!("data set '{name}': disk cache"))?,
+                    })
+                }
+                _ => None,
+            };
             built.push(Dataset::new(
                 policy,
                 config.role,
                 config,
-                origin,
+                upstream,
                 budget.clone(),
-                direction,
+                disk,
+                metrics,
             ));
         }
-        Ok(Self::new(built, direction))
+        let mut pools: Vec<Arc<Pool>> = pools.into_values().collect();
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Self::new(built, pools))
     }
 
     /// Indexes built data sets.
-    pub fn new(datasets: Vec<Dataset>, direction: &'static str) -> Self {
+    pub fn new(datasets: Vec<Dataset>, pools: Vec<Arc<Pool>>) -> Self {
         let ordered: Vec<Arc<Dataset>> = datasets.into_iter().map(Arc::new).collect();
         let by_bucket = ordered
             .iter()
@@ -123,7 +202,9 @@ impl Datasets {
         Self {
             by_bucket,
             ordered,
-            unknown: Arc::new(DatasetMetrics::new("unknown", direction)),
+            pools,
+            unknown_outbound: TrafficMetrics::new("unknown", Direction::Outbound),
+            unknown_inbound: TrafficMetrics::new("unknown", Direction::Inbound),
         }
     }
 
@@ -135,5 +216,18 @@ impl Datasets {
     /// Every data set, in configuration order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Dataset>> {
         self.ordered.iter()
+    }
+
+    /// The pools sidecar data sets read from.
+    pub fn pools(&self) -> &[Arc<Pool>] {
+        &self.pools
+    }
+
+    /// Traffic metrics for requests that match no data set.
+    pub fn unknown(&self, direction: Direction) -> &TrafficMetrics {
+        match direction {
+            Direction::Outbound => &self.unknown_outbound,
+            Direction::Inbound => &self.unknown_inbound,
+        }
     }
 }

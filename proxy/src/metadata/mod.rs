@@ -364,7 +364,7 @@ mod tests {
                 timeout: Duration::from_secs(5),
                 seed: 1,
             },
-            Arc::new(DatasetMetrics::new("test", "outbound")),
+            Arc::new(DatasetMetrics::new("test")),
         ))
     }
 

@@ -5,6 +5,7 @@ mod file;
 mod http;
 mod s3;
 mod synthetic;
+pub mod wire;
 
 use std::fmt;
 use std::ops::Range;
@@ -134,7 +135,11 @@ pub fn from_policy(
     policy: &DatasetPolicy,
     http_timeout: std::time::Duration,
 ) -> anyhow::Result<Arc<dyn Origin>> {
-    Ok(match &policy.origin {
+    let spec = policy
+        .origin
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no origin is configured"))?;
+    Ok(match spec {
         OriginSpec::File { root } => Arc::new(FileOrigin::new(root)?),
         OriginSpec::Http { base } => Arc::new(HttpOrigin::new(base, http_timeout)?),
         OriginSpec::S3 { bucket, prefix } => {
@@ -145,7 +150,7 @@ pub fn from_policy(
 }
 
 /// Checks that a read returned exactly the bytes asked for.
-fn check_length(
+pub fn check_length(
     origin: &str,
     key: &str,
     range: &Range<u64>,

@@ -21,7 +21,7 @@ use crate::chunk::{chunk_range, chunks_of};
 use crate::dataset::{Dataset, Datasets};
 use crate::metadata::ObjectInfo;
 use crate::origin::OriginError;
-use crate::telemetry::DatasetMetrics;
+use crate::telemetry::{Direction, TrafficMetrics};
 
 /// Most keys one listing page returns (S3's limit).
 const MAX_KEYS: usize = 1000;
@@ -31,15 +31,18 @@ pub struct FrontDoor {
     datasets: Arc<Datasets>,
     domains: Vec<String>,
     started: SystemTime,
+    direction: Direction,
 }
 
 impl FrontDoor {
-    /// A front door for `datasets`; `domains` are virtual-host suffixes.
-    pub fn new(datasets: Arc<Datasets>, domains: Vec<String>) -> Self {
+    /// A front door for `datasets` on the `direction` listener; `domains`
+    /// are virtual-host suffixes.
+    pub fn new(datasets: Arc<Datasets>, domains: Vec<String>, direction: Direction) -> Self {
         Self {
             datasets,
             domains,
             started: SystemTime::now(),
+            direction,
         }
     }
 
@@ -55,9 +58,9 @@ impl FrontDoor {
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let (response, dataset) = self.dispatch(&request).await;
-        let metrics: &DatasetMetrics = match &dataset {
-            Some(dataset) => &dataset.metrics,
-            None => &self.datasets.unknown,
+        let metrics: &TrafficMetrics = match &dataset {
+            Some(dataset) => dataset.metrics.traffic(self.direction),
+            None => self.datasets.unknown(self.direction),
         };
         metrics.requests.increment(1);
         metrics.count_response(response.status().as_u16());
@@ -107,10 +110,10 @@ impl FrontDoor {
             Operation::GetBucketLocation { .. } => Ok(xml_response(xml::bucket_location())),
             Operation::ListObjects { v2, .. } => list_objects(dataset, request, *v2).await,
             Operation::GetObject { key, .. } => {
-                get_object(dataset, key, request.headers(), false).await
+                get_object(dataset, key, request.headers(), false, self.direction).await
             }
             Operation::HeadObject { key, .. } => {
-                get_object(dataset, key, request.headers(), true).await
+                get_object(dataset, key, request.headers(), true, self.direction).await
             }
             Operation::ListBuckets => Ok(self.list_buckets()),
         };
@@ -159,6 +162,7 @@ async fn get_object(
     key: &str,
     request_headers: &HeaderMap,
     head_only: bool,
+    direction: Direction,
 ) -> Result<Response<ProxyBody>, S3Error> {
     let info = dataset
         .metadata
@@ -185,7 +189,7 @@ async fn get_object(
     let body = if head_only || range.is_empty() {
         ProxyBody::Empty
     } else {
-        body_of(dataset, &info, range.clone()).await?
+        body_of(dataset, &info, range.clone(), direction).await?
     };
     let mut response = Response::new(body);
     let headers = response.headers_mut();
@@ -218,17 +222,21 @@ fn slice_in_range(chunk: &Bytes, index: u32, chunk_size: u64, range: &Range<u64>
 
 /// The body for a non-empty `range`: the first chunk is fetched before the
 /// response starts (so an origin failure is a clean 503), the rest stream.
+/// Read-ahead belongs to the app's front door: a worker's inbound requests
+/// come from sidecars that read ahead themselves, chunk by chunk, from each
+/// chunk's owner; a worker reading ahead would cache chunks other workers own.
 async fn body_of(
     dataset: &Arc<Dataset>,
     info: &Arc<ObjectInfo>,
     range: Range<u64>,
+    direction: Direction,
 ) -> Result<ProxyBody, S3Error> {
     let store = &dataset.chunks;
     let chunk_size = store.chunk_size();
     let span = chunks_of(&range, chunk_size);
     let (first, last) = (*span.start(), *span.end());
     let read_ahead = dataset.policy.read_ahead;
-    if read_ahead > 0 && info.meta.size > chunk_size {
+    if direction == Direction::Outbound && read_ahead > 0 && info.meta.size > chunk_size {
         let final_chunk = ((info.meta.size - 1) / chunk_size) as u32;
         if dataset.sequential.observe(info.fingerprint, first, last) {
             for index in (last + 1)..=last.saturating_add(read_ahead).min(final_chunk) {
@@ -247,7 +255,7 @@ async fn body_of(
     }
     let remaining = range.end - range.start;
     let window = read_ahead.max(1) as usize + 1;
-    let sent_bytes = dataset.metrics.response_bytes.clone();
+    let sent_bytes = dataset.metrics.traffic(direction).response_bytes.clone();
     let dataset = Arc::clone(dataset);
     let info = Arc::clone(info);
     let rest = stream::iter((first + 1)..=last)

@@ -16,12 +16,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use ferry_config::ProxyConfig;
+use ferry_config::{ProxyConfig, Role};
 
 use crate::admin::Admin;
 use crate::dataset::Datasets;
 use crate::s3::FrontDoor;
-use crate::telemetry;
+use crate::telemetry::{self, Direction};
 
 /// How long open connections get to finish after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,6 +39,8 @@ pub struct RunningProxy {
     pub listen: SocketAddr,
     /// Where the admin endpoints listen.
     pub admin: SocketAddr,
+    /// Where a worker listens for sidecars.
+    pub inbound: Option<SocketAddr>,
     shutdown: Arc<Notify>,
     task: JoinHandle<()>,
 }
@@ -65,10 +67,22 @@ pub async fn start(
     config: ProxyConfig,
     prometheus: Option<PrometheusHandle>,
 ) -> anyhow::Result<RunningProxy> {
-    let datasets = Arc::new(Datasets::from_config(&config, "outbound")?);
+    let datasets = Arc::new(Datasets::from_config(&config)?);
     let front_listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let inbound_listener = match config.role {
+        Role::Worker => Some(
+            TcpListener::bind(config.inbound)
+                .await
+                .with_context(|| format!("cannot listen on inbound address {}", config.inbound))?,
+        ),
+        Role::Sidecar => None,
+    };
+    let inbound = inbound_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
     let admin_listener = TcpListener::bind(config.admin)
         .await
         .with_context(|| format!("cannot listen on admin address {}", config.admin))?;
@@ -78,6 +92,12 @@ pub async fn start(
     let door = Arc::new(FrontDoor::new(
         datasets.clone(),
         config.virtual_host_domains.clone(),
+        Direction::Outbound,
+    ));
+    let inbound_door = Arc::new(FrontDoor::new(
+        datasets.clone(),
+        config.virtual_host_domains.clone(),
+        Direction::Inbound,
     ));
     let max_connections = config.limits.max_connections.max(1);
     let header_buffer = usize::try_from(config.limits.max_header_bytes.bytes())
@@ -103,6 +123,17 @@ pub async fn start(
         "outbound",
         move |request, _peer| door.clone().handle(request),
     ));
+    let inbound_task = inbound_listener.map(|listener| {
+        tokio::spawn(accept_loop(
+            listener,
+            builder.clone(),
+            Arc::new(Semaphore::new(max_connections)),
+            stop_rx.clone(),
+            graceful.clone(),
+            "inbound",
+            move |request, _peer| inbound_door.clone().handle(request),
+        ))
+    });
     let admin_for_loop = admin.clone();
     let admin_task = tokio::spawn(accept_loop(
         admin_listener,
@@ -114,7 +145,7 @@ pub async fn start(
         move |request, peer| admin_for_loop.clone().handle(request, peer),
     ));
     admin.ready.store(true, Ordering::Release);
-    tracing::info!(%listen, admin = %admin_addr, "ferry-proxy ready");
+    tracing::info!(%listen, admin = %admin_addr, ?inbound, "ferry-proxy ready");
 
     let shutdown_signal = shutdown.clone();
     let task = tokio::spawn(async move {
@@ -123,6 +154,9 @@ pub async fn start(
         tracing::info!("shutting down: no new connections, draining open ones");
         let _ = stop_tx.send(true);
         let _ = front.await;
+        if let Some(task) = inbound_task {
+            let _ = task.await;
+        }
         let _ = admin_task.await;
         // The accept loops have returned and dropped their handles.
         if let Ok(graceful) = Arc::try_unwrap(graceful)
@@ -136,6 +170,7 @@ pub async fn start(
     Ok(RunningProxy {
         listen,
         admin: admin_addr,
+        inbound,
         shutdown,
         task,
     })

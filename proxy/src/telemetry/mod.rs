@@ -95,6 +95,36 @@ fn describe() {
         "Time for one origin request."
     );
     describe_counter!(
+        "cache_checksum_failures_total",
+        "Chunks read back from disk whose checksum did not match; dropped and fetched again."
+    );
+    describe_counter!(
+        "upstream_requests_total",
+        "Requests a sidecar sent to each worker of a pool."
+    );
+    describe_histogram!(
+        "upstream_response_latency_seconds",
+        Unit::Seconds,
+        "Time from request to response headers, per worker."
+    );
+    describe_counter!(
+        "upstream_failovers_total",
+        "Requests moved to another worker after this one failed."
+    );
+    describe_counter!(
+        "upstream_hedges_total",
+        "Hedge requests sent to this worker because the first was slow."
+    );
+    describe_counter!(
+        "upstream_hedges_won_total",
+        "Hedge requests to this worker that answered first."
+    );
+    describe_counter!(
+        "upstream_ejections_total",
+        "Times this worker was ejected after repeated failures."
+    );
+    describe_gauge!("upstream_inflight", "Requests in flight to this worker.");
+    describe_counter!(
         "readahead_chunks_total",
         "Chunks fetched ahead of a sequential reader."
     );
@@ -109,10 +139,29 @@ fn describe() {
 /// Status codes the front door sends often enough to pre-register.
 const COMMON_STATUSES: [u16; 11] = [200, 206, 304, 400, 403, 404, 412, 416, 500, 501, 503];
 
-/// Metric handles for one data set (or `unknown` for requests matching none).
-pub struct DatasetMetrics {
+/// Which listener a request came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// The S3 front door for the local app (`127.0.0.1:4140`).
+    Outbound,
+    /// The worker's listener for other proxies (`:4143`).
+    Inbound,
+}
+
+impl Direction {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound",
+            Self::Inbound => "inbound",
+        }
+    }
+}
+
+/// Golden-signal handles for one data set on one listener.
+pub struct TrafficMetrics {
     dataset: String,
-    direction: &'static str,
+    direction: Direction,
     /// `request_total`.
     pub requests: Counter,
     /// `response_latency_seconds`.
@@ -122,19 +171,104 @@ pub struct DatasetMetrics {
     /// `response_total` per common status, registered on first use so idle
     /// statuses add no series.
     responses: [OnceLock<Counter>; COMMON_STATUSES.len()],
-    /// `cache_hits_total{tier="memory"}`.
-    pub cache_hits: Counter,
-    /// `cache_misses_total{tier="memory"}`.
-    pub cache_misses: Counter,
-    /// `cache_bytes{tier="memory"}`.
-    pub cache_bytes: Gauge,
-    /// `cache_capacity_bytes{tier="memory"}`.
-    pub cache_capacity: Gauge,
+}
+
+impl TrafficMetrics {
+    /// Registers the handles for `dataset` on `direction`.
+    pub fn new(dataset: &str, direction: Direction) -> Self {
+        let labels = [
+            ("dataset", dataset.to_owned()),
+            ("direction", direction.as_str().to_owned()),
+        ];
+        Self {
+            dataset: dataset.to_owned(),
+            direction,
+            requests: counter!("request_total", &labels),
+            latency: histogram!("response_latency_seconds", &labels),
+            response_bytes: counter!("response_bytes_total", &labels),
+            responses: Default::default(),
+        }
+    }
+
+    /// Counts one response with `status`.
+    pub fn count_response(&self, status: u16) {
+        match COMMON_STATUSES.iter().position(|&s| s == status) {
+            Some(slot) => self.responses[slot]
+                .get_or_init(|| response_counter(&self.dataset, self.direction, status))
+                .increment(1),
+            None => response_counter(&self.dataset, self.direction, status).increment(1),
+        }
+    }
+}
+
+fn response_counter(dataset: &str, direction: Direction, status: u16) -> Counter {
+    let classification = if status >= 500 { "failure" } else { "success" };
+    counter!(
+        "response_total",
+        "dataset" => dataset.to_owned(),
+        "direction" => direction.as_str(),
+        "classification" => classification,
+        "status_code" => status.to_string()
+    )
+}
+
+/// Cache handles for one tier of one data set.
+pub struct TierMetrics {
+    /// `cache_hits_total`.
+    pub hits: Counter,
+    /// `cache_misses_total`.
+    pub misses: Counter,
+    /// `cache_bytes`.
+    pub bytes: Gauge,
+    /// `cache_capacity_bytes`.
+    pub capacity: Gauge,
+    /// `cache_evictions_total`.
+    pub evictions: Counter,
+    /// `cache_admission_rejections_total`.
+    pub rejections: Counter,
+    /// `cache_checksum_failures_total` (disk tier).
+    pub checksum_failures: Counter,
+}
+
+impl TierMetrics {
+    /// Registers the handles for `dataset`'s `tier` (`memory` or `disk`).
+    pub fn new(dataset: &str, tier: &'static str) -> Self {
+        let labels = [("dataset", dataset.to_owned()), ("tier", tier.to_owned())];
+        Self {
+            hits: counter!("cache_hits_total", &labels),
+            misses: counter!("cache_misses_total", &labels),
+            bytes: gauge!("cache_bytes", &labels),
+            capacity: gauge!("cache_capacity_bytes", &labels),
+            evictions: counter!("cache_evictions_total", &labels),
+            rejections: counter!("cache_admission_rejections_total", &labels),
+            checksum_failures: counter!("cache_checksum_failures_total", &labels),
+        }
+    }
+
+    /// Counters the cache itself updates.
+    pub fn cache_counters(&self) -> CacheCounters {
+        CacheCounters {
+            evictions: self.evictions.clone(),
+            rejections: self.rejections.clone(),
+        }
+    }
+}
+
+/// Metric handles for one data set, registered once.
+pub struct DatasetMetrics {
+    /// Traffic on the app's front door.
+    pub outbound: TrafficMetrics,
+    /// Traffic from other proxies (workers).
+    pub inbound: TrafficMetrics,
+    /// The memory tier.
+    pub memory: TierMetrics,
+    /// The disk tier (workers with a disk cache).
+    pub disk: TierMetrics,
     /// `metadata_hits_total`.
     pub metadata_hits: Counter,
     /// `metadata_misses_total`.
     pub metadata_misses: Counter,
-    /// `origin_requests_total{op="head"}`.
+    /// `origin_requests_total{op="head"}`: requests upstream (the origin, or a sidecar's pool).
     pub origin_heads: Counter,
     /// `origin_requests_total{op="get"}`.
     pub origin_gets: Counter,
@@ -151,25 +285,15 @@ pub struct DatasetMetrics {
 }
 
 impl DatasetMetrics {
-    /// Registers the handles for `dataset` on the front door (`direction`).
-    pub fn new(dataset: &str, direction: &'static str) -> Self {
+    /// Registers the handles for `dataset`.
+    pub fn new(dataset: &str) -> Self {
         let name = dataset.to_owned();
-        let labels = [
-            ("dataset", name.clone()),
-            ("direction", direction.to_owned()),
-        ];
-        let tier =
-            |metric: &'static str| counter!(metric, "dataset" => name.clone(), "tier" => "memory");
         let origin_op = |op: &'static str| counter!("origin_requests_total", "dataset" => name.clone(), "op" => op);
         Self {
-            requests: counter!("request_total", &labels),
-            latency: histogram!("response_latency_seconds", &labels),
-            response_bytes: counter!("response_bytes_total", &labels),
-            responses: Default::default(),
-            cache_hits: tier("cache_hits_total"),
-            cache_misses: tier("cache_misses_total"),
-            cache_bytes: gauge!("cache_bytes", "dataset" => name.clone(), "tier" => "memory"),
-            cache_capacity: gauge!("cache_capacity_bytes", "dataset" => name.clone(), "tier" => "memory"),
+            outbound: TrafficMetrics::new(dataset, Direction::Outbound),
+            inbound: TrafficMetrics::new(dataset, Direction::Inbound),
+            memory: TierMetrics::new(dataset, "memory"),
+            disk: TierMetrics::new(dataset, "disk"),
             metadata_hits: counter!("metadata_hits_total", "dataset" => name.clone()),
             metadata_misses: counter!("metadata_misses_total", "dataset" => name.clone()),
             origin_heads: origin_op("head"),
@@ -178,47 +302,20 @@ impl DatasetMetrics {
             origin_bytes: counter!("origin_bytes_total", "dataset" => name.clone()),
             origin_errors: counter!("origin_errors_total", "dataset" => name.clone()),
             origin_latency: histogram!("origin_latency_seconds", "dataset" => name.clone()),
-            readahead: counter!("readahead_chunks_total", "dataset" => name.clone()),
-            dataset: name,
-            direction,
+            readahead: counter!("readahead_chunks_total", "dataset" => name),
         }
     }
 
-    /// Counters the cache itself updates.
-    pub fn cache_counters(&self) -> CacheCounters {
-        CacheCounters {
-            evictions: counter!("cache_evictions_total", "dataset" => self.dataset.clone(), "tier" => "memory"),
-            rejections: counter!(
-                "cache_admission_rejections_total",
-                "dataset" => self.dataset.clone(),
-                "tier" => "memory"
-            ),
-        }
-    }
-
-    /// Counts one response with `status`.
-    pub fn count_response(&self, status: u16) {
-        match COMMON_STATUSES.iter().position(|&s| s == status) {
-            Some(slot) => self.responses[slot]
-                .get_or_init(|| response_counter(&self.dataset, self.direction, status))
-                .increment(1),
-            None => response_counter(&self.dataset, self.direction, status).increment(1),
+    /// The traffic handles for `direction`.
+    pub fn traffic(&self, direction: Direction) -> &TrafficMetrics {
+        match direction {
+            Direction::Outbound => &self.outbound,
+            Direction::Inbound => &self.inbound,
         }
     }
 }
 
-fn response_counter(dataset: &str, direction: &'static str, status: u16) -> Counter {
-    let classification = if status >= 500 { "failure" } else { "success" };
-    counter!(
-        "response_total",
-        "dataset" => dataset.to_owned(),
-        "direction" => direction,
-        "classification" => classification,
-        "status_code" => status.to_string()
-    )
-}
-
-/// Gauge of open client connections for a direction.
+/// Gauge of open client connections for a listener.
 pub fn connections_open(direction: &'static str) -> Gauge {
     gauge!("connections_open", "direction" => direction)
 }

@@ -29,6 +29,8 @@ pub struct ProxyProcess {
     pub listen: SocketAddr,
     /// Admin port.
     pub admin: SocketAddr,
+    /// A worker's listener for sidecars.
+    pub inbound: Option<SocketAddr>,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -45,6 +47,9 @@ impl ProxyProcess {
         command.args(args);
         if args.first().is_some_and(|a| !a.starts_with('-')) {
             command.args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+        }
+        if args.first() == Some(&"worker") && !args.contains(&"--inbound") {
+            command.args(["--inbound", "127.0.0.1:0"]);
         }
         command
             .env("RUST_LOG", "warn")
@@ -82,6 +87,7 @@ impl ProxyProcess {
         Self {
             listen: addr("listen"),
             admin: addr("admin"),
+            inbound: ready["inbound"].as_str().and_then(|a| a.parse().ok()),
             child,
             stderr,
         }

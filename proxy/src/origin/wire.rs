@@ -1,0 +1,237 @@
+//! The S3-over-HTTP wire details that the HTTP origin and the sidecar's pool
+//! upstream share: key paths, ranges, ETags, metadata headers, status
+//! meanings and ListObjectsV2 pages.
+
+use std::ops::Range;
+use std::time::SystemTime;
+
+use http::{HeaderMap, StatusCode, header};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use serde::Deserialize;
+
+use super::{ObjectMeta, OriginError};
+
+/// Characters escaped in a key's path segments.
+const SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'+');
+
+/// Marks a version tag made up from size and date because the server sent no ETag.
+pub const WEAK_PREFIX: &str = "ferry-weak-";
+
+/// Appends `key` to `path`, escaping each segment and keeping the `/`s.
+pub fn push_key(path: &mut String, key: &str) {
+    for (i, segment) in key.split('/').enumerate() {
+        if i > 0 {
+            path.push('/');
+        }
+        path.extend(utf8_percent_encode(segment, SEGMENT));
+    }
+}
+
+/// A header as text, if present and ASCII.
+pub fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// An ETag without `W/` and quotes.
+pub fn strip_etag(tag: &str) -> &str {
+    let tag = tag.trim();
+    let tag = tag.strip_prefix("W/").unwrap_or(tag);
+    tag.trim_matches('"')
+}
+
+/// `bytes=a-b` for a non-empty half-open range.
+pub fn range_header(range: &Range<u64>) -> String {
+    format!("bytes={}-{}", range.start, range.end.saturating_sub(1))
+}
+
+/// Whether a 206's `Content-Range` starts where `range` does.
+pub fn content_range_starts_at(headers: &HeaderMap, start: u64) -> bool {
+    header_str(headers, header::CONTENT_RANGE)
+        .and_then(|v| v.strip_prefix("bytes "))
+        .and_then(|v| v.split_once('-'))
+        .is_some_and(|(first, _)| first.parse::<u64>() == Ok(start))
+}
+
+/// Object metadata from a HEAD response's headers.
+pub fn meta_from_head(key: &str, headers: &HeaderMap) -> Result<ObjectMeta, String> {
+    let size = header_str(headers, header::CONTENT_LENGTH)
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| format!("no Content-Length for '{key}'"))?;
+    let modified = header_str(headers, header::LAST_MODIFIED)
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let etag = match header_str(headers, header::ETAG) {
+        Some(tag) => strip_etag(tag).to_owned(),
+        // Without an ETag the version is pinned by size and modification time.
+        None => {
+            let secs = modified
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default();
+            format!("{WEAK_PREFIX}{size:x}-{secs:x}")
+        }
+    };
+    Ok(ObjectMeta {
+        key: key.to_owned(),
+        size,
+        etag,
+        modified,
+    })
+}
+
+/// What a non-success status from an S3-style server means for `key`.
+/// `None` for statuses worth retrying elsewhere (5xx, 429).
+pub fn definite_error(origin: &str, key: &str, status: StatusCode) -> Option<OriginError> {
+    match status {
+        StatusCode::NOT_FOUND => Some(OriginError::NotFound {
+            key: key.to_owned(),
+        }),
+        StatusCode::PRECONDITION_FAILED | StatusCode::RANGE_NOT_SATISFIABLE => {
+            Some(OriginError::Changed {
+                key: key.to_owned(),
+            })
+        }
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Some(OriginError::Denied {
+            origin: origin.to_owned(),
+            detail: format!("HTTP {status} for '{key}'"),
+        }),
+        StatusCode::NOT_IMPLEMENTED => Some(OriginError::Unsupported {
+            origin: origin.to_owned(),
+            what: "this request (HTTP 501)",
+        }),
+        status if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS => None,
+        status => Some(OriginError::unavailable(
+            origin,
+            format!("HTTP {status} for '{key}'"),
+        )),
+    }
+}
+
+/// The query of a ListObjectsV2 request for one page.
+pub fn list_query(prefix: &str, start_after: Option<&str>, max_keys: usize) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query
+        .append_pair("list-type", "2")
+        .append_pair("prefix", prefix)
+        .append_pair("max-keys", &max_keys.to_string());
+    if let Some(after) = start_after {
+        query.append_pair("start-after", after);
+    }
+    query.finish()
+}
+
+/// One ListObjectsV2 page: its objects and whether more follow; `None` if
+/// the text is not an S3 listing.
+pub fn parse_list(xml: &str) -> Option<(Vec<ObjectMeta>, bool)> {
+    // serde takes any root element, and every field has a default: check the
+    // root is a listing, or an error page would read as an empty bucket.
+    if root_element(xml)? != "ListBucketResult" {
+        return None;
+    }
+    let result: ListBucketResult = quick_xml::de::from_str(xml).ok()?;
+    let objects = result
+        .contents
+        .into_iter()
+        .map(|item| ObjectMeta {
+            modified: humantime::parse_rfc3339(item.last_modified.trim())
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            etag: strip_etag(&item.etag).to_owned(),
+            size: item.size,
+            key: item.key,
+        })
+        .collect();
+    Some((objects, result.is_truncated))
+}
+
+/// The name of the first element of an XML document.
+fn root_element(xml: &str) -> Option<String> {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    loop {
+        match reader.read_event().ok()? {
+            quick_xml::events::Event::Start(tag) | quick_xml::events::Event::Empty(tag) => {
+                return Some(String::from_utf8_lossy(tag.local_name().as_ref()).into_owned());
+            }
+            quick_xml::events::Event::Eof => return None,
+            _ => {}
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListBucketResult {
+    #[serde(default)]
+    is_truncated: bool,
+    #[serde(default)]
+    contents: Vec<ListedObject>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListedObject {
+    key: String,
+    size: u64,
+    #[serde(default, rename = "ETag")]
+    etag: String,
+    #[serde(default)]
+    last_modified: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_escaped_segment_by_segment() {
+        let mut path = String::from("/bucket/");
+        push_key(&mut path, "a b/c?d#e+f");
+        assert_eq!(path, "/bucket/a%20b/c%3Fd%23e%2Bf");
+    }
+
+    #[test]
+    fn etags_lose_quotes_and_weakness() {
+        assert_eq!(strip_etag("\"abc\""), "abc");
+        assert_eq!(strip_etag("W/\"abc\""), "abc");
+    }
+
+    #[test]
+    fn s3_list_xml_parses() {
+        let xml = r#"<?xml version="1.0"?><ListBucketResult><Name>b</Name><IsTruncated>true</IsTruncated>
+            <Contents><Key>a/1</Key><Size>3</Size><ETag>"e1"</ETag><LastModified>2024-01-02T03:04:05.000Z</LastModified></Contents>
+            <Contents><Key>a/2</Key><Size>4</Size><ETag>&quot;e2&quot;</ETag><LastModified>2024-01-02T03:04:05.000Z</LastModified></Contents>
+            </ListBucketResult>"#;
+        let (objects, truncated) = parse_list(xml).expect("xml");
+        assert!(truncated);
+        assert_eq!(objects.len(), 2);
+        assert_eq!(objects[1].etag, "e2");
+        assert_eq!(objects[0].size, 3);
+        assert!(parse_list("<html>not a listing</html>").is_none());
+        assert!(parse_list("<Error><Code>NoSuchBucket</Code></Error>").is_none());
+        assert!(parse_list("not xml at all").is_none());
+    }
+
+    #[test]
+    fn statuses_split_into_definite_and_retryable() {
+        assert!(matches!(
+            definite_error("o", "k", StatusCode::NOT_FOUND),
+            Some(OriginError::NotFound { .. })
+        ));
+        assert!(matches!(
+            definite_error("o", "k", StatusCode::PRECONDITION_FAILED),
+            Some(OriginError::Changed { .. })
+        ));
+        assert!(definite_error("o", "k", StatusCode::SERVICE_UNAVAILABLE).is_none());
+        assert!(definite_error("o", "k", StatusCode::BAD_GATEWAY).is_none());
+    }
+}

@@ -1,0 +1,7 @@
+//! The sidecar's side of the mesh: connections to workers and the upstream
+//! that sends each chunk to the worker that owns it.
+
+pub mod connection;
+pub mod upstream;
+
+pub use upstream::PoolUpstream;

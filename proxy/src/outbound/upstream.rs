@@ -1,0 +1,445 @@
+//! The sidecar's upstream: the same S3 requests a worker answers, each sent
+//! to the worker that owns it, with failover, hedging, per-request deadlines
+//! and a retry budget. It is an [`Origin`] to the chunk layer, so caching,
+//! single-flight and read-ahead work exactly as on a worker.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+
+use crate::balance::{Member, Pool};
+use crate::origin::wire::{self, WEAK_PREFIX};
+use crate::origin::{ListPage, ObjectMeta, Origin, OriginError, check_length};
+
+/// Largest ListObjectsV2 page asked of a worker.
+const LIST_PAGE: usize = 1000;
+
+/// Why one attempt at one worker failed.
+enum AttemptError {
+    /// The worker answered for the object: no other worker will say otherwise.
+    Definite(OriginError),
+    /// The worker could not answer; another one may.
+    Retryable(String),
+}
+
+type Attempt<T> = Result<T, AttemptError>;
+
+/// Attempts in flight for one request: the member, whether it is the hedge, the outcome.
+type Running<'a, T> = FuturesUnordered<BoxFuture<'a, (Arc<Member>, bool, Attempt<T>)>>;
+
+/// A data set's upstream on a sidecar: its pool, and optionally its origin
+/// for when the whole pool is down.
+pub struct PoolUpstream {
+    pool: Arc<Pool>,
+    bucket: String,
+    fallback: Option<Arc<dyn Origin>>,
+    describe: String,
+}
+
+impl PoolUpstream {
+    /// Reads `bucket` from `pool`; `fallback` is read when no worker can answer.
+    pub fn new(pool: Arc<Pool>, bucket: &str, fallback: Option<Arc<dyn Origin>>) -> Self {
+        Self {
+            describe: format!("pool '{}'", pool.name),
+            pool,
+            bucket: bucket.to_owned(),
+            fallback,
+        }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    fn object_path(&self, key: &str) -> String {
+        let mut path = String::with_capacity(self.bucket.len() + key.len() + 8);
+        path.push('/');
+        path.push_str(&self.bucket);
+        path.push('/');
+        wire::push_key(&mut path, key);
+        path
+    }
+
+    /// Sends one request to `member`, recording time to headers.
+    async fn send(
+        &self,
+        member: &Member,
+        request: Request<Empty<Bytes>>,
+        started_arriving: &AtomicBool,
+    ) -> Attempt<http::Response<Incoming>> {
+        let begun = Instant::now();
+        let response = member
+            .connection
+            .send(request)
+            .await
+            .map_err(|e| AttemptError::Retryable(e.to_string()))?;
+        started_arriving.store(true, Ordering::Release);
+        let elapsed = begun.elapsed();
+        member.metrics.latency.record(elapsed);
+        self.pool.latency.record(elapsed);
+        Ok(response)
+    }
+
+    fn status_failure(&self, member: &Member, key: &str, status: StatusCode) -> AttemptError {
+        match wire::definite_error(&self.describe, key, status) {
+            Some(err) => AttemptError::Definite(err),
+            None => AttemptError::Retryable(format!("{} answered HTTP {status}", member.address)),
+        }
+    }
+
+    async fn head_at(
+        &self,
+        member: Arc<Member>,
+        key: &str,
+        arriving: Arc<AtomicBool>,
+    ) -> Attempt<ObjectMeta> {
+        let request = Request::head(self.object_path(key))
+            .header(header::HOST, member.address.as_str())
+            .body(Empty::new())
+            .map_err(|e| unsendable(key, e))?;
+        let response = self.send(&member, request, &arriving).await?;
+        if !response.status().is_success() {
+            return Err(self.status_failure(&member, key, response.status()));
+        }
+        wire::meta_from_head(key, response.headers()).map_err(AttemptError::Retryable)
+    }
+
+    async fn read_at(
+        &self,
+        member: Arc<Member>,
+        key: &str,
+        range: Range<u64>,
+        etag: &str,
+        arriving: Arc<AtomicBool>,
+    ) -> Attempt<Bytes> {
+        let mut request = Request::get(self.object_path(key))
+            .header(header::HOST, member.address.as_str())
+            .header(header::RANGE, wire::range_header(&range));
+        if !etag.starts_with(WEAK_PREFIX) {
+            request = request.header(header::IF_MATCH, format!("\"{etag}\""));
+        }
+        let request = request.body(Empty::new()).map_err(|e| unsendable(key, e))?;
+        let response = self.send(&member, request, &arriving).await?;
+        let status = response.status();
+        let whole = status == StatusCode::OK && range.start == 0;
+        if status != StatusCode::PARTIAL_CONTENT && !whole {
+            return Err(if status.is_success() {
+                AttemptError::Retryable(format!(
+                    "{} answered {status} to a range request",
+                    member.address
+                ))
+            } else {
+                self.status_failure(&member, key, status)
+            });
+        }
+        if status == StatusCode::PARTIAL_CONTENT
+            && !wire::content_range_starts_at(response.headers(), range.start)
+        {
+            return Err(AttemptError::Retryable(format!(
+                "{} answered a different range",
+                member.address
+            )));
+        }
+        let want = (range.end - range.start) as usize;
+        let mut body = response.into_body();
+        let mut buf = BytesMut::with_capacity(want);
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| AttemptError::Retryable(format!("{}: body: {e}", member.address)))?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > want {
+                    return Err(AttemptError::Retryable(format!(
+                        "{} sent too many bytes",
+                        member.address
+                    )));
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        check_length(&member.address, key, &range, buf.len())
+            .map_err(|e| AttemptError::Retryable(e.to_string()))?;
+        Ok(buf.freeze())
+    }
+
+    async fn list_at(
+        &self,
+        member: Arc<Member>,
+        prefix: &str,
+        start_after: Option<&str>,
+        max: usize,
+        arriving: Arc<AtomicBool>,
+    ) -> Attempt<ListPage> {
+        let mut page = ListPage::default();
+        let mut cursor = start_after.map(str::to_owned);
+        loop {
+            let ask = (max - page.objects.len() + 1).min(LIST_PAGE);
+            let path = format!(
+                "/{}?{}",
+                self.bucket,
+                wire::list_query(prefix, cursor.as_deref(), ask)
+            );
+            let request = Request::get(path)
+                .header(header::HOST, member.address.as_str())
+                .body(Empty::new())
+                .map_err(|e| unsendable(prefix, e))?;
+            let response = self.send(&member, request, &arriving).await?;
+            if !response.status().is_success() {
+                return Err(self.status_failure(&member, prefix, response.status()));
+            }
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| AttemptError::Retryable(format!("{}: body: {e}", member.address)))?
+                .to_bytes();
+            let (objects, truncated) = wire::parse_list(&String::from_utf8_lossy(&body))
+                .ok_or_else(|| {
+                    AttemptError::Retryable(format!(
+                        "{} sent a listing that is not S3 XML",
+                        member.address
+                    ))
+                })?;
+            let fetched = objects.len();
+            for object in objects {
+                if page.objects.len() == max {
+                    page.truncated = true;
+                    return Ok(page);
+                }
+                cursor = Some(object.key.clone());
+                page.objects.push(object);
+            }
+            if !truncated || fetched == 0 {
+                return Ok(page);
+            }
+        }
+    }
+
+    /// Runs `attempt` against the candidates for `route` until one answers:
+    /// failover on retryable errors, one hedge when the first is slow, all
+    /// within the retry budget; `fallback` when no worker can answer.
+    async fn run<'a, T, A, F>(
+        &'a self,
+        what: &str,
+        route: u64,
+        attempt: A,
+        fallback: F,
+    ) -> Result<T, OriginError>
+    where
+        T: Send + 'a,
+        A: Fn(Arc<Member>, Arc<AtomicBool>) -> BoxFuture<'a, Attempt<T>>,
+        F: FnOnce(&'a dyn Origin) -> BoxFuture<'a, Result<T, OriginError>>,
+    {
+        let (candidates, everyone_ejected) = self.pool.ranked(route);
+        self.pool.budget.record_request();
+        let timeout = self.pool.chunk_timeout;
+        let mut failures: Vec<String> = Vec::new();
+        let mut next = 0;
+        let mut started = 0usize;
+        let mut running: Running<'a, T> = FuturesUnordered::new();
+        let mut primary_arriving: Option<Arc<AtomicBool>> = None;
+        let hedge_delay = self.pool.hedge_after();
+        let mut hedge = hedge_delay.map(|delay| Box::pin(tokio::time::sleep(delay)));
+
+        // Starts the next candidate that will take a request; false if none is left.
+        let launch = |hedged: bool,
+                      next: &mut usize,
+                      running: &mut Running<'a, T>,
+                      failures: &mut Vec<String>|
+         -> Option<Arc<AtomicBool>> {
+            while *next < candidates.len() {
+                let member = Arc::clone(&candidates[*next]);
+                *next += 1;
+                if !everyone_ejected && !member.claim() {
+                    failures.push(format!("{}: ejected", member.address));
+                    continue;
+                }
+                let arriving = Arc::new(AtomicBool::new(false));
+                let guard = member.start();
+                let work = attempt(Arc::clone(&member), Arc::clone(&arriving));
+                running.push(Box::pin(async move {
+                    let result = match tokio::time::timeout(timeout, work).await {
+                        Ok(result) => result,
+                        Err(_) => Err(AttemptError::Retryable(format!(
+                            "no answer within {timeout:?}"
+                        ))),
+                    };
+                    drop(guard);
+                    (member, hedged, result)
+                }) as BoxFuture<'a, _>);
+                return Some(arriving);
+            }
+            None
+        };
+
+        loop {
+            if running.is_empty() {
+                if started > 0 && next < candidates.len() && !self.pool.budget.try_retry() {
+                    failures.push("retry budget exhausted".to_owned());
+                    break;
+                }
+                match launch(false, &mut next, &mut running, &mut failures) {
+                    Some(arriving) => {
+                        started += 1;
+                        primary_arriving = Some(arriving);
+                    }
+                    None => break,
+                }
+            }
+            tokio::select! {
+                Some((member, hedged, result)) = running.next() => match result {
+                    Ok(value) => {
+                        self.pool.succeeded(&member);
+                        if hedged {
+                            member.metrics.hedges_won.increment(1);
+                        }
+                        // Dropping `running` cancels the loser (RST_STREAM).
+                        return Ok(value);
+                    }
+                    Err(AttemptError::Definite(err)) => {
+                        self.pool.succeeded(&member);
+                        return Err(err);
+                    }
+                    Err(AttemptError::Retryable(why)) => {
+                        self.pool.failed(&member);
+                        member.metrics.failovers.increment(1);
+                        failures.push(format!("{}: {why}", member.address));
+                    }
+                },
+                () = async { if let Some(timer) = hedge.as_mut() { timer.await } }, if hedge.is_some() => {
+                    hedge = None;
+                    let slow = primary_arriving.as_ref().is_some_and(|a| !a.load(Ordering::Acquire));
+                    if slow
+                        && running.len() == 1
+                        && next < candidates.len()
+                        && self.pool.budget.try_retry()
+                        && launch(true, &mut next, &mut running, &mut failures).is_some()
+                    {
+                        started += 1;
+                        if let Some(member) = candidates.get(next - 1) {
+                            member.metrics.hedges.increment(1);
+                        }
+                    }
+                }
+            }
+        }
+        self.pool_down(what, failures, fallback).await
+    }
+
+    async fn pool_down<'a, T, F>(
+        &'a self,
+        what: &str,
+        failures: Vec<String>,
+        fallback: F,
+    ) -> Result<T, OriginError>
+    where
+        F: FnOnce(&'a dyn Origin) -> BoxFuture<'a, Result<T, OriginError>>,
+    {
+        let detail = if failures.is_empty() {
+            format!("it has no members to serve {what}")
+        } else {
+            format!("no worker could serve {what}: {}", failures.join("; "))
+        };
+        match &self.fallback {
+            Some(origin) => {
+                tracing::warn!(pool = %self.pool.name, %detail, origin = origin.describe(), "reading the origin directly");
+                fallback(origin.as_ref()).await
+            }
+            None => Err(OriginError::Unavailable {
+                origin: self.describe.clone(),
+                detail,
+            }),
+        }
+    }
+}
+
+/// A key that cannot even be put in a request: no worker could serve it.
+fn unsendable(key: &str, _: http::Error) -> AttemptError {
+    AttemptError::Definite(OriginError::InvalidKey {
+        key: key.to_owned(),
+        why: "it cannot be sent in an HTTP request",
+    })
+}
+
+/// Where requests about `key` at byte `offset` go: chunks by (key, offset),
+/// so chunk 0 and a HEAD of the object land on the same worker.
+fn route_of(key: &str, offset: u64) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(key.as_bytes());
+    hasher.update(&[0xff]);
+    hasher.update(&offset.to_le_bytes());
+    hasher.digest()
+}
+
+impl Origin for PoolUpstream {
+    fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectMeta, OriginError>> {
+        Box::pin(async move {
+            self.run(
+                &format!("HEAD '{key}'"),
+                route_of(key, 0),
+                |member, arriving| Box::pin(self.head_at(member, key, arriving)),
+                |origin| origin.head(key),
+            )
+            .await
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        key: &'a str,
+        range: Range<u64>,
+        etag: &'a str,
+    ) -> BoxFuture<'a, Result<Bytes, OriginError>> {
+        Box::pin(async move {
+            let what = format!(
+                "bytes {}-{} of '{key}'",
+                range.start,
+                range.end.saturating_sub(1)
+            );
+            let fallback_range = range.clone();
+            self.run(
+                &what,
+                route_of(key, range.start),
+                |member, arriving| {
+                    Box::pin(self.read_at(member, key, range.clone(), etag, arriving))
+                },
+                move |origin| origin.read(key, fallback_range, etag),
+            )
+            .await
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_after: Option<&'a str>,
+        max: usize,
+    ) -> BoxFuture<'a, Result<ListPage, OriginError>> {
+        Box::pin(async move {
+            let mut route = String::with_capacity(prefix.len() + 5);
+            route.push_str("list:");
+            route.push_str(prefix);
+            self.run(
+                &format!("LIST '{prefix}'"),
+                route_of(&route, 0),
+                |member, arriving| {
+                    Box::pin(self.list_at(member, prefix, start_after, max, arriving))
+                },
+                move |origin| origin.list(prefix, start_after, max),
+            )
+            .await
+        })
+    }
+}
