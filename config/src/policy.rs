@@ -46,6 +46,9 @@ pub struct DatasetPolicy {
     pub metadata_ttl: MetadataTtl,
     /// How many chunks ahead of a sequential reader are fetched in advance.
     pub read_ahead: u32,
+    /// On the first metadata miss, list the whole data set in the background,
+    /// so later objects need no HEAD round trip (one LIST instead of N HEADs).
+    pub warm_metadata: bool,
     /// Hot-cache settings per role.
     pub cache: RoleCaches,
 }
@@ -187,6 +190,8 @@ struct RawDatasetPolicy {
     metadata_ttl: MetadataTtl,
     #[serde(default = "default_read_ahead", deserialize_with = "read_ahead")]
     read_ahead: u32,
+    #[serde(default = "default_true")]
+    warm_metadata: bool,
     #[serde(default)]
     cache: RoleCaches,
 }
@@ -197,6 +202,10 @@ fn default_chunk_size() -> ByteSize {
 
 fn default_read_ahead() -> u32 {
     DEFAULT_READ_AHEAD
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl TryFrom<RawDatasetPolicy> for DatasetPolicy {
@@ -228,6 +237,7 @@ impl TryFrom<RawDatasetPolicy> for DatasetPolicy {
             chunk_size: raw.chunk_size,
             metadata_ttl: raw.metadata_ttl,
             read_ahead: raw.read_ahead,
+            warm_metadata: raw.warm_metadata,
             cache: raw.cache,
         })
     }

@@ -84,6 +84,7 @@ impl Dataset {
                 listing_capacity: config.limits.listing_entries,
                 timeout,
                 seed,
+                warm_listing: policy.warm_metadata,
             },
             metrics.clone(),
         ));

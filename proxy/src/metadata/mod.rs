@@ -90,6 +90,8 @@ pub struct MetadataCache {
     lists: Arc<SingleFlight<String, Option<Arc<Listing>>, OriginError>>,
     ttl: MetadataTtl,
     listing_capacity: usize,
+    /// Whether a miss starts a background listing of the data set, and when one last did.
+    warm: Option<Mutex<Option<Instant>>>,
     timeout: Duration,
     seed: u64,
     metrics: Arc<DatasetMetrics>,
@@ -114,6 +116,8 @@ pub struct MetadataSettings {
     pub timeout: Duration,
     /// Secret for chunk fingerprints.
     pub seed: u64,
+    /// List the data set in the background on the first miss.
+    pub warm_listing: bool,
 }
 
 impl MetadataCache {
@@ -131,6 +135,7 @@ impl MetadataCache {
             lists: Arc::new(SingleFlight::new(lost)),
             ttl: settings.ttl,
             listing_capacity: settings.listing_capacity,
+            warm: settings.warm_listing.then(|| Mutex::new(None)),
             timeout: settings.timeout,
             seed: settings.seed,
             metrics,
@@ -152,6 +157,7 @@ impl MetadataCache {
             self.metrics.metadata_hits.increment(1);
             return Ok(info);
         }
+        self.origin.check_key(key).await?;
         if let Some(listed) = self.listed(key) {
             self.metrics.metadata_hits.increment(1);
             let info = Arc::new(ObjectInfo::new(listed?, self.seed));
@@ -159,6 +165,7 @@ impl MetadataCache {
             return Ok(info);
         }
         self.metrics.metadata_misses.increment(1);
+        self.warm_up();
         let this = Arc::clone(self);
         let owned = key.to_owned();
         let (flight, _) = self.heads.join_or_start(key.to_owned(), move || {
@@ -176,6 +183,36 @@ impl MetadataCache {
             })
         });
         flight.await
+    }
+
+    /// Lists the whole data set in the background, once per TTL: a training
+    /// job reads every object, and one listing answers all their metadata.
+    fn warm_up(self: &Arc<Self>) {
+        let Some(warm) = &self.warm else { return };
+        {
+            let mut last = warm.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|at| self.fresh(at)) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            match this.listing("").await {
+                Ok(Some(listing)) => {
+                    tracing::debug!(
+                        objects = listing.objects.len(),
+                        "metadata warmed from a listing"
+                    )
+                }
+                Ok(None) => {
+                    tracing::debug!("data set too large to keep its listing; HEADs continue")
+                }
+                Err(err) => {
+                    tracing::debug!(%err, "no listing to warm metadata from; HEADs continue")
+                }
+            }
+        });
     }
 
     /// Forgets `key`, e.g. after the origin said it changed.
@@ -355,6 +392,15 @@ mod tests {
         ttl: MetadataTtl,
         listing_capacity: usize,
     ) -> Arc<MetadataCache> {
+        warmed(origin, ttl, listing_capacity, false)
+    }
+
+    fn warmed(
+        origin: Arc<CountingOrigin>,
+        ttl: MetadataTtl,
+        listing_capacity: usize,
+        warm_listing: bool,
+    ) -> Arc<MetadataCache> {
         Arc::new(MetadataCache::new(
             origin,
             MetadataSettings {
@@ -363,6 +409,7 @@ mod tests {
                 listing_capacity,
                 timeout: Duration::from_secs(5),
                 seed: 1,
+                warm_listing,
             },
             Arc::new(DatasetMetrics::new("test")),
         ))
@@ -419,6 +466,23 @@ mod tests {
         assert!(metadata.listing("p/").await.expect("list").is_none());
         metadata.object("p/a").await.expect("head");
         assert_eq!(origin.heads.load(Ordering::SeqCst), 1, "falls back to HEAD");
+    }
+
+    #[tokio::test]
+    async fn the_first_miss_warms_metadata_from_one_listing() {
+        let origin = Arc::new(CountingOrigin::default());
+        let metadata = warmed(origin.clone(), MetadataTtl::Job, 100, true);
+        metadata.object("a").await.expect("head");
+        assert_eq!(
+            origin.heads.load(Ordering::SeqCst),
+            1,
+            "the first miss still HEADs"
+        );
+        // The background listing is single-flight: joining it waits for it.
+        metadata.listing("").await.expect("listing").expect("fits");
+        assert_eq!(origin.lists.load(Ordering::SeqCst), 1, "listed once");
+        metadata.object("b").await.expect("listed");
+        assert_eq!(origin.heads.load(Ordering::SeqCst), 1, "no HEAD once warm");
     }
 
     #[test]

@@ -230,6 +230,19 @@ impl Origin for FileOrigin {
         Box::pin(async move { blocking(&self.url, move || this.head_blocking(&key)).await })
     }
 
+    fn check_key<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), OriginError>> {
+        let this = self.clone();
+        let key = key.to_owned();
+        Box::pin(async move {
+            blocking(&self.url, move || match this.resolve(&key) {
+                // Missing is for the caller to find out; escaping is not.
+                Ok(_) | Err(OriginError::NotFound { .. }) => Ok(()),
+                Err(err) => Err(err),
+            })
+            .await
+        })
+    }
+
     fn read<'a>(
         &'a self,
         key: &'a str,

@@ -120,6 +120,12 @@ pub trait Origin: Send + Sync + 'static {
         etag: &'a str,
     ) -> BoxFuture<'a, Result<Bytes, OriginError>>;
 
+    /// Refuses keys this origin would never serve (e.g. ones that escape a
+    /// directory), before any cache or listing answers for them.
+    fn check_key<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, Result<(), OriginError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     /// Up to `max` objects whose keys start with `prefix` and sort after
     /// `start_after`, in ascending key order.
     fn list<'a>(
