@@ -289,3 +289,41 @@ async fn bad_pools_are_explained_and_other_data_sets_keep_serving() {
     assert_eq!(ok.status(), StatusCode::OK);
     assert!(ok.bytes().await.expect("body")[..] == expected(3)[..]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_on_pool_down_origin_a_dead_pool_falls_back_to_the_origin() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .to_string();
+    let origin = format!("synthetic://?{SPEC}");
+    let proxy = ProxyProcess::start(&[
+        "sidecar",
+        "--pool",
+        &dead,
+        "--bucket",
+        "imagenet",
+        "--on-pool-down",
+        "origin",
+        "--origin",
+        &origin,
+    ]);
+    let client = reqwest::Client::new();
+    for index in [0, 7, 42] {
+        let response = client
+            .get(proxy.url(&format!("/imagenet/{}", spec().key(index))))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            response.bytes().await.expect("body")[..] == expected(index)[..],
+            "object {index}"
+        );
+    }
+    let failovers = proxy
+        .metric("upstream_failovers_total", &[("member", &dead)])
+        .await;
+    assert!(failovers >= 1.0, "the pool was tried first: {failovers}");
+}
