@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -42,48 +42,28 @@ impl Reader {
 
     /// GETs `path` (optionally a byte range, inclusive) and returns the body length.
     pub async fn get(&mut self, path: &str, range: Option<(u64, u64)>) -> anyhow::Result<u64> {
-        match tokio::time::timeout(READ_TIMEOUT, self.get_inner(path, range)).await {
-            Ok(Ok(len)) => Ok(len),
-            Ok(Err(err)) => {
-                self.sender = None;
-                Err(err)
-            }
-            Err(_) => {
-                self.sender = None;
-                bail!("GET {path} took longer than {READ_TIMEOUT:?}")
-            }
-        }
+        self.exchange(path, range, false).await.map(|(len, _)| len)
     }
 
-    async fn get_inner(&mut self, path: &str, range: Option<(u64, u64)>) -> anyhow::Result<u64> {
-        let mut request = Request::get(path).header(header::HOST, "127.0.0.1");
-        if let Some((start, end)) = range {
-            request = request.header(header::RANGE, format!("bytes={start}-{end}"));
-        }
-        let request = request.body(Empty::new())?;
-        let sender = self.connect().await?;
-        sender.ready().await?;
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let mut body = response.into_body();
-        let mut len = 0u64;
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame?.into_data() {
-                len += data.len() as u64;
-            }
-        }
-        if status != StatusCode::OK && status != StatusCode::PARTIAL_CONTENT {
-            bail!("GET {path}: HTTP {status}");
-        }
-        Ok(len)
-    }
-
-    /// GETs `path` (optionally a byte range) and returns the body.
+    /// GETs `path` (optionally a byte range, inclusive) and returns the body.
     pub async fn get_body(
         &mut self,
         path: &str,
         range: Option<(u64, u64)>,
     ) -> anyhow::Result<Bytes> {
+        let (_, body) = self.exchange(path, range, true).await?;
+        body.context("body was not kept")
+    }
+
+    /// One GET within the read deadline; the body is counted, and kept when
+    /// `keep` (kept bodies cost a copy, counted ones do not). A failed
+    /// exchange drops the connection, since its state is unknown.
+    async fn exchange(
+        &mut self,
+        path: &str,
+        range: Option<(u64, u64)>,
+        keep: bool,
+    ) -> anyhow::Result<(u64, Option<Bytes>)> {
         let attempt = async {
             let mut request = Request::get(path).header(header::HOST, "127.0.0.1");
             if let Some((start, end)) = range {
@@ -94,14 +74,24 @@ impl Reader {
             sender.ready().await?;
             let response = sender.send_request(request).await?;
             let status = response.status();
-            let body = response.into_body().collect().await?.to_bytes();
+            let mut body = response.into_body();
+            let mut len = 0u64;
+            let mut kept = keep.then(BytesMut::new);
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame?.into_data() {
+                    len += data.len() as u64;
+                    if let Some(kept) = kept.as_mut() {
+                        kept.extend_from_slice(&data);
+                    }
+                }
+            }
             if status != StatusCode::OK && status != StatusCode::PARTIAL_CONTENT {
                 bail!("GET {path}: HTTP {status}");
             }
-            Ok(body)
+            Ok((len, kept.map(BytesMut::freeze)))
         };
         match tokio::time::timeout(READ_TIMEOUT, attempt).await {
-            Ok(Ok(body)) => Ok(body),
+            Ok(Ok(result)) => Ok(result),
             Ok(Err(err)) => {
                 self.sender = None;
                 Err(err)

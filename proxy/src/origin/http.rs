@@ -151,16 +151,7 @@ impl HttpOrigin {
                     origin: self.base.clone(),
                     what: "listing (its answer to ListObjectsV2 was not S3 XML)",
                 })?;
-            let fetched = objects.len();
-            for object in objects {
-                if page.objects.len() == max {
-                    page.truncated = true;
-                    return Ok(page);
-                }
-                cursor = Some(object.key.clone());
-                page.objects.push(object);
-            }
-            if !truncated || fetched == 0 {
+            if wire::absorb_page(&mut page, &mut cursor, objects, truncated, max) {
                 return Ok(page);
             }
         }

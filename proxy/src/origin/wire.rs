@@ -9,7 +9,7 @@ use http::{HeaderMap, StatusCode, header};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde::Deserialize;
 
-use super::{ObjectMeta, OriginError};
+use super::{ListPage, ObjectMeta, OriginError};
 
 /// Characters escaped in a key's path segments.
 const SEGMENT: &AsciiSet = &CONTROLS
@@ -129,6 +129,28 @@ pub fn list_query(prefix: &str, start_after: Option<&str>, max_keys: usize) -> S
         query.append_pair("start-after", after);
     }
     query.finish()
+}
+
+/// Adds one fetched page of a listing to `page`, which may hold at most
+/// `max` objects, moving `cursor` to its last key. Returns whether `page` is
+/// complete: full (then marked truncated), or the listing has no more.
+pub fn absorb_page(
+    page: &mut ListPage,
+    cursor: &mut Option<String>,
+    objects: Vec<ObjectMeta>,
+    more: bool,
+    max: usize,
+) -> bool {
+    let fetched = objects.len();
+    for object in objects {
+        if page.objects.len() == max {
+            page.truncated = true;
+            return true;
+        }
+        *cursor = Some(object.key.clone());
+        page.objects.push(object);
+    }
+    !more || fetched == 0
 }
 
 /// One ListObjectsV2 page: its objects and whether more follow; `None` if

@@ -208,16 +208,7 @@ impl PoolUpstream {
                         member.address
                     ))
                 })?;
-            let fetched = objects.len();
-            for object in objects {
-                if page.objects.len() == max {
-                    page.truncated = true;
-                    return Ok(page);
-                }
-                cursor = Some(object.key.clone());
-                page.objects.push(object);
-            }
-            if !truncated || fetched == 0 {
+            if wire::absorb_page(&mut page, &mut cursor, objects, truncated, max) {
                 return Ok(page);
             }
         }
