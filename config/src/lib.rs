@@ -1,6 +1,8 @@
 //! Ferry's configuration schema: data set policies and proxy settings, parsed
 //! from YAML with defaults, validated with errors that name file, line and field.
 
+pub mod control_plane;
+pub mod identity;
 pub mod load;
 pub mod origin;
 pub mod policy;
@@ -9,6 +11,10 @@ pub mod proxy;
 pub mod synthetic;
 pub mod units;
 
+pub use control_plane::ControlPlaneConfig;
+pub use identity::{
+    BootstrapToken, BootstrapTokens, IdentityMode, IdentitySpec, SpiffeId, SpiffePattern,
+};
 pub use load::{ConfigError, from_yaml, from_yaml_file};
 pub use origin::OriginSpec;
 pub use policy::{

@@ -7,6 +7,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
+use crate::identity::SpiffePattern;
 use crate::origin::OriginSpec;
 use crate::units::{ByteSize, MetadataTtl};
 
@@ -38,6 +39,9 @@ pub struct DatasetPolicy {
     pub pool: Option<String>,
     /// What a sidecar does when every worker of its pool is down.
     pub on_pool_down: PoolDownPolicy,
+    /// Identities a worker serves this data set to (exact SPIFFE IDs or
+    /// patterns with `*` segments); empty means any workload of the trust domain.
+    pub allow: Vec<SpiffePattern>,
     /// Settings for an `s3://` origin.
     pub s3: S3Options,
     /// Size of the aligned chunks objects are cached in; a smaller object is one chunk.
@@ -183,6 +187,8 @@ struct RawDatasetPolicy {
     #[serde(default)]
     on_pool_down: PoolDownPolicy,
     #[serde(default)]
+    allow: Vec<SpiffePattern>,
+    #[serde(default)]
     s3: Option<S3Options>,
     #[serde(default = "default_chunk_size", deserialize_with = "chunk_size")]
     chunk_size: ByteSize,
@@ -233,6 +239,7 @@ impl TryFrom<RawDatasetPolicy> for DatasetPolicy {
             origin: raw.origin,
             pool: raw.pool,
             on_pool_down: raw.on_pool_down,
+            allow: raw.allow,
             s3: raw.s3.unwrap_or_default(),
             chunk_size: raw.chunk_size,
             metadata_ttl: raw.metadata_ttl,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
+use crate::identity::{SpiffeId, SpiffePattern};
 use crate::units::{ByteSize, HumanDuration, parse_duration};
 
 /// A named pool of cache workers.
@@ -18,6 +19,9 @@ pub struct PoolSpec {
     pub name: String,
     /// Its workers.
     pub members: Vec<MemberSpec>,
+    /// Identity every worker must present (unless a member names its own);
+    /// absent means any workload of the trust domain.
+    pub identity: Option<SpiffePattern>,
     /// How requests are spread and retried.
     pub balance: BalanceSpec,
 }
@@ -34,6 +38,9 @@ pub struct MemberSpec {
     /// Failure domain (informational; shown in metrics and /config).
     #[serde(default)]
     pub zone: Option<String>,
+    /// The exact identity this worker must present.
+    #[serde(default)]
+    pub identity: Option<SpiffeId>,
 }
 
 fn default_weight() -> u32 {
@@ -47,6 +54,7 @@ impl MemberSpec {
             address: address.into(),
             weight: 1,
             zone: None,
+            identity: None,
         }
     }
 
@@ -69,6 +77,7 @@ impl MemberSpec {
             address: address.to_owned(),
             weight,
             zone,
+            identity: None,
         };
         member.check()?;
         Ok(member)
@@ -194,6 +203,8 @@ struct RawPool {
     name: String,
     members: Vec<MemberSpec>,
     #[serde(default)]
+    identity: Option<SpiffePattern>,
+    #[serde(default)]
     balance: BalanceSpec,
 }
 
@@ -246,6 +257,7 @@ impl TryFrom<RawPool> for PoolSpec {
         Ok(Self {
             name: raw.name,
             members: raw.members,
+            identity: raw.identity,
             balance: raw.balance,
         })
     }

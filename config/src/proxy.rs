@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::IdentitySpec;
 use crate::load::ConfigError;
 use crate::policy::{DatasetPolicy, Datasets, PoolDownPolicy};
 use crate::pool::PoolSpec;
@@ -57,6 +58,8 @@ pub struct ProxyConfig {
     pub virtual_host_domains: Vec<String>,
     /// Resource bounds.
     pub limits: Limits,
+    /// Mesh identity: certificates and mutual TLS between proxies.
+    pub identity: IdentitySpec,
     /// Worker pools sidecars read from.
     pub pools: Vec<PoolSpec>,
     /// A worker's local-disk cache tier.
@@ -85,6 +88,7 @@ impl Default for ProxyConfig {
             threads: None,
             virtual_host_domains: vec!["localhost".to_owned()],
             limits: Limits::default(),
+            identity: IdentitySpec::default(),
             pools: Vec::new(),
             disk_cache: None,
             datasets: Datasets::default(),
@@ -111,6 +115,9 @@ impl ProxyConfig {
                 ));
             }
         }
+        self.identity
+            .check()
+            .map_err(|(field, message)| error(field.to_owned(), message))?;
         if self.disk_cache.is_some() && self.role != Role::Worker {
             return Err(error(
                 "disk_cache".into(),

@@ -278,3 +278,38 @@ fn roles_get_what_they_need() {
     let err = proxy_error("datasets:\n  - name: imagenet\n    on_pool_down: origin\n");
     assert!(err.message.contains("needs an origin"), "{err}");
 }
+
+#[test]
+fn identity_settings_and_allow_lists_are_validated_where_written() {
+    let err = proxy_error(
+        "datasets:\n  - name: imagenet\n    origin: synthetic://?count=1\n    allow:\n      - 'spiffe://cluster.local/ns/tr*in/sa/job'\n",
+    );
+    assert_eq!(
+        (err.line, err.field.as_str()),
+        (Some(5), "datasets[0].allow[0]")
+    );
+    assert!(err.message.contains("whole-segment '*'"), "{err}");
+    let config: ProxyConfig = from_yaml(
+        "identity:\n  mode: control-plane\n  control_plane: https://cp:8086\n  token_file: /t\n  trust_bundle: /b.pem\n\
+         datasets:\n  - name: imagenet\n    origin: synthetic://?count=1\n    allow: ['spiffe://cluster.local/ns/train/sa/*']\n",
+        "t.yaml",
+    )
+    .expect("config");
+    config.validate("t.yaml").expect("valid");
+    let id: ferry_config::SpiffeId = "spiffe://cluster.local/ns/train/sa/job"
+        .parse()
+        .expect("id");
+    assert!(config.datasets[0].allow[0].matches(&id));
+    let config: ProxyConfig = from_yaml(
+        "identity: { mode: control-plane }\ndatasets:\n  - name: imagenet\n    origin: synthetic://?count=1\n",
+        "t.yaml",
+    )
+    .expect("parses");
+    let err = config.validate("t.yaml").expect_err("incomplete identity");
+    assert_eq!(err.field, "identity.control_plane");
+    let err = proxy_error("identity: { mode: sometimes }\n");
+    assert!(
+        err.message.contains("disabled") || err.message.contains("control-plane"),
+        "{err}"
+    );
+}

@@ -9,8 +9,9 @@ use clap::{Args, Parser, Subcommand};
 
 use ferry_config::units::parse_duration;
 use ferry_config::{
-    ByteSize, CachePolicy, DatasetPolicy, DiskCacheSpec, HumanDuration, MemberSpec, MetadataTtl,
-    OriginSpec, PoolDownPolicy, PoolSpec, ProxyConfig, Role, from_yaml, from_yaml_file,
+    ByteSize, CachePolicy, DatasetPolicy, DiskCacheSpec, HumanDuration, IdentityMode, MemberSpec,
+    MetadataTtl, OriginSpec, PoolDownPolicy, PoolSpec, ProxyConfig, Role, from_yaml,
+    from_yaml_file,
 };
 
 use crate::{runtime, server, telemetry};
@@ -76,6 +77,24 @@ pub struct CommonArgs {
     /// Bound on chunk bytes being fetched upstream at once.
     #[arg(long)]
     pub inflight_memory: Option<ByteSize>,
+    /// Mesh identity: control-plane (certificates, mutual TLS) or disabled (plaintext).
+    #[arg(long)]
+    pub identity: Option<IdentityMode>,
+    /// The control plane's identity API, e.g. https://127.0.0.1:8086 (implies --identity control-plane).
+    #[arg(long)]
+    pub control_plane: Option<String>,
+    /// File holding the token that proves this proxy's workload.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// The token itself (development).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// PEM trust anchors for the control plane and peers.
+    #[arg(long)]
+    pub trust_bundle: Option<PathBuf>,
+    /// The mesh's trust domain.
+    #[arg(long)]
+    pub trust_domain: Option<String>,
 }
 
 /// Flags of the worker role.
@@ -93,6 +112,10 @@ pub struct WorkerArgs {
     /// Size of the local-disk cache tier, e.g. 100GiB.
     #[arg(long, requires = "disk_cache")]
     pub disk_cache_size: Option<ByteSize>,
+    /// Identities (SPIFFE IDs or patterns with `*` segments) allowed to read
+    /// the data set given by flags; repeatable. Default: any workload of the trust domain.
+    #[arg(long = "allow")]
+    pub allow: Vec<String>,
     /// Flags both roles take.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -119,6 +142,10 @@ pub struct SidecarArgs {
     /// Deadline of one request to a worker.
     #[arg(long)]
     pub chunk_timeout: Option<String>,
+    /// Identity every worker must present (SPIFFE ID or pattern). Default:
+    /// any workload of the trust domain.
+    #[arg(long)]
+    pub worker_identity: Option<String>,
     /// HTTP/2 flow-control window per stream to workers.
     #[arg(long)]
     pub h2_stream_window: Option<ByteSize>,
@@ -223,6 +250,26 @@ impl CommonArgs {
         if let Some(bytes) = self.inflight_memory {
             config.limits.inflight_memory = bytes;
         }
+        let identity = &mut config.identity;
+        if let Some(url) = &self.control_plane {
+            identity.control_plane = Some(url.clone());
+            identity.mode = IdentityMode::ControlPlane;
+        }
+        if let Some(mode) = self.identity {
+            identity.mode = mode;
+        }
+        if self.token_file.is_some() {
+            identity.token_file.clone_from(&self.token_file);
+        }
+        if self.token.is_some() {
+            identity.token.clone_from(&self.token);
+        }
+        if self.trust_bundle.is_some() {
+            identity.trust_bundle.clone_from(&self.trust_bundle);
+        }
+        if let Some(domain) = &self.trust_domain {
+            identity.trust_domain.clone_from(domain);
+        }
         for policy in &mut config.datasets.0 {
             let cache = match role {
                 Role::Worker => &mut policy.cache.worker,
@@ -244,10 +291,16 @@ impl WorkerArgs {
         if self.common.bucket.is_some() && self.origin.is_none() {
             anyhow::bail!("a worker's data set needs --origin URL");
         }
-        let extra = self
+        let mut extra = self
             .origin
             .as_deref()
             .map_or(String::new(), |o| format!("origin: {}\n", yaml_string(o)));
+        if !self.allow.is_empty() {
+            extra.push_str("allow:\n");
+            for pattern in &self.allow {
+                extra.push_str(&format!("  - {}\n", yaml_string(pattern)));
+            }
+        }
         self.common.apply(config, Role::Worker, &extra)?;
         if let Some(inbound) = self.inbound {
             config.inbound = inbound;
@@ -289,6 +342,13 @@ impl SidecarArgs {
             if let Some(hedge) = &self.hedge {
                 pool.balance.hedge = from_yaml(&yaml_string(hedge), "--hedge")
                     .map_err(|e| anyhow::anyhow!("--hedge: {}", e.message))?;
+            }
+            if let Some(identity) = &self.worker_identity {
+                pool.identity = Some(
+                    identity
+                        .parse()
+                        .map_err(|e| anyhow::anyhow!("--worker-identity: {e}"))?,
+                );
             }
             if let Some(epsilon) = self.load_epsilon {
                 anyhow::ensure!(

@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use ferry_config::ProxyConfig;
 
 use crate::dataset::Datasets;
+use crate::identity::Identity;
 use crate::telemetry;
 
 /// What the admin endpoints report on.
@@ -28,6 +29,8 @@ pub struct Admin {
     pub config: ProxyConfig,
     /// The data sets.
     pub datasets: Arc<Datasets>,
+    /// The mesh identity, when on.
+    pub identity: Option<Arc<Identity>>,
     /// Notified by `/shutdown`.
     pub shutdown: Arc<Notify>,
 }
@@ -85,6 +88,7 @@ impl Admin {
             (&Method::GET, "/config") => json(&self.config),
             (&Method::GET, "/cache") => json(&self.cache_report()),
             (&Method::GET, "/pools") => json(&self.pool_report()),
+            (&Method::GET, "/identity") => json(&self.identity_report()),
             (&Method::POST, "/shutdown") if peer.ip().is_loopback() => {
                 self.shutdown.notify_one();
                 text(StatusCode::OK, "shutting down\n")
@@ -95,7 +99,7 @@ impl Admin {
             ),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /live, /ready, /metrics, /config, /cache, /pools or POST /shutdown\n",
+                "not found: try /live, /ready, /metrics, /config, /cache, /pools, /identity or POST /shutdown\n",
             ),
         };
         Ok(response)
@@ -125,6 +129,22 @@ impl Admin {
                 }
             })
             .collect()
+    }
+
+    fn identity_report(&self) -> serde_json::Value {
+        let seconds = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        };
+        match self.identity.as_ref().and_then(|i| i.held()) {
+            Some(held) => serde_json::json!({
+                "mode": "control-plane",
+                "spiffe_id": held.spiffe_id.to_string(),
+                "issued_at": seconds(held.issued_at),
+                "expires_at": seconds(held.expires_at),
+            }),
+            None => serde_json::json!({ "mode": "disabled" }),
+        }
     }
 
     fn pool_report(&self) -> Vec<PoolReport<'_>> {

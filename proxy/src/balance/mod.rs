@@ -15,9 +15,10 @@ use arc_swap::ArcSwap;
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use tokio::time::Instant;
 
-use ferry_config::{HedgeSpec, MemberSpec, PoolSpec};
+use ferry_config::{HedgeSpec, MemberSpec, PoolSpec, SpiffeId, SpiffePattern};
 
 use crate::outbound::connection::{Connection, ConnectionSettings};
+use crate::tls::TlsState;
 use budget::RetryBudget;
 use health::{Availability, EjectionPolicy, Health};
 use latency::LatencyTracker;
@@ -95,6 +96,8 @@ pub struct Member {
     pub weight: u32,
     /// Failure domain.
     pub zone: Option<String>,
+    /// The exact identity it must present, if configured.
+    pub identity: Option<SpiffeId>,
     hash: u64,
     inflight: AtomicUsize,
     load: Mutex<SmoothedLoad>,
@@ -180,11 +183,24 @@ pub struct Pool {
     pub chunk_timeout: Duration,
     ejection: EjectionPolicy,
     settings: ConnectionSettings,
+    /// Mutual TLS to the workers, when identity is on.
+    tls: Option<PoolTls>,
+}
+
+/// How a pool's connections are secured.
+#[derive(Clone)]
+pub struct PoolTls {
+    /// The proxy's certificate and trust anchors.
+    pub state: Arc<TlsState>,
+    /// The mesh's trust domain.
+    pub trust_domain: String,
+    /// Identity every worker must present, unless a member names its own.
+    pub expected: Option<SpiffePattern>,
 }
 
 impl Pool {
     /// A pool as `spec` describes it.
-    pub fn new(spec: &PoolSpec) -> Arc<Self> {
+    pub fn new(spec: &PoolSpec, tls: Option<PoolTls>) -> Arc<Self> {
         let balance = &spec.balance;
         let pool = Arc::new(Self {
             name: spec.name.clone(),
@@ -206,6 +222,7 @@ impl Pool {
                 connection_window: u32::try_from(balance.connection_window.bytes())
                     .unwrap_or(u32::MAX >> 1),
             },
+            tls,
         });
         pool.update(&spec.members);
         pool
@@ -221,7 +238,10 @@ impl Pool {
                 current
                     .iter()
                     .find(|m| {
-                        m.address == spec.address && m.weight == spec.weight && m.zone == spec.zone
+                        m.address == spec.address
+                            && m.weight == spec.weight
+                            && m.zone == spec.zone
+                            && m.identity == spec.identity
                     })
                     .cloned()
                     .unwrap_or_else(|| {
@@ -230,16 +250,38 @@ impl Pool {
                             address: spec.address.clone(),
                             weight: spec.weight,
                             zone: spec.zone.clone(),
+                            identity: spec.identity.clone(),
                             inflight: AtomicUsize::new(0),
                             load: Mutex::new(SmoothedLoad::new()),
                             health: Mutex::new(Health::default()),
-                            connection: Connection::new(&spec.address, self.settings),
+                            connection: Connection::new(
+                                &spec.address,
+                                self.settings,
+                                self.client_tls(spec),
+                            ),
                             metrics: MemberMetrics::new(&self.name, &spec.address),
                         })
                     })
             })
             .collect();
         self.members.store(Arc::new(next));
+    }
+
+    /// The TLS configuration for `member`: it must present its own expected
+    /// identity, else the pool's, else any workload of the trust domain.
+    fn client_tls(&self, member: &MemberSpec) -> Option<Arc<rustls::ClientConfig>> {
+        let tls = self.tls.as_ref()?;
+        let expected = match &member.identity {
+            Some(id) => id.as_str().parse().ok(),
+            None => tls.expected.clone(),
+        }
+        .unwrap_or_else(|| SpiffePattern::any_workload(&tls.trust_domain));
+        let mismatches = counter!(
+            "upstream_identity_mismatches_total",
+            "pool" => self.name.clone(),
+            "member" => member.address.clone()
+        );
+        Some(Arc::new(tls.state.client_config(expected, mismatches)))
     }
 
     /// The members now.
@@ -341,11 +383,15 @@ mod tests {
     use ferry_config::BalanceSpec;
 
     fn pool(addresses: &[&str]) -> Arc<Pool> {
-        Pool::new(&PoolSpec {
-            name: "test".into(),
-            members: addresses.iter().map(|a| MemberSpec::new(*a)).collect(),
-            balance: BalanceSpec::default(),
-        })
+        Pool::new(
+            &PoolSpec {
+                name: "test".into(),
+                members: addresses.iter().map(|a| MemberSpec::new(*a)).collect(),
+                balance: BalanceSpec::default(),
+                identity: None,
+            },
+            None,
+        )
     }
 
     #[tokio::test(start_paused = true)]
@@ -384,18 +430,23 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn weighted_members_carry_their_share_before_counting_as_loaded() {
-        let pool = Pool::new(&PoolSpec {
-            name: "test".into(),
-            members: vec![
-                MemberSpec {
-                    address: "big:1".into(),
-                    weight: 3,
-                    zone: None,
-                },
-                MemberSpec::new("small:1"),
-            ],
-            balance: BalanceSpec::default(),
-        });
+        let pool = Pool::new(
+            &PoolSpec {
+                name: "test".into(),
+                members: vec![
+                    MemberSpec {
+                        address: "big:1".into(),
+                        weight: 3,
+                        zone: None,
+                        identity: None,
+                    },
+                    MemberSpec::new("small:1"),
+                ],
+                balance: BalanceSpec::default(),
+                identity: None,
+            },
+            None,
+        );
         let members = pool.members();
         // Three times the load on three times the weight is balanced.
         let _held: Vec<InflightGuard> = (0..9)

@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use ferry_config::{CachePolicy, DatasetPolicy, PoolDownPolicy, ProxyConfig, Role};
 
-use crate::balance::Pool;
+use crate::balance::{Pool, PoolTls};
 use crate::cache::disk::persistent_seed;
 use crate::cache::{ChunkCache, DiskCounters, DiskTier};
 use crate::chunk::{ChunkStore, ChunkStoreParts, FetchBudget, SequentialDetector};
@@ -17,6 +17,7 @@ use crate::metadata::{MetadataCache, MetadataSettings};
 use crate::origin::{self, Origin};
 use crate::outbound::PoolUpstream;
 use crate::telemetry::{DatasetMetrics, Direction, TrafficMetrics};
+use crate::tls::TlsState;
 
 /// Read-ahead streams whose chunks may wait in staging at once.
 const STAGED_STREAMS: u64 = 8;
@@ -116,7 +117,8 @@ pub struct Datasets {
 
 impl Datasets {
     /// Builds every data set of `config` with the upstream its role reads from.
-    pub fn from_config(config: &ProxyConfig) -> anyhow::Result<Self> {
+    /// With `tls`, a sidecar reaches its workers over mutual TLS.
+    pub fn from_config(config: &ProxyConfig, tls: Option<&Arc<TlsState>>) -> anyhow::Result<Self> {
         config.validate("configuration")?;
         let budget = FetchBudget::new(config.limits.inflight_memory.bytes());
         let timeout = config.limits.upstream_timeout.0;
@@ -124,7 +126,14 @@ impl Datasets {
             Role::Sidecar => config
                 .pools
                 .iter()
-                .map(|p| (p.name.as_str(), Pool::new(p)))
+                .map(|p| {
+                    let pool_tls = tls.map(|state| PoolTls {
+                        state: Arc::clone(state),
+                        trust_domain: config.identity.trust_domain.clone(),
+                        expected: p.identity.clone(),
+                    });
+                    (p.name.as_str(), Pool::new(p, pool_tls))
+                })
                 .collect(),
             Role::Worker => HashMap::new(),
         };

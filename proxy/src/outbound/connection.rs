@@ -3,7 +3,7 @@
 //! chunks: with h2's 64 KiB default a 4 MiB chunk would stall on window
 //! updates every 64 KiB.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,7 +12,9 @@ use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 /// How connections to workers are made.
 #[derive(Clone, Copy, Debug)]
@@ -36,10 +38,12 @@ pub enum SendError {
     Request(String),
 }
 
-/// A lazily opened, shared HTTP/2 connection to one address.
+/// A lazily opened, shared HTTP/2 connection to one address, over mutual
+/// TLS when `tls` is given.
 pub struct Connection {
     address: String,
     settings: ConnectionSettings,
+    tls: Option<Arc<rustls::ClientConfig>>,
     sender: Mutex<Option<SendRequest<Empty<Bytes>>>>,
     /// Serialises (re)connecting so a burst of requests opens one connection.
     connecting: tokio::sync::Mutex<()>,
@@ -47,10 +51,15 @@ pub struct Connection {
 
 impl Connection {
     /// A connection to `address` (`host:port`), opened on first use.
-    pub fn new(address: &str, settings: ConnectionSettings) -> Self {
+    pub fn new(
+        address: &str,
+        settings: ConnectionSettings,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
         Self {
             address: address.to_owned(),
             settings,
+            tls,
             sender: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
         }
@@ -81,23 +90,24 @@ impl Connection {
                 .await
                 .map_err(|e| SendError::Connect(e.to_string()))?;
             let _ = stream.set_nodelay(true);
-            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .initial_stream_window_size(self.settings.stream_window)
-                .initial_connection_window_size(self.settings.connection_window)
-                .max_frame_size(1 << 20)
-                .keep_alive_interval(Duration::from_secs(20))
-                .keep_alive_timeout(Duration::from_secs(10))
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| SendError::Connect(format!("HTTP/2 handshake: {e}")))?;
-            let address = self.address.clone();
-            tokio::spawn(async move {
-                if let Err(err) = connection.await {
-                    tracing::debug!(%address, %err, "worker connection ended");
+            match &self.tls {
+                None => self.handshake(stream).await,
+                Some(config) => {
+                    let host = self
+                        .address
+                        .rsplit_once(':')
+                        .map_or(self.address.as_str(), |(host, _)| host);
+                    let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+                        .map_err(|e| {
+                            SendError::Connect(format!("{host} is not a valid server name: {e}"))
+                        })?;
+                    let tls = TlsConnector::from(Arc::clone(config))
+                        .connect(name, stream)
+                        .await
+                        .map_err(|e| SendError::Connect(format!("TLS: {e}")))?;
+                    self.handshake(tls).await
                 }
-            });
-            Ok::<_, SendError>(sender)
+            }
         };
         let sender = tokio::time::timeout(self.settings.connect_timeout, connect)
             .await
@@ -109,6 +119,30 @@ impl Connection {
             })??;
         let mut slot = self.sender.lock().unwrap_or_else(|p| p.into_inner());
         *slot = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// The HTTP/2 handshake over `io`; the connection is driven by its own task.
+    async fn handshake<T>(&self, io: T) -> Result<SendRequest<Empty<Bytes>>, SendError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(self.settings.stream_window)
+            .initial_connection_window_size(self.settings.connection_window)
+            .max_frame_size(1 << 20)
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| SendError::Connect(format!("HTTP/2 handshake: {e}")))?;
+        let address = self.address.clone();
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%address, %err, "worker connection ended");
+            }
+        });
         Ok(sender)
     }
 

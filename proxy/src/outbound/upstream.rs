@@ -89,8 +89,25 @@ impl PoolUpstream {
         Ok(response)
     }
 
-    fn status_failure(&self, member: &Member, key: &str, status: StatusCode) -> AttemptError {
+    /// What a worker's error response means; a refusal carries the
+    /// worker's own message (which names the identity and the data set).
+    async fn status_failure(
+        &self,
+        member: &Member,
+        key: &str,
+        response: http::Response<Incoming>,
+    ) -> AttemptError {
+        let status = response.status();
         match wire::definite_error(&self.describe, key, status) {
+            Some(OriginError::Denied { origin, .. }) => {
+                let message = error_message(response)
+                    .await
+                    .unwrap_or_else(|| format!("HTTP {status} for '{key}'"));
+                AttemptError::Definite(OriginError::Denied {
+                    origin,
+                    detail: format!("worker {} said: {message}", member.address),
+                })
+            }
             Some(err) => AttemptError::Definite(err),
             None => AttemptError::Retryable(format!("{} answered HTTP {status}", member.address)),
         }
@@ -108,7 +125,7 @@ impl PoolUpstream {
             .map_err(|e| unsendable(key, e))?;
         let response = self.send(&member, request, &arriving).await?;
         if !response.status().is_success() {
-            return Err(self.status_failure(&member, key, response.status()));
+            return Err(self.status_failure(&member, key, response).await);
         }
         wire::meta_from_head(key, response.headers()).map_err(AttemptError::Retryable)
     }
@@ -138,7 +155,7 @@ impl PoolUpstream {
                     member.address
                 ))
             } else {
-                self.status_failure(&member, key, status)
+                self.status_failure(&member, key, response).await
             });
         }
         if status == StatusCode::PARTIAL_CONTENT
@@ -193,7 +210,7 @@ impl PoolUpstream {
                 .map_err(|e| unsendable(prefix, e))?;
             let response = self.send(&member, request, &arriving).await?;
             if !response.status().is_success() {
-                return Err(self.status_failure(&member, prefix, response.status()));
+                return Err(self.status_failure(&member, prefix, response).await);
             }
             let body = response
                 .into_body()
@@ -350,6 +367,29 @@ impl PoolUpstream {
             }),
         }
     }
+}
+
+/// The message of an S3 error: its `x-amz-error-message` header, or the
+/// `<Message>` of its body (read at most 16 KiB).
+async fn error_message(response: http::Response<Incoming>) -> Option<String> {
+    if let Some(message) = response
+        .headers()
+        .get("x-amz-error-message")
+        .and_then(|v| v.to_str().ok())
+    {
+        return Some(message.to_owned());
+    }
+    let body = http_body_util::Limited::new(response.into_body(), 16 * 1024)
+        .collect()
+        .await
+        .ok()?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    let start = text.find("<Message>")? + "<Message>".len();
+    let end = text[start..].find("</Message>")? + start;
+    quick_xml::escape::unescape(&text[start..end])
+        .ok()
+        .map(|m| m.into_owned())
 }
 
 /// A key that cannot even be put in a request: no worker could serve it.

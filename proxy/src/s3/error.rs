@@ -131,6 +131,23 @@ impl S3Error {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/xml"),
         );
+        // HEAD answers have no body: the code and message travel as headers
+        // too (as S3 does), so a sidecar can pass a worker's reason on.
+        headers.insert("x-amz-error-code", HeaderValue::from_static(self.code));
+        let printable: String = self
+            .message
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect();
+        if let Ok(value) = HeaderValue::from_str(&printable) {
+            headers.insert("x-amz-error-message", value);
+        }
         if let Some(size) = self.object_size
             && let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}"))
         {

@@ -22,6 +22,8 @@ use crate::dataset::{Dataset, Datasets};
 use crate::metadata::ObjectInfo;
 use crate::origin::OriginError;
 use crate::telemetry::{Direction, TrafficMetrics};
+use ferry_config::{SpiffeId, SpiffePattern};
+use metrics::counter;
 
 /// Most keys one listing page returns (S3's limit).
 const MAX_KEYS: usize = 1000;
@@ -32,6 +34,9 @@ pub struct FrontDoor {
     domains: Vec<String>,
     started: SystemTime,
     direction: Direction,
+    /// With mutual TLS: the trust domain whose workloads a data set with no
+    /// `allow` list is served to. `None`: no authorization (plaintext).
+    authorize: Option<String>,
 }
 
 impl FrontDoor {
@@ -43,7 +48,15 @@ impl FrontDoor {
             domains,
             started: SystemTime::now(),
             direction,
+            authorize: None,
         }
+    }
+
+    /// Authorizes every request by its peer's identity against the data
+    /// set's `allow` list, when `trust_domain` is given.
+    pub fn authorizing(mut self, trust_domain: Option<String>) -> Self {
+        self.authorize = trust_domain;
+        self
     }
 
     /// The data sets served.
@@ -52,12 +65,14 @@ impl FrontDoor {
     }
 
     /// Answers one request; failures are S3 error responses, never panics.
+    /// `peer` is the caller's verified identity (mutual TLS only).
     pub async fn handle<B>(
         self: Arc<Self>,
         request: Request<B>,
+        peer: Option<Arc<SpiffeId>>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
-        let (response, dataset) = self.dispatch(&request).await;
+        let (response, dataset) = self.dispatch(&request, peer.as_deref()).await;
         let metrics: &TrafficMetrics = match &dataset {
             Some(dataset) => dataset.metrics.traffic(self.direction),
             None => self.datasets.unknown(self.direction),
@@ -77,6 +92,7 @@ impl FrontDoor {
     async fn dispatch<B>(
         &self,
         request: &Request<B>,
+        peer: Option<&SpiffeId>,
     ) -> (Response<ProxyBody>, Option<Arc<Dataset>>) {
         let uri = request.uri();
         let method = request.method();
@@ -105,6 +121,12 @@ impl FrontDoor {
                 None,
             );
         };
+        if let Err(denied) = self.authorized(dataset, peer) {
+            return (
+                denied.into_response(method, uri.path()),
+                Some(dataset.clone()),
+            );
+        }
         let result = match &operation {
             Operation::HeadBucket { .. } => Ok(empty(StatusCode::OK)),
             Operation::GetBucketLocation { .. } => Ok(xml_response(xml::bucket_location())),
@@ -119,6 +141,36 @@ impl FrontDoor {
         };
         let response = result.unwrap_or_else(|err| err.into_response(method, uri.path()));
         (response, Some(dataset.clone()))
+    }
+
+    /// Whether `peer` may read `dataset`: always without authorization; with
+    /// it, when a pattern of the data set's `allow` list (or, if it has none,
+    /// any workload of the trust domain) matches.
+    fn authorized(&self, dataset: &Dataset, peer: Option<&SpiffeId>) -> Result<(), S3Error> {
+        let Some(trust_domain) = &self.authorize else {
+            return Ok(());
+        };
+        let name = &dataset.policy.name;
+        let allowed = peer.is_some_and(|peer| {
+            if dataset.policy.allow.is_empty() {
+                SpiffePattern::any_workload(trust_domain).matches(peer)
+            } else {
+                dataset
+                    .policy
+                    .allow
+                    .iter()
+                    .any(|pattern| pattern.matches(peer))
+            }
+        });
+        if allowed {
+            return Ok(());
+        }
+        counter!("inbound_authz_denied_total", "dataset" => name.clone()).increment(1);
+        let who = peer.map_or_else(|| "an unidentified peer".to_owned(), |p| p.to_string());
+        tracing::info!(identity = %who, dataset = %name, "denied access to a data set");
+        Err(S3Error::access_denied(format!(
+            "identity {who} is not allowed to read data set '{name}'"
+        )))
     }
 
     fn list_buckets(&self) -> Response<ProxyBody> {

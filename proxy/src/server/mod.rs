@@ -1,5 +1,8 @@
-//! Listeners and connection handling: the S3 front door and the admin port,
-//! with a bound on open connections and graceful shutdown.
+//! Listeners and connection handling: the S3 front door, a worker's inbound
+//! listener (mutual TLS when identity is on) and the admin port, with a
+//! bound on open connections and graceful shutdown.
+
+mod accept;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,12 +19,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use ferry_config::{ProxyConfig, Role};
+use ferry_config::{IdentityMode, ProxyConfig, Role};
 
 use crate::admin::Admin;
 use crate::dataset::Datasets;
+use crate::identity::Identity;
 use crate::s3::FrontDoor;
 use crate::telemetry::{self, Direction};
+pub use accept::{Accept, Peer, Plain, Tls};
 
 /// How long open connections get to finish after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,12 +67,28 @@ impl RunningProxy {
     }
 }
 
-/// Binds the listeners of `config` and serves until shutdown.
+/// Binds the listeners of `config` and serves until shutdown. With identity
+/// on, the first certificate is obtained before anything listens.
 pub async fn start(
     config: ProxyConfig,
     prometheus: Option<PrometheusHandle>,
 ) -> anyhow::Result<RunningProxy> {
-    let datasets = Arc::new(Datasets::from_config(&config)?);
+    let identity = match config.identity.mode {
+        IdentityMode::ControlPlane => Some(Identity::start(&config.identity).await?),
+        IdentityMode::Disabled => {
+            if config.role == Role::Worker || !config.pools.is_empty() {
+                tracing::warn!(
+                    "identity is DISABLED: traffic between proxies is plaintext, unauthenticated and \
+                     unauthorized. Development only; run with --identity control-plane in a cluster."
+                );
+            }
+            None
+        }
+    };
+    let datasets = Arc::new(Datasets::from_config(
+        &config,
+        identity.as_ref().map(|i| &i.tls),
+    )?);
     let front_listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -89,60 +110,74 @@ pub async fn start(
     let listen = front_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let shutdown = Arc::new(Notify::new());
+    let domains = config.virtual_host_domains.clone();
     let door = Arc::new(FrontDoor::new(
         datasets.clone(),
-        config.virtual_host_domains.clone(),
+        domains.clone(),
         Direction::Outbound,
     ));
-    let inbound_door = Arc::new(FrontDoor::new(
-        datasets.clone(),
-        config.virtual_host_domains.clone(),
-        Direction::Inbound,
-    ));
+    let inbound_door = Arc::new(
+        FrontDoor::new(datasets.clone(), domains, Direction::Inbound).authorizing(
+            identity
+                .is_some()
+                .then(|| config.identity.trust_domain.clone()),
+        ),
+    );
     let max_connections = config.limits.max_connections.max(1);
     let header_buffer = usize::try_from(config.limits.max_header_bytes.bytes())
         .unwrap_or(usize::MAX)
         .max(MIN_HEADER_BUFFER);
+    let inbound_accept = match &identity {
+        Some(identity) => Some(Tls::new(
+            identity.tls.server_config()?,
+            config.identity.handshake_timeout.0,
+            config.identity.max_handshakes,
+        )),
+        None => None,
+    };
     let admin = Arc::new(Admin {
         ready: false.into(),
         prometheus,
         config,
         datasets,
+        identity,
         shutdown: shutdown.clone(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
     let builder = Arc::new(http_builder(header_buffer));
-    let front = tokio::spawn(accept_loop(
+    let listeners = Listeners {
+        builder: builder.clone(),
+        stop: stop_rx,
+        graceful: graceful.clone(),
+    };
+    let front = tokio::spawn(listeners.clone().serve(
         front_listener,
-        builder.clone(),
-        Arc::new(Semaphore::new(max_connections)),
-        stop_rx.clone(),
-        graceful.clone(),
+        Plain,
+        max_connections,
         "outbound",
-        move |request, _peer| door.clone().handle(request),
+        move |request, _peer| door.clone().handle(request, None),
     ));
     let inbound_task = inbound_listener.map(|listener| {
-        tokio::spawn(accept_loop(
-            listener,
-            builder.clone(),
-            Arc::new(Semaphore::new(max_connections)),
-            stop_rx.clone(),
-            graceful.clone(),
-            "inbound",
-            move |request, _peer| inbound_door.clone().handle(request),
-        ))
+        let listeners = listeners.clone();
+        let serve = move |request, peer: Peer| inbound_door.clone().handle(request, peer.identity);
+        match inbound_accept {
+            Some(tls) => {
+                tokio::spawn(listeners.serve(listener, tls, max_connections, "inbound", serve))
+            }
+            None => {
+                tokio::spawn(listeners.serve(listener, Plain, max_connections, "inbound", serve))
+            }
+        }
     });
     let admin_for_loop = admin.clone();
-    let admin_task = tokio::spawn(accept_loop(
+    let admin_task = tokio::spawn(listeners.serve(
         admin_listener,
-        builder,
-        Arc::new(Semaphore::new(64)),
-        stop_rx,
-        graceful.clone(),
+        Plain,
+        64,
         "admin",
-        move |request, peer| admin_for_loop.clone().handle(request, peer),
+        move |request, peer: Peer| admin_for_loop.clone().handle(request, peer.address),
     ));
     admin.ready.store(true, Ordering::Release);
     tracing::info!(%listen, admin = %admin_addr, ?inbound, "ferry-proxy ready");
@@ -193,58 +228,81 @@ fn http_builder(header_buffer: usize) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-async fn accept_loop<F, Fut, B>(
-    listener: TcpListener,
+/// What every listener shares: the HTTP settings and the shutdown signals.
+#[derive(Clone)]
+struct Listeners {
     builder: Arc<auto::Builder<TokioExecutor>>,
-    limit: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     graceful: Arc<GracefulShutdown>,
-    direction: &'static str,
-    serve: F,
-) where
-    F: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<hyper::Response<B>, std::convert::Infallible>> + Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let open = telemetry::connections_open(direction);
-    loop {
-        // Past the connection limit, new connections wait in the kernel backlog.
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-            _ = stop.changed() => return,
-        };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.changed() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(err) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(%err, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let serve = serve.clone();
-        let service = service_fn(move |request| serve(request, peer));
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watcher().watch(connection);
-        let open = open.clone();
-        open.increment(1.0);
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%peer, %err, "connection ended with an error");
-            }
-            open.decrement(1.0);
-            drop(permit);
-        });
+}
+
+impl Listeners {
+    /// Accepts connections on `listener` through `accept` (plain or TLS) and
+    /// serves each with `serve`, at most `max_connections` at once.
+    async fn serve<A, F, Fut, B>(
+        mut self,
+        listener: TcpListener,
+        accept: A,
+        max_connections: usize,
+        direction: &'static str,
+        serve: F,
+    ) where
+        A: Accept,
+        F: Fn(hyper::Request<hyper::body::Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<hyper::Response<B>, std::convert::Infallible>> + Send + 'static,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let limit = Arc::new(Semaphore::new(max_connections.max(1)));
+        let open = telemetry::connections_open(direction);
+        loop {
+            // Past the connection limit, new connections wait in the kernel backlog.
+            let permit = tokio::select! {
+                permit = limit.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+                _ = self.stop.changed() => return,
+            };
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = self.stop.changed() => return,
+            };
+            let (stream, address) = match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let accept = accept.clone();
+            let serve = serve.clone();
+            let builder = self.builder.clone();
+            let graceful = self.graceful.clone();
+            let open = open.clone();
+            tokio::spawn(async move {
+                // The handshake runs in the connection's own task, so a slow
+                // one never holds up the accept loop.
+                let Some((io, identity)) = accept.accept(stream, address).await else {
+                    drop(permit);
+                    return;
+                };
+                let peer = Peer { address, identity };
+                let service = service_fn(move |request| serve(request, peer.clone()));
+                let connection = builder
+                    .serve_connection(TokioIo::new(io), service)
+                    .into_owned();
+                let connection = graceful.watcher().watch(connection);
+                open.increment(1.0);
+                if let Err(err) = connection.await {
+                    tracing::debug!(%address, %err, "connection ended with an error");
+                }
+                open.decrement(1.0);
+                drop(permit);
+            });
+        }
     }
 }

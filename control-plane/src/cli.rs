@@ -1,0 +1,128 @@
+//! The `ferry-control-plane` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+use ferry_config::{ControlPlaneConfig, from_yaml_file};
+
+/// Ferry's control plane.
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferry-control-plane",
+    version,
+    about = "Ferry's control plane: the mesh CA and identity API"
+)]
+pub struct Cli {
+    /// YAML configuration (ControlPlaneConfig in ferry-config); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Proxy API address (TLS).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Admin address.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// The mesh's trust domain.
+    #[arg(long)]
+    pub trust_domain: Option<String>,
+    /// Where a generated CA and the trust bundle are kept.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Issuer certificate (PEM); with --ca-key, instead of a generated CA.
+    #[arg(long, requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// Issuer key (PEM).
+    #[arg(long, requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// More trust anchors to publish (PEM), e.g. the previous CA while rotating.
+    #[arg(long)]
+    pub extra_anchors: Option<PathBuf>,
+    /// Bootstrap tokens (YAML).
+    #[arg(long)]
+    pub tokens: Option<PathBuf>,
+    /// Lifetime of issued certificates, e.g. 24h.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub cert_lifetime: Option<std::time::Duration>,
+    /// Names the API's certificate covers (repeatable); default localhost and 127.0.0.1.
+    #[arg(long = "server-name")]
+    pub server_names: Vec<String>,
+}
+
+impl Cli {
+    /// The configuration these arguments describe.
+    pub fn into_config(self) -> anyhow::Result<ControlPlaneConfig> {
+        let mut config = match &self.config {
+            Some(path) => from_yaml_file::<ControlPlaneConfig>(path)?,
+            None => ControlPlaneConfig::default(),
+        };
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(admin) = self.admin {
+            config.admin = admin;
+        }
+        if let Some(domain) = self.trust_domain {
+            config.trust_domain = domain;
+        }
+        if let Some(dir) = self.state_dir {
+            config.state_dir = dir;
+        }
+        if self.ca_cert.is_some() {
+            config.ca_cert = self.ca_cert;
+            config.ca_key = self.ca_key;
+        }
+        if self.extra_anchors.is_some() {
+            config.extra_anchors = self.extra_anchors;
+        }
+        if self.tokens.is_some() {
+            config.tokens = self.tokens;
+        }
+        if let Some(lifetime) = self.cert_lifetime {
+            anyhow::ensure!(
+                lifetime.as_secs() >= 1,
+                "--cert-lifetime must be at least 1s"
+            );
+            config.cert_lifetime = ferry_config::HumanDuration(lifetime);
+        }
+        if !self.server_names.is_empty() {
+            config.server_names = self.server_names;
+        }
+        Ok(config)
+    }
+}
+
+/// Runs the control plane until SIGINT or SIGTERM.
+pub fn main_with(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.into_config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .ok();
+        crate::describe_metrics();
+        let running = crate::server::start(config, prometheus).await?;
+        println!(
+            "{}",
+            serde_json::json!({
+                "event": "ready",
+                "listen": running.listen.to_string(),
+                "admin": running.admin.to_string(),
+                "trust_bundle": running.trust_bundle.display().to_string(),
+            })
+        );
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        Ok(())
+    })
+}

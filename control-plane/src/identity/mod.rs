@@ -1,0 +1,10 @@
+//! The identity service: a CA that turns a CSR and a bearer token into a
+//! short-lived certificate naming the token's workload.
+
+pub mod ca;
+pub mod service;
+pub mod tokens;
+
+pub use ca::CertificateAuthority;
+pub use service::IdentityService;
+pub use tokens::{FileTokens, TokenValidator, Workload};

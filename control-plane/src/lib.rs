@@ -1,0 +1,34 @@
+//! Ferry's control plane. It runs the identity service (the mesh CA); the
+//! discovery, policy and injection services join it as siblings.
+
+pub mod cli;
+pub mod identity;
+pub mod server;
+
+/// Installs the process's TLS crypto provider (aws-lc-rs); call first in `main`.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// Describes the control plane's metrics.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "identity_certificates_issued_total",
+        "Workload certificates issued."
+    );
+    metrics::describe_counter!(
+        "identity_certificates_refused_total",
+        "Certify requests refused, by reason (bad_token, bad_csr, bad_request, unavailable, signing)."
+    );
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

@@ -1,0 +1,684 @@
+//! Mesh identity and mutual TLS with real processes: the control plane
+//! issues certificates, a sidecar and a worker talk over mTLS, and every way
+//! a peer can be wrong is refused with its own error and counter.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{ProxyProcess, TempDir, read_first_line};
+use ferry_config::SyntheticSpec;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+use reqwest::StatusCode;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+const SPEC: &str = "count=40&size=30KiB&seed=3";
+const TOKENS: &str = "tokens:\n  \
+    - { token: worker-token, namespace: ferry, service_account: worker }\n  \
+    - { token: train-token, namespace: train, service_account: job }\n  \
+    - { token: other-token, namespace: other, service_account: intruder }\n";
+
+fn expected(index: u64) -> Vec<u8> {
+    let spec = SyntheticSpec::from_query(SPEC).expect("spec");
+    let mut bytes = vec![0; spec.object_size(index) as usize];
+    spec.fill(index, 0, &mut bytes);
+    bytes
+}
+
+fn key_of(index: u64) -> String {
+    SyntheticSpec::from_query(SPEC).expect("spec").key(index)
+}
+
+/// A `ferry-control-plane` process with its own state directory.
+struct ControlPlane {
+    child: Child,
+    url: String,
+    admin: String,
+    bundle: PathBuf,
+    state: PathBuf,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl ControlPlane {
+    fn start(dir: &Path, extra: &[&str]) -> Self {
+        let binary =
+            Path::new(env!("CARGO_BIN_EXE_ferry-proxy")).with_file_name("ferry-control-plane");
+        assert!(
+            binary.exists(),
+            "{} is missing: run the workspace tests (scripts/test) so it is built",
+            binary.display()
+        );
+        let state = dir.join("state");
+        let tokens = dir.join("tokens.yaml");
+        std::fs::write(&tokens, TOKENS).expect("tokens");
+        let mut child = Command::new(binary)
+            .args([
+                "--state-dir",
+                state.to_str().expect("path"),
+                "--tokens",
+                tokens.to_str().expect("path"),
+            ])
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start control plane");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .expect("lock")
+                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        });
+        let line = read_first_line(
+            child.stdout.take().expect("stdout"),
+            Duration::from_secs(30),
+        )
+        .expect("control plane ready line");
+        let ready: serde_json::Value = serde_json::from_str(&line).expect("json");
+        Self {
+            url: format!("https://{}", ready["listen"].as_str().expect("listen")),
+            admin: ready["admin"].as_str().expect("admin").to_owned(),
+            bundle: PathBuf::from(ready["trust_bundle"].as_str().expect("bundle")),
+            state,
+            child,
+            stderr,
+        }
+    }
+
+    /// Identity flags for a proxy presenting `token`.
+    fn flags(&self, token: &str) -> Vec<String> {
+        vec![
+            "--control-plane".into(),
+            self.url.clone(),
+            "--token".into(),
+            token.into(),
+            "--trust-bundle".into(),
+            self.bundle.display().to_string(),
+        ]
+    }
+
+    /// The CA's issuer, for making certificates the tests need.
+    fn issuer(&self) -> Issuer<'static, KeyPair> {
+        let key = std::fs::read_to_string(self.state.join("ca.key")).expect("ca key");
+        let cert = std::fs::read_to_string(self.state.join("ca.pem")).expect("ca cert");
+        Issuer::from_ca_cert_pem(&cert, KeyPair::from_pem(&key).expect("key")).expect("issuer")
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn worker(plane: &ControlPlane, token: &str, extra: &[&str]) -> ProxyProcess {
+    let origin = format!("synthetic://?{SPEC}");
+    let mut args: Vec<String> = ["worker", "--origin", &origin, "--bucket", "imagenet"]
+        .map(str::to_owned)
+        .into();
+    args.extend(plane.flags(token));
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    ProxyProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn sidecar(
+    plane: &ControlPlane,
+    token: &str,
+    workers: &[&ProxyProcess],
+    extra: &[&str],
+) -> ProxyProcess {
+    let pool = workers
+        .iter()
+        .map(|w| w.inbound.expect("inbound").to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut args: Vec<String> = [
+        "sidecar",
+        "--pool",
+        &pool,
+        "--bucket",
+        "imagenet",
+        "--cache-size",
+        "0",
+    ]
+    .map(str::to_owned)
+    .into();
+    args.extend(plane.flags(token));
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    ProxyProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+const ALLOW_TRAIN: &[&str] = &["--allow", "spiffe://cluster.local/ns/train/sa/*"];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allowed_identities_read_over_mtls_and_others_are_denied_by_name() {
+    let dir = TempDir::new("mtls-authz");
+    let plane = ControlPlane::start(dir.path(), &[]);
+    let worker = worker(&plane, "worker-token", ALLOW_TRAIN);
+    let trainer = sidecar(&plane, "train-token", &[&worker], &[]);
+    let intruder = sidecar(&plane, "other-token", &[&worker], &[]);
+    let client = reqwest::Client::new();
+    for index in 0..5 {
+        let body = client
+            .get(trainer.url(&format!("/imagenet/{}", key_of(index))))
+            .send()
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("body");
+        assert!(body[..] == expected(index)[..], "object {index}");
+    }
+    let denied = client
+        .get(intruder.url(&format!("/imagenet/{}", key_of(1))))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+    let text = denied.text().await.expect("text");
+    assert!(text.contains("<Code>AccessDenied</Code>"), "{text}");
+    assert!(
+        text.contains("spiffe://cluster.local/ns/other/sa/intruder") && text.contains("imagenet"),
+        "the refusal names the identity and the data set: {text}"
+    );
+    assert!(
+        worker
+            .metric("inbound_authz_denied_total", &[("dataset", "imagenet")])
+            .await
+            >= 1.0
+    );
+    let identity: serde_json::Value = serde_json::from_str(
+        &client
+            .get(trainer.admin_url("/identity"))
+            .send()
+            .await
+            .expect("get")
+            .text()
+            .await
+            .expect("text"),
+    )
+    .expect("json");
+    assert_eq!(
+        identity["spiffe_id"],
+        "spiffe://cluster.local/ns/train/sa/job"
+    );
+    assert!(
+        trainer
+            .metric("identity_cert_expiry_timestamp_seconds", &[])
+            .await
+            > 0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_with_another_identity_is_a_failed_attempt_naming_both() {
+    let dir = TempDir::new("mtls-mismatch");
+    let plane = ControlPlane::start(dir.path(), &[]);
+    let worker = worker(&plane, "worker-token", &[]);
+    let proxy = sidecar(
+        &plane,
+        "train-token",
+        &[&worker],
+        &[
+            "--worker-identity",
+            "spiffe://cluster.local/ns/ferry/sa/someone-else",
+        ],
+    );
+    let response = reqwest::get(proxy.url(&format!("/imagenet/{}", key_of(2))))
+        .await
+        .expect("get");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let text = response.text().await.expect("text");
+    assert!(
+        text.contains("spiffe://cluster.local/ns/ferry/sa/worker") && text.contains("someone-else"),
+        "both identities are named: {text}"
+    );
+    assert!(
+        proxy
+            .metric("upstream_identity_mismatches_total", &[])
+            .await
+            >= 1.0
+    );
+}
+
+/// Accepts any server certificate: these tests are about the client's.
+#[derive(Debug)]
+struct AnyServer;
+
+impl ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A certificate for `spiffe://cluster.local/ns/train/sa/job`, valid from
+/// `from` to `until` (offsets from now), signed by `issuer`.
+fn client_certificate(
+    issuer: &Issuer<'_, KeyPair>,
+    from: time::Duration,
+    until: time::Duration,
+) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params = CertificateParams::default();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now + from;
+    params.not_after = now + until;
+    params.subject_alt_names = vec![SanType::URI(
+        "spiffe://cluster.local/ns/train/sa/job"
+            .try_into()
+            .expect("uri"),
+    )];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, issuer).expect("sign");
+    let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).expect("key der");
+    (vec![cert.der().clone()], key)
+}
+
+/// Connects to `address` with the given client certificate (or none), sends
+/// one HTTP/1.1 request and returns what the TLS and HTTP layers said.
+async fn attempt(
+    address: std::net::SocketAddr,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<u16, String> {
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("versions")
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(AnyServer));
+    let mut config = match identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .expect("client cert"),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("worker").expect("name"), stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let request = http::Request::get(format!("/imagenet/{}", key_of(0)))
+        .header("host", "worker")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(response.status().as_u16())
+}
+
+async fn refused_with(
+    reason: &str,
+    identity: impl FnOnce(
+        &ControlPlane,
+    ) -> Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) {
+    let dir = TempDir::new(&format!("mtls-{reason}"));
+    let plane = ControlPlane::start(dir.path(), &[]);
+    let worker = worker(&plane, "worker-token", &[]);
+    let outcome = attempt(worker.inbound.expect("inbound"), identity(&plane)).await;
+    assert!(
+        outcome.is_err(),
+        "{reason}: the worker answered {outcome:?}"
+    );
+    let refused = worker
+        .metric(
+            "inbound_tls_handshake_failures_total",
+            &[("reason", reason)],
+        )
+        .await;
+    assert_eq!(refused, 1.0, "{reason} is counted: {outcome:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_client_certificate_is_refused() {
+    refused_with("no_certificate", |_| None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_from_another_ca_is_refused() {
+    refused_with("unknown_issuer", |_| {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let other = Issuer::new(params, key);
+        Some(client_certificate(
+            &other,
+            time::Duration::minutes(-5),
+            time::Duration::hours(1),
+        ))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_certificate_is_refused() {
+    refused_with("expired", |plane| {
+        Some(client_certificate(
+            &plane.issuer(),
+            time::Duration::hours(-2),
+            time::Duration::hours(-1),
+        ))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_not_yet_valid_certificate_is_refused() {
+    refused_with("not_yet_valid", |plane| {
+        Some(client_certificate(
+            &plane.issuer(),
+            time::Duration::hours(1),
+            time::Duration::hours(2),
+        ))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_valid_certificate_outside_the_allow_list_gets_403() {
+    let dir = TempDir::new("mtls-allow");
+    let plane = ControlPlane::start(dir.path(), &[]);
+    let worker = worker(
+        &plane,
+        "worker-token",
+        &["--allow", "spiffe://cluster.local/ns/eval/sa/*"],
+    );
+    let identity = client_certificate(
+        &plane.issuer(),
+        time::Duration::minutes(-5),
+        time::Duration::hours(1),
+    );
+    let status = attempt(worker.inbound.expect("inbound"), Some(identity)).await;
+    assert_eq!(status, Ok(403));
+    assert_eq!(
+        worker
+            .metric("inbound_authz_denied_total", &[("dataset", "imagenet")])
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_connections_do_not_starve_real_handshakes() {
+    let dir = TempDir::new("mtls-flood");
+    let plane = ControlPlane::start(dir.path(), &[]);
+    let dir_path = dir.path().to_path_buf();
+    let config = dir_path.join("worker.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\ninbound: 127.0.0.1:0\nidentity:\n  mode: control-plane\n  \
+             control_plane: {}\n  token: worker-token\n  trust_bundle: {}\n  handshake_timeout: 2s\n  max_handshakes: 2\n\
+             datasets:\n  - name: imagenet\n    origin: 'synthetic://?{SPEC}'\n",
+            plane.url,
+            plane.bundle.display()
+        ),
+    )
+    .expect("config");
+    let worker = ProxyProcess::start(&["--config", config.to_str().expect("path")]);
+    let inbound = worker.inbound.expect("inbound");
+    // Far more silent connections than handshake slots.
+    let mut silent = Vec::new();
+    for _ in 0..50 {
+        silent.push(
+            tokio::net::TcpStream::connect(inbound)
+                .await
+                .expect("connect"),
+        );
+    }
+    let proxy = sidecar(&plane, "train-token", &[&worker], &[]);
+    let body = reqwest::get(proxy.url(&format!("/imagenet/{}", key_of(4))))
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("body");
+    assert!(body[..] == expected(4)[..], "a real handshake got through");
+    // The silent ones are dropped at the deadline and counted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let timeouts = worker
+            .metric(
+                "inbound_tls_handshake_failures_total",
+                &[("reason", "timeout")],
+            )
+            .await;
+        if timeouts >= 50.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {timeouts} timeouts counted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn old_and_new_anchors_let_old_and_new_certificates_talk() {
+    let dir = TempDir::new("mtls-rotation");
+    let old_dir = dir.path().join("old");
+    let new_dir = dir.path().join("new");
+    std::fs::create_dir_all(&old_dir).expect("mkdir");
+    std::fs::create_dir_all(&new_dir).expect("mkdir");
+    let old = ControlPlane::start(&old_dir, &[]);
+    let old_ca = old.state.join("ca.pem");
+    // The new issuer publishes the old anchor beside itself.
+    let new = ControlPlane::start(
+        &new_dir,
+        &["--extra-anchors", old_ca.to_str().expect("path")],
+    );
+    let bundle = std::fs::read_to_string(&new.bundle).expect("bundle");
+    assert_eq!(
+        bundle.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "old and new anchors"
+    );
+    // Both proxies trust both anchors; the worker holds an old certificate,
+    // the sidecar a new one.
+    let worker = {
+        let origin = format!("synthetic://?{SPEC}");
+        ProxyProcess::start(&[
+            "worker",
+            "--origin",
+            &origin,
+            "--bucket",
+            "imagenet",
+            "--control-plane",
+            &old.url,
+            "--token",
+            "worker-token",
+            "--trust-bundle",
+            new.bundle.to_str().expect("path"),
+        ])
+    };
+    let proxy = {
+        let pool = worker.inbound.expect("inbound").to_string();
+        ProxyProcess::start(&[
+            "sidecar",
+            "--pool",
+            &pool,
+            "--bucket",
+            "imagenet",
+            "--control-plane",
+            &new.url,
+            "--token",
+            "train-token",
+            "--trust-bundle",
+            new.bundle.to_str().expect("path"),
+        ])
+    };
+    let body = reqwest::get(proxy.url(&format!("/imagenet/{}", key_of(6))))
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("body");
+    assert!(body[..] == expected(6)[..]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_are_renewed_under_load_without_a_failed_read() {
+    let dir = TempDir::new("mtls-renewal");
+    // 3 s certificates: renewed about every 2 s.
+    let plane = ControlPlane::start(dir.path(), &["--cert-lifetime", "3s"]);
+    let worker = worker(&plane, "worker-token", &[]);
+    let proxy = sidecar(&plane, "train-token", &[&worker], &[]);
+    let client = reqwest::Client::new();
+    let identity = |address: String| {
+        let client = client.clone();
+        async move {
+            let text = client
+                .get(address)
+                .send()
+                .await
+                .expect("get")
+                .text()
+                .await
+                .expect("text");
+            let value: serde_json::Value = serde_json::from_str(&text).expect("json");
+            value["issued_at"].as_u64().expect("issued_at")
+        }
+    };
+    let first = identity(proxy.admin_url("/identity")).await;
+    let worker_first = identity(worker.admin_url("/identity")).await;
+    let started = std::time::Instant::now();
+    let mut reads = 0u64;
+    // Read until both proxies have renewed twice (bounded by a deadline).
+    loop {
+        let index = reads % 40;
+        let response = client
+            .get(proxy.url(&format!("/imagenet/{}", key_of(index))))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(response.status(), StatusCode::OK, "read {reads}");
+        assert!(
+            response.bytes().await.expect("body")[..] == expected(index)[..],
+            "read {reads}"
+        );
+        reads += 1;
+        if started.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
+    let last = identity(proxy.admin_url("/identity")).await;
+    let worker_last = identity(worker.admin_url("/identity")).await;
+    assert!(
+        last >= first + 2,
+        "the sidecar renewed: issued {first} then {last}"
+    );
+    assert!(
+        worker_last >= worker_first + 2,
+        "the worker renewed: issued {worker_first} then {worker_last}"
+    );
+    let issued = reqwest::get(format!("http://{}/metrics", plane.admin))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let count = common::sum_samples(&issued, "identity_certificates_issued_total", &[]);
+    assert!(
+        count >= 6.0,
+        "at least two renewals each: {count} certificates issued"
+    );
+    assert!(reads > 50, "reads went on throughout: {reads}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ca_key_is_private_and_never_logged_or_exported() {
+    let dir = TempDir::new("mtls-key");
+    let plane = ControlPlane::start(dir.path(), &[]);
+    let _worker = worker(&plane, "worker-token", &[]);
+    let key_path = plane.state.join("ca.key");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key_path)
+        .expect("key")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let key = std::fs::read_to_string(&key_path).expect("key");
+    let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(body.len() > 40);
+    let metrics = reqwest::get(format!("http://{}/metrics", plane.admin))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let logs = plane.stderr.lock().expect("lock").clone();
+    for line in key.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(
+            !logs.contains(line),
+            "a line of the CA key appears in the logs"
+        );
+        assert!(
+            !metrics.contains(line),
+            "a line of the CA key appears in the metrics"
+        );
+    }
+    assert!(
+        logs.contains("issued a workload certificate"),
+        "logs were captured: {logs}"
+    );
+}
