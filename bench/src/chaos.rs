@@ -94,6 +94,7 @@ pub async fn run(args: &ChaosArgs) -> anyhow::Result<ChaosReport> {
             sidecar_cache: ByteSize(data.bytes / 4),
             policy: CachePolicy::Pin,
             sidecar_flags: Vec::new(),
+            identity: None,
         },
     )?;
     let sidecar = topology.sidecar.addr;

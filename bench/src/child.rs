@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -24,6 +24,59 @@ pub struct ChildProcess {
     pub admin: Option<SocketAddr>,
     /// A worker's listener for sidecars.
     pub inbound: Option<SocketAddr>,
+    /// Everything its ready line said.
+    ready: serde_json::Value,
+}
+
+/// Token a benchmark's workers present to the control plane.
+const WORKER_TOKEN: &str = "bench-worker-token";
+/// Token a benchmark's sidecars present.
+const SIDECAR_TOKEN: &str = "bench-sidecar-token";
+
+/// How proxies of a benchmark get their identities.
+#[derive(Clone, Debug)]
+pub struct MeshIdentity {
+    /// The control plane's API.
+    pub url: String,
+    /// Its trust bundle file.
+    pub bundle: String,
+}
+
+impl MeshIdentity {
+    /// Identity flags for a worker: only the training job's service account
+    /// may read.
+    pub fn worker_flags(&self) -> Vec<String> {
+        let mut flags = self.flags(WORKER_TOKEN);
+        flags.extend([
+            "--allow".to_owned(),
+            "spiffe://cluster.local/ns/train/sa/*".to_owned(),
+        ]);
+        flags
+    }
+
+    /// Identity flags for a sidecar: every worker must be the workers'
+    /// service account.
+    pub fn sidecar_flags(&self) -> Vec<String> {
+        let mut flags = self.flags(SIDECAR_TOKEN);
+        flags.extend([
+            "--worker-identity".to_owned(),
+            "spiffe://cluster.local/ns/ferry/sa/worker".to_owned(),
+        ]);
+        flags
+    }
+
+    fn flags(&self, token: &str) -> Vec<String> {
+        [
+            "--control-plane",
+            &self.url,
+            "--token",
+            token,
+            "--trust-bundle",
+            &self.bundle,
+        ]
+        .map(str::to_owned)
+        .into()
+    }
 }
 
 /// Which ferry-proxy a scenario runs.
@@ -159,31 +212,110 @@ impl ChildProcess {
         let mut child = command
             .spawn()
             .with_context(|| format!("starting {name}"))?;
-        let stdout = child.stdout.take().context("child stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
+        let ready = child
+            .stdout
+            .take()
+            .context("child stdout")
+            .and_then(|stdout| Self::ready_line(stdout, name));
+        let ready = match ready {
+            Ok(ready) => ready,
+            Err(err) => {
+                // Never leave a child behind: it would hold our stderr open.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(err);
             }
-            for _ in lines {} // keep the pipe drained
-        });
-        let Ok(line) = rx.recv_timeout(READY_TIMEOUT) else {
+        };
+        let address = |field: &str| -> Option<SocketAddr> { ready[field].as_str()?.parse().ok() };
+        let Some(addr) = address("listen") else {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("{name} did not report ready within {READY_TIMEOUT:?}");
+            bail!("{name} reported no address: {ready}");
         };
-        let ready: serde_json::Value =
-            serde_json::from_str(&line).with_context(|| format!("{name} printed {line:?}"))?;
-        let address = |field: &str| -> Option<SocketAddr> { ready[field].as_str()?.parse().ok() };
-        let addr =
-            address("listen").with_context(|| format!("{name} reported no address: {line}"))?;
         Ok(Self {
             addr,
             admin: address("admin"),
             inbound: address("inbound"),
             child,
+            ready,
         })
+    }
+
+    /// The child's ready line, skipping notices that it is still waiting
+    /// (for its first certificate).
+    fn ready_line(
+        stdout: std::process::ChildStdout,
+        name: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Read to the end even with no one listening: keeps the pipe drained.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                bail!("{name} did not report ready within {READY_TIMEOUT:?}");
+            };
+            let event: serde_json::Value =
+                serde_json::from_str(&line).with_context(|| format!("{name} printed {line:?}"))?;
+            if event["event"] != "waiting" {
+                return Ok(event);
+            }
+        }
+    }
+
+    /// Starts a control plane (this binary, `ferry-bench control-plane`)
+    /// keeping its CA in `dir`, issuing certificates of `lifetime`, and knowing
+    /// the tokens of [`MeshIdentity`].
+    fn control_plane(dir: &Path, lifetime: Duration) -> anyhow::Result<(Self, MeshIdentity)> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tokens = dir.join("tokens.yaml");
+        std::fs::write(
+            &tokens,
+            format!(
+                "tokens:\n  - {{ token: {WORKER_TOKEN}, namespace: ferry, service_account: worker }}\n  \
+                 - {{ token: {SIDECAR_TOKEN}, namespace: train, service_account: job }}\n"
+            ),
+        )?;
+        let mut command = Command::new(std::env::current_exe().context("locating ferry-bench")?);
+        command.arg("control-plane").args([
+            "--state-dir".into(),
+            dir.join("state").display().to_string(),
+            "--tokens".into(),
+            tokens.display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--admin".into(),
+            "127.0.0.1:0".into(),
+            "--cert-lifetime".into(),
+            format!("{}s", lifetime.as_secs().max(1)),
+        ]);
+        let plane = Self::spawn(command, "ferry-control-plane")?;
+        let bundle = plane.ready["trust_bundle"]
+            .as_str()
+            .context("the control plane named no trust bundle")?
+            .to_owned();
+        let identity = MeshIdentity {
+            url: format!("https://{}", plane.addr),
+            bundle,
+        };
+        Ok((plane, identity))
+    }
+
+    /// CPU time (user + system) used so far, read from /proc.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        /// /proc reports clock ticks of USER_HZ, which Linux fixes at 100.
+        const USER_HZ: f64 = 100.0;
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // The command name may hold spaces; fields resume after its ')'.
+        let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+        let user: u64 = fields.nth(11)?.parse().ok()?;
+        let system: u64 = fields.next()?.parse().ok()?;
+        Some((user + system) as f64 / USER_HZ)
     }
 
     /// Resident memory in bytes (VmRSS), read from /proc.
@@ -192,6 +324,37 @@ impl ChildProcess {
         let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib * 1024)
+    }
+}
+
+/// A control plane started for one run, with a fresh CA in a directory of
+/// its own that goes away with it.
+pub struct ControlPlane {
+    /// The running process.
+    pub process: ChildProcess,
+    /// Flags that make proxies its clients.
+    pub identity: MeshIdentity,
+    dir: PathBuf,
+}
+
+impl ControlPlane {
+    /// Starts one issuing certificates of `lifetime`.
+    pub fn start(lifetime: Duration) -> anyhow::Result<Self> {
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ferry-bench-ca-{}-{run}", std::process::id()));
+        let (process, identity) = ChildProcess::control_plane(&dir, lifetime)?;
+        Ok(Self {
+            process,
+            identity,
+            dir,
+        })
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

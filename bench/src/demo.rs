@@ -1,4 +1,5 @@
-//! `ferry-bench demo`: the README's first command. Starts ferry-proxy in front
+//! `ferry-bench demo`: the README's first command. Starts a control plane,
+//! three ferry-proxy workers and a sidecar (mutual TLS between them) in front
 //! of an emulated remote object store holding a synthetic ImageNet-like data
 //! set, reads shuffled epochs four ways, and prints the comparison.
 
@@ -41,8 +42,9 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     );
     println!("  direct:    reading the origin with no cache");
     println!(
-        "  pool:      the app reads a ferry-proxy sidecar (cache: a quarter of the data set), which\n             \
-         sends each miss to the one of 3 ferry-proxy workers that owns the chunk\n"
+        "  pool-mtls: the app reads a ferry-proxy sidecar (cache: a quarter of the data set), which\n             \
+         sends each miss to the one of 3 ferry-proxy workers that owns the chunk, over mutual\n             \
+         TLS with SPIFFE certificates from a ferry control plane\n"
     );
     let report = epochs::run(&EpochsArgs {
         samples: args.samples,
@@ -55,12 +57,13 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         epochs: args.epochs,
         seed: 1,
         origin_latency: Duration::from_millis(10),
-        modes: vec![Mode::Synthetic, Mode::Bare, Mode::Direct, Mode::Pool],
+        modes: vec![Mode::Synthetic, Mode::Bare, Mode::Direct, Mode::PoolMtls],
         cache_policy: ferry_config::CachePolicy::Pin,
         cache_size: None,
         workers: 3,
         sidecar_fraction: 0.25,
         sidecar_flags: None,
+        cert_lifetime: Duration::from_secs(24 * 3600),
         proxy: Default::default(),
         json: args.json.clone(),
         keep_running: args.keep_running,
@@ -73,8 +76,9 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         .map(|e| e.errors)
         .sum();
     println!(
-        "\nEpoch 1 fills the workers' caches from the origin; later epochs never touch it \
-         (hit ratio: the sidecar's; pool hit: the workers'; max/mean: load spread over workers)."
+        "\nEpoch 1 fills the workers' caches from the origin; later epochs read it only for \
+         hedged or spilled chunks (origin MB)\n(hit ratio: the sidecar's; pool hit: the workers'; \
+         max/mean: load spread over workers)."
     );
     println!("To browse the proxy's metrics, add --keep-running, or run one yourself:");
     println!(

@@ -10,17 +10,17 @@ use serde::Serialize;
 
 use ferry_config::{ByteSize, CachePolicy, SyntheticSpec};
 
-use crate::child::{ChildProcess, ProxyArgs, ProxyProgram, WorkerSpec};
+use crate::child::{ChildProcess, ControlPlane, MeshIdentity, ProxyArgs, ProxyProgram, WorkerSpec};
 use crate::client::{list_all, scrape};
 use crate::report::{self, Table};
 use crate::topology::{PoolSpec, PoolTopology};
 use crate::workload::{
-    DataSet, EpochStats, Target, progress, run_epoch, sample_spec, shard_spec, synthetic_memory,
+    DataSet, EpochStats, Target, read_epoch, sample_spec, shard_spec, synthetic_memory,
 };
 
 /// How the workload reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// The reader makes the bytes itself: the no-I/O upper bound.
     Synthetic,
@@ -32,6 +32,23 @@ pub enum Mode {
     Ferry,
     /// Through a sidecar whose pool of workers reads the same origin server.
     Pool,
+    /// The same pool, with mutual TLS between the sidecar and the workers
+    /// (certificates from a control plane started for the run).
+    PoolMtls,
+}
+
+impl Mode {
+    /// The name the command line and the JSON use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Synthetic => "synthetic",
+            Mode::Bare => "bare",
+            Mode::Direct => "direct",
+            Mode::Ferry => "ferry",
+            Mode::Pool => "pool",
+            Mode::PoolMtls => "pool-mtls",
+        }
+    }
 }
 
 /// `ferry-bench epochs` arguments.
@@ -90,6 +107,9 @@ pub struct EpochsArgs {
     /// Extra sidecar flags for the pool topology, e.g. "--hedge off".
     #[arg(long, allow_hyphen_values = true)]
     pub sidecar_flags: Option<String>,
+    /// Lifetime of the certificates the control plane issues (pool-mtls).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub cert_lifetime: Duration,
     /// Which ferry-proxy to run.
     #[command(flatten)]
     pub proxy: ProxyArgs,
@@ -196,7 +216,7 @@ pub async fn run(args: &EpochsArgs) -> anyhow::Result<EpochsReport> {
     let needs_origin = args
         .modes
         .iter()
-        .any(|m| matches!(m, Mode::Direct | Mode::Ferry | Mode::Pool));
+        .any(|m| matches!(m, Mode::Direct | Mode::Ferry | Mode::Pool | Mode::PoolMtls));
     let origin = if needs_origin {
         Some(ChildProcess::origin_server(&query, args.origin_latency)?)
     } else {
@@ -210,12 +230,31 @@ pub async fn run(args: &EpochsArgs) -> anyhow::Result<EpochsReport> {
         args.readers,
         args.origin_latency
     );
+    // One control plane serves every mTLS mode of the run; it lives as long
+    // as the proxies it certifies.
+    let control_plane = if args.modes.contains(&Mode::PoolMtls) {
+        Some(ControlPlane::start(args.cert_lifetime)?)
+    } else {
+        None
+    };
+    let mesh_identity = control_plane.as_ref().map(|plane| &plane.identity);
     // Every mode's server runs for the whole comparison and epochs take
     // turns (epoch 1 of each mode, then epoch 2 of each, ...), so slow drift
     // on a shared machine touches every mode alike.
     let mut prepared = Vec::new();
     for &mode in &args.modes {
-        prepared.push(prepare(args, mode, &data, &query, origin.as_ref(), &program).await?);
+        prepared.push(
+            prepare(
+                args,
+                mode,
+                &data,
+                &query,
+                origin.as_ref(),
+                &program,
+                mesh_identity,
+            )
+            .await?,
+        );
     }
     for epoch in 1..=args.epochs {
         for mode in &mut prepared {
@@ -230,7 +269,7 @@ pub async fn run(args: &EpochsArgs) -> anyhow::Result<EpochsReport> {
         // The proxy the app talked to: the worker, or the pool's sidecar.
         let proxy = match mode.run.mode {
             Mode::Ferry => mode.server.as_ref(),
-            Mode::Pool => mode.pool.as_ref().map(|p| &p.sidecar),
+            Mode::Pool | Mode::PoolMtls => mode.pool.as_ref().map(|p| &p.sidecar),
             _ => None,
         };
         if let Some(proxy) = proxy {
@@ -303,6 +342,7 @@ async fn prepare(
     query: &str,
     origin: Option<&ChildProcess>,
     program: &ProxyProgram,
+    mesh_identity: Option<&MeshIdentity>,
 ) -> anyhow::Result<PreparedMode> {
     let bucket = args.bucket();
     let mut server = None;
@@ -345,7 +385,7 @@ async fn prepare(
             server = Some(proxy);
             target
         }
-        Mode::Pool => {
+        Mode::Pool | Mode::PoolMtls => {
             let origin = origin.ok_or_else(|| anyhow::anyhow!("no origin server"))?;
             anyhow::ensure!(
                 (0.0..1.0).contains(&args.sidecar_fraction),
@@ -361,6 +401,12 @@ async fn prepare(
                     worker_cache: ByteSize(data.cache_for_all().bytes() / workers + (64 << 20)),
                     sidecar_cache: ByteSize((data.bytes as f64 * args.sidecar_fraction) as u64),
                     policy: args.cache_policy,
+                    identity: match mode {
+                        Mode::PoolMtls => Some(mesh_identity.cloned().ok_or_else(|| {
+                            anyhow::anyhow!("pool-mtls needs the run's control plane")
+                        })?),
+                        _ => None,
+                    },
                     sidecar_flags: args
                         .sidecar_flags
                         .as_deref()
@@ -395,6 +441,15 @@ async fn prepare(
 }
 
 impl PreparedMode {
+    /// CPU seconds of Ferry's processes in this mode, if it has any.
+    fn proxy_cpu_seconds(&self) -> Option<f64> {
+        match (&self.server, &self.pool) {
+            (_, Some(pool)) => pool.cpu_seconds(),
+            (Some(server), None) if self.run.mode == Mode::Ferry => server.cpu_seconds(),
+            _ => None,
+        }
+    }
+
     async fn epoch(&self, args: &EpochsArgs, data: &DataSet, epoch: usize) -> EpochStats {
         let admin = match self.run.mode {
             Mode::Ferry => self.server.as_ref().and_then(|s| s.admin),
@@ -405,18 +460,13 @@ impl PreparedMode {
             Some(pool) => pool.counters().await.ok(),
             None => None,
         };
-        let label = format!("{:?} epoch {epoch}", self.run.mode).to_lowercase();
-        let bar = progress(data.items.len(), &label);
-        let mut stats = run_epoch(
-            data,
-            data.order(args.seed, epoch),
-            &self.target,
-            args.readers,
-            &bar,
-        )
-        .await;
-        bar.finish_and_clear();
-        stats.epoch = epoch;
+        let cpu_before = self.proxy_cpu_seconds();
+        let label = format!("{} epoch {epoch}", self.run.mode.name());
+        let mut stats =
+            read_epoch(data, &self.target, args.readers, args.seed, epoch, &label).await;
+        if let (Some(before), Some(after)) = (cpu_before, self.proxy_cpu_seconds()) {
+            stats.proxy_cpu_seconds = Some(after - before);
+        }
         if let (Some(before), Some(after)) = (before, hit_counters(admin, self.bucket).await) {
             let hits = after.0 - before.0;
             let lookups = hits + after.1 - before.1;
@@ -458,22 +508,20 @@ async fn hit_counters(admin: Option<std::net::SocketAddr>, dataset: &str) -> Opt
 fn ratios(runs: &[ModeRun]) -> Vec<(String, f64)> {
     let find = |mode| runs.iter().find(|r| r.mode == mode);
     let mut ratios = Vec::new();
-    let comparisons = [
+    let comparisons: [(Mode, &[Mode]); 3] = [
+        (Mode::Ferry, &[Mode::Bare, Mode::Direct]),
+        (Mode::Pool, &[Mode::Synthetic, Mode::Bare, Mode::Direct]),
         (
-            Mode::Ferry,
-            "ferry",
-            [(Mode::Bare, "bare"), (Mode::Direct, "direct")],
-        ),
-        (
-            Mode::Pool,
-            "pool",
-            [(Mode::Synthetic, "synthetic"), (Mode::Direct, "direct")],
+            Mode::PoolMtls,
+            &[Mode::Pool, Mode::Synthetic, Mode::Bare, Mode::Direct],
         ),
     ];
-    for (mode, name, baselines) in comparisons {
+    for (mode, baselines) in comparisons {
         let Some(run) = find(mode) else { continue };
-        for (baseline, base_name) in baselines {
+        let name = mode.name();
+        for &baseline in baselines {
             if let Some(base) = find(baseline) {
+                let base_name = baseline.name();
                 ratios.push((
                     format!("{name}/{base_name} items/s"),
                     run.warm_items_per_second() / base.warm_items_per_second(),
@@ -489,7 +537,10 @@ fn ratios(runs: &[ModeRun]) -> Vec<(String, f64)> {
 }
 
 fn print(report: &EpochsReport) {
-    let pool = report.runs.iter().any(|r| r.mode == Mode::Pool);
+    let pool = report
+        .runs
+        .iter()
+        .any(|r| matches!(r.mode, Mode::Pool | Mode::PoolMtls));
     let mut header = vec![
         "mode",
         "epoch",
@@ -509,7 +560,7 @@ fn print(report: &EpochsReport) {
     for run in &report.runs {
         for epoch in &run.epochs {
             let mut row = vec![
-                format!("{:?}", run.mode).to_lowercase(),
+                run.mode.name().to_owned(),
                 epoch.epoch.to_string(),
                 format!("{:.0}", epoch.items_per_second()),
                 format!("{:.0}", epoch.reads_per_second()),
@@ -546,28 +597,25 @@ fn print(report: &EpochsReport) {
         }
     }
     for run in &report.runs {
+        let mode = run.mode.name();
         if let Some(seconds) = run.list_seconds {
-            println!(
-                "  {:<26} {seconds:>8.3} s",
-                format!("list bucket ({:?})", run.mode).to_lowercase()
-            );
+            println!("  {:<26} {seconds:>8.3} s", format!("list bucket ({mode})"));
         }
         if let Some(rss) = run.proxy_idle_rss_bytes {
-            println!(
-                "  {:<26} {:>8.1} MB",
-                "ferry-proxy idle RSS",
-                rss as f64 / 1e6
-            );
+            let label = format!("proxy idle RSS ({mode})");
+            println!("  {label:<26} {:>8.1} MB", rss as f64 / 1e6);
         }
         if let Some(rss) = run.proxy_final_rss_bytes {
-            println!(
-                "  {:<26} {:>8.1} MB",
-                "ferry-proxy RSS at end",
-                rss as f64 / 1e6
-            );
+            let label = format!("proxy RSS at end ({mode})");
+            println!("  {label:<26} {:>8.1} MB", rss as f64 / 1e6);
         }
+    }
+    for run in &report.runs {
         if let Some(admin) = &run.proxy_admin {
-            println!("\nferry-proxy counters at the end (from http://{admin}/metrics):");
+            println!(
+                "\n{} proxy counters at the end (from http://{admin}/metrics):",
+                run.mode.name()
+            );
             for (name, value) in &run.proxy_counters {
                 println!("  {name:<26} {value:>14.0}");
             }

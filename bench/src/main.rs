@@ -4,8 +4,10 @@
 mod chaos;
 mod child;
 mod client;
+mod crypto;
 mod demo;
 mod epochs;
+mod mtls;
 mod policies;
 mod report;
 mod serve;
@@ -44,6 +46,17 @@ enum Command {
     Pool(PoolArgs),
     /// A worker killed mid-epoch and restarted: failed reads, wrong bytes, recovery.
     Chaos(chaos::ChaosArgs),
+    /// The control plane, built into this binary like the proxy.
+    #[command(hide = true, disable_help_flag = true)]
+    ControlPlane {
+        /// ferry-control-plane's arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The sidecar → worker hop with mutual TLS against plaintext, and certificate renewal under load.
+    Mtls(mtls::MtlsArgs),
+    /// rustls crypto providers and cipher suites, in memory: bulk transfer and handshakes.
+    Crypto(crypto::CryptoArgs),
     /// A baseline server (used by the scenarios).
     #[command(hide = true)]
     Serve(serve::ServeArgs),
@@ -57,8 +70,17 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Proxies and control planes started from this binary speak TLS.
+    ferry_control_plane::install_crypto_provider();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::ControlPlane { args } => {
+            ferry_control_plane::init_logging();
+            let parsed = <ferry_control_plane::cli::Cli as Parser>::parse_from(
+                std::iter::once("ferry-control-plane".to_owned()).chain(args),
+            );
+            ferry_control_plane::cli::main_with(parsed)
+        }
         Command::Proxy { args } => {
             ferry_proxy::cli::init_logging();
             let parsed = <ferry_proxy::cli::Cli as Parser>::parse_from(
@@ -67,6 +89,7 @@ fn main() -> std::process::ExitCode {
             ferry_proxy::cli::main_with(parsed)
         }
         Command::Serve(args) => serve::run(args),
+        Command::Crypto(args) => crypto::run(&args).map(drop),
         command => client_runtime(cli.client_threads).and_then(|runtime| {
             runtime.block_on(async move {
                 match command {
@@ -75,6 +98,11 @@ fn main() -> std::process::ExitCode {
                     Command::Train(args) => train::run(&args).await.map(drop),
                     Command::Policies(args) => policies::run(&args).await.map(drop),
                     Command::Pool(args) => epochs::run(&args.into_epochs()).await.map(drop),
+                    Command::Mtls(args) => mtls::run(&args).await.and_then(|report| {
+                        let failures = report.failures();
+                        anyhow::ensure!(failures == 0, "{failures} reads failed or were wrong");
+                        Ok(())
+                    }),
                     Command::Chaos(args) => chaos::run(&args).await.and_then(|report| {
                         anyhow::ensure!(
                             report.failed_reads == 0 && report.wrong_bytes == 0,
@@ -84,7 +112,10 @@ fn main() -> std::process::ExitCode {
                         );
                         Ok(())
                     }),
-                    Command::Serve(_) | Command::Proxy { .. } => Ok(()),
+                    Command::Serve(_)
+                    | Command::Crypto(_)
+                    | Command::Proxy { .. }
+                    | Command::ControlPlane { .. } => Ok(()),
                 }
             })
         }),
@@ -147,6 +178,7 @@ impl PoolArgs {
             workers: self.workers,
             sidecar_fraction: self.sidecar_fraction,
             sidecar_flags: self.sidecar_flags,
+            cert_lifetime: std::time::Duration::from_secs(24 * 3600),
             proxy: self.proxy,
             json: self.json,
             keep_running: false,

@@ -14,7 +14,7 @@ use ferry_config::{ByteSize, CachePolicy};
 use crate::child::{ChildProcess, ProxyArgs, WorkerSpec};
 use crate::client::scrape;
 use crate::report::{self, Table};
-use crate::workload::{DataSet, Target, progress, run_epoch, sample_spec};
+use crate::workload::{DataSet, Target, read_epoch, sample_spec};
 
 /// `ferry-bench policies` arguments.
 #[derive(Args, Clone, Debug)]
@@ -109,16 +109,9 @@ pub async fn run(args: &PoliciesArgs) -> anyhow::Result<Vec<PolicyRun>> {
                     &[("dataset", "imagenet"), ("tier", "memory")],
                 )
                 .await?;
-                let bar = progress(data.items.len(), &format!("{policy} c={fraction} e{epoch}"));
-                let stats = run_epoch(
-                    &data,
-                    data.order(args.seed, epoch),
-                    &target,
-                    args.readers,
-                    &bar,
-                )
-                .await;
-                bar.finish_and_clear();
+                let label = format!("{policy} c={fraction} e{epoch}");
+                let stats =
+                    read_epoch(&data, &target, args.readers, args.seed, epoch, &label).await;
                 anyhow::ensure!(
                     stats.errors == 0,
                     "{} reads failed ({policy}, c={fraction})",

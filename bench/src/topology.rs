@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use ferry_config::{ByteSize, CachePolicy};
 
-use crate::child::{ChildProcess, ProxyProgram};
+use crate::child::{ChildProcess, MeshIdentity, ProxyProgram};
 use crate::client::{scrape, scrape_by};
 
 /// What a pool run is made of.
@@ -27,6 +27,8 @@ pub struct PoolSpec<'a> {
     pub policy: CachePolicy,
     /// More flags for the sidecar.
     pub sidecar_flags: Vec<String>,
+    /// Mutual TLS with certificates from this control plane, or plaintext.
+    pub identity: Option<MeshIdentity>,
 }
 
 /// Counters of a pool at one moment.
@@ -54,6 +56,17 @@ pub struct PoolTopology {
 }
 
 impl PoolTopology {
+    /// CPU seconds the sidecar and the running workers have used.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let workers: Option<f64> = self
+            .workers
+            .iter()
+            .flatten()
+            .map(ChildProcess::cpu_seconds)
+            .sum();
+        Some(self.sidecar.cpu_seconds()? + workers?)
+    }
+
     /// Starts the workers, then the sidecar over them.
     pub fn start(program: &ProxyProgram, spec: &PoolSpec<'_>) -> anyhow::Result<Self> {
         let worker_args: Vec<String> = [
@@ -71,6 +84,7 @@ impl PoolTopology {
             "--cache-size".to_owned(),
             spec.worker_cache.bytes().to_string(),
         ])
+        .chain(spec.identity.iter().flat_map(MeshIdentity::worker_flags))
         .collect();
         let mut workers = Vec::new();
         let mut inbound = Vec::new();
@@ -100,6 +114,7 @@ impl PoolTopology {
             spec.policy.as_str().into(),
         ];
         sidecar_args.extend(spec.sidecar_flags.iter().cloned());
+        sidecar_args.extend(spec.identity.iter().flat_map(MeshIdentity::sidecar_flags));
         let sidecar = ChildProcess::proxy(program, &sidecar_args)?;
         Ok(Self {
             sidecar,

@@ -153,6 +153,7 @@ pub async fn run(args: &TrainArgs) -> anyhow::Result<TrainReport> {
                     sidecar_cache: ByteSize(data.bytes / 4),
                     policy: args.cache_policy,
                     sidecar_flags: Vec::new(),
+                    identity: None,
                 },
             )?;
             let addr = pool.sidecar.addr;

@@ -200,6 +200,8 @@ pub struct EpochStats {
     pub origin_bytes: Option<u64>,
     /// Most requests any worker got over the mean (pool topology).
     pub load_evenness: Option<f64>,
+    /// CPU seconds Ferry's processes (proxy, or sidecar and workers) used.
+    pub proxy_cpu_seconds: Option<f64>,
     /// Each read's start (ms since the epoch began) and latency (µs).
     #[serde(skip)]
     pub timeline: Vec<(u32, u32)>,
@@ -229,6 +231,23 @@ pub fn progress(total: usize, label: &str) -> ProgressBar {
     }
     bar.set_prefix(label.to_owned());
     bar
+}
+
+/// Epoch `epoch` of `data` in its shuffle for `seed`, with a progress bar
+/// named `label`: what most scenarios run.
+pub async fn read_epoch(
+    data: &DataSet,
+    target: &Target,
+    readers: usize,
+    seed: u64,
+    epoch: usize,
+    label: &str,
+) -> EpochStats {
+    let bar = progress(data.items.len(), label);
+    let mut stats = run_epoch(data, data.order(seed, epoch), target, readers, &bar).await;
+    bar.finish_and_clear();
+    stats.epoch = epoch;
+    stats
 }
 
 /// Reads every item of `data` once, in `order`, with `readers` concurrent readers.

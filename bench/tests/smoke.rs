@@ -235,3 +235,112 @@ fn chaos_loses_no_read_when_a_worker_dies() {
         "reads went on after the kill"
     );
 }
+
+#[test]
+fn the_pool_over_mutual_tls_reads_every_byte_from_its_workers() {
+    let json = temp_json("pool-mtls");
+    bench(&[
+        "epochs",
+        "--modes",
+        "pool-mtls",
+        "--samples",
+        "300",
+        "--size",
+        "16KiB",
+        "--epochs",
+        "2",
+        "--readers",
+        "4",
+        "--origin-latency",
+        "1ms",
+        "--sidecar-flags",
+        "--hedge off --load-epsilon 10",
+        "--json",
+        json.to_str().expect("path"),
+    ]);
+    let report = read_json(&json);
+    let run = &report["runs"][0];
+    assert_eq!(run["mode"], "pool-mtls");
+    let second = &run["epochs"][1];
+    assert_eq!(second["errors"], 0);
+    assert_eq!(second["pool_hit_ratio"].as_f64(), Some(1.0));
+    assert_eq!(second["origin_bytes"], 0);
+}
+
+#[test]
+fn mtls_compares_the_hop_and_renews_certificates_under_load() {
+    let json = temp_json("mtls");
+    let stdout = bench(&[
+        "mtls",
+        "--shard-count",
+        "4",
+        "--shard-size",
+        "1MiB",
+        "--range-size",
+        "256KiB",
+        "--samples",
+        "200",
+        "--size",
+        "16KiB",
+        "--epochs",
+        "2",
+        "--readers",
+        "4",
+        "--renewal-for",
+        "4s",
+        "--cert-lifetime",
+        "2s",
+        "--json",
+        json.to_str().expect("path"),
+    ]);
+    assert!(stdout.contains("mTLS/plain"), "{stdout}");
+    let report = read_json(&json);
+    for part in ["chunks", "objects"] {
+        let hop = &report[part];
+        assert_eq!(hop["failed_reads"], 0, "{part}");
+        assert!(hop["throughput_ratio"].as_f64().expect("ratio") > 0.0);
+        assert!(hop["mtls_p99_ms"].as_f64().expect("p99") > 0.0);
+    }
+    let renewal = &report["renewal"];
+    assert_eq!(renewal["failed_reads"], 0);
+    assert_eq!(renewal["wrong_bytes"], 0);
+    assert!(renewal["reads"].as_u64().expect("reads") > 0);
+    // Four proxies on 2 s certificates renew at about 1.4 s: each at least
+    // twice in 4 s.
+    let renewals = renewal["renewals"].as_u64().expect("renewals");
+    assert!(renewals >= 4, "{renewals} renewals");
+}
+
+#[test]
+fn crypto_measures_every_tls13_suite_against_aes_128() {
+    let json = temp_json("crypto");
+    bench(&[
+        "crypto",
+        "--bytes",
+        "4MiB",
+        "--handshakes",
+        "5",
+        "--json",
+        json.to_str().expect("path"),
+    ]);
+    let report = read_json(&json);
+    let suites = report["suites"].as_array().expect("suites");
+    assert!(suites.len() >= 3, "three TLS 1.3 suites at least");
+    let baseline = suites
+        .iter()
+        .find(|s| s["suite"] == "TLS13_AES_128_GCM_SHA256" && s["provider"] == "aws-lc-rs")
+        .expect("the baseline suite");
+    assert_eq!(baseline["ratio"].as_f64(), Some(1.0));
+    assert!(
+        report["handshakes"][0]["per_second"]
+            .as_f64()
+            .expect("rate")
+            > 0.0
+    );
+}
+
+#[test]
+fn the_demo_runs_the_mesh_with_mutual_tls() {
+    let stdout = bench(&["demo", "--samples", "300", "--epochs", "2"]);
+    assert!(stdout.contains("pool-mtls"), "{stdout}");
+}

@@ -170,3 +170,26 @@ async fn a_garbage_csr_is_400_with_a_message() {
         "{answer}"
     );
 }
+
+#[tokio::test]
+async fn the_examples_load_and_their_tokens_name_workloads() {
+    use ferry_control_plane::identity::{FileTokens, TokenValidator};
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let config: ferry_config::ControlPlaneConfig =
+        ferry_config::from_yaml_file(&examples.join("control-plane.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.trust_domain, "cluster.local");
+    let tokens =
+        FileTokens::load(&examples.join("tokens.yaml")).unwrap_or_else(|e| panic!("{e:#}"));
+    let workload = tokens
+        .validate("change-me-train")
+        .await
+        .expect("the example token is known");
+    assert_eq!(
+        (
+            workload.namespace.as_str(),
+            workload.service_account.as_str()
+        ),
+        ("train", "job")
+    );
+}

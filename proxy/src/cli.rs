@@ -408,9 +408,14 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let prometheus = telemetry::install_recorder()?;
         let role = config.role;
-        let proxy = server::start(config, Some(prometheus)).await?;
-        // One machine-readable line on stdout: tests and the bench read the
-        // bound addresses from it (ports may have been 0).
+        // Machine-readable lines on stdout: tests and the bench read the
+        // bound addresses from them (ports may have been 0). A proxy that
+        // waits for its first certificate says so first: its admin answers
+        // meanwhile, with /ready false.
+        let proxy = server::start_announcing(config, Some(prometheus), |admin| {
+            println!("{{\"event\":\"waiting\",\"for\":\"certificate\",\"admin\":\"{admin}\"}}");
+        })
+        .await?;
         let inbound = proxy.inbound.map_or("null".to_owned(), |a| format!("\"{a}\""));
         println!(
             "{{\"event\":\"ready\",\"role\":\"{}\",\"listen\":\"{}\",\"admin\":\"{}\",\"inbound\":{inbound},\"threads\":{threads}}}",

@@ -644,6 +644,83 @@ async fn certificates_are_renewed_under_load_without_a_failed_read() {
     assert!(reads > 50, "reads went on throughout: {reads}");
 }
 
+/// A TCP front for the control plane that drops every connection until
+/// opened, then forwards them.
+async fn gated_front(to: String, open: Arc<std::sync::atomic::AtomicBool>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            if !open.load(std::sync::atomic::Ordering::SeqCst) {
+                continue; // dropped: the proxy sees a failed attempt
+            }
+            let to = to.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    format!("https://{address}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_is_false_until_the_first_certificate_is_held() {
+    let dir = TempDir::new("mtls-ready");
+    let plane = ControlPlane::start(dir.path(), &[]);
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let front = gated_front(
+        plane.url.trim_start_matches("https://").to_owned(),
+        open.clone(),
+    )
+    .await;
+    let origin = format!("synthetic://?{SPEC}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry-proxy"))
+        .args(["worker", "--origin", &origin, "--bucket", "imagenet"])
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--inbound", "127.0.0.1:0"])
+        .args(["--control-plane", &front, "--token", "worker-token"])
+        .args(["--trust-bundle", plane.bundle.to_str().expect("path")])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start worker");
+    let lines = common::read_lines(child.stdout.take().expect("stdout"));
+    let _child = KillOnDrop(child);
+    let waiting = lines
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a waiting line");
+    let waiting: serde_json::Value = serde_json::from_str(&waiting).expect("json");
+    assert_eq!(waiting["event"], "waiting", "{waiting}");
+    let admin = waiting["admin"].as_str().expect("admin").to_owned();
+    let get = |path: &str| {
+        let url = format!("http://{admin}{path}");
+        async move { reqwest::get(url).await.expect("admin answers").status() }
+    };
+    assert_eq!(get("/live").await, StatusCode::OK);
+    assert_eq!(get("/ready").await, StatusCode::SERVICE_UNAVAILABLE);
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    let ready = lines
+        .recv_timeout(Duration::from_secs(20))
+        .expect("ready once the control plane answers");
+    assert!(ready.contains(r#""event":"ready""#), "{ready}");
+    assert_eq!(get("/ready").await, StatusCode::OK);
+}
+
+/// A child process killed when the test ends, passed or not.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_ca_key_is_private_and_never_logged_or_exported() {
     let dir = TempDir::new("mtls-key");

@@ -70,9 +70,9 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Loads the trust bundle and gets the first certificate, retrying
-    /// transient failures; a refusal (bad token) is an error at once.
-    pub async fn start(spec: &IdentitySpec) -> anyhow::Result<Arc<Self>> {
+    /// Loads the trust bundle; no certificate is held until
+    /// [`Identity::obtain_first`].
+    pub fn new(spec: &IdentitySpec) -> anyhow::Result<Arc<Self>> {
         let bundle_path = spec
             .trust_bundle
             .as_ref()
@@ -119,9 +119,15 @@ impl Identity {
             held: ArcSwap::from_pointee(None),
             expiry: gauge!("identity_cert_expiry_timestamp_seconds"),
         });
+        Ok(identity)
+    }
+
+    /// Gets the first certificate, retrying transient failures (a refusal,
+    /// such as a bad token, is an error at once), then renews in the background.
+    pub async fn obtain_first(self: &Arc<Self>) -> anyhow::Result<()> {
         let mut backoff = BACKOFF_FIRST;
         loop {
-            match identity.certify().await {
+            match self.certify().await {
                 Ok(()) => break,
                 Err(CertifyError::Refused(why)) => {
                     bail!("identity: the control plane refused this proxy: {why}")
@@ -133,8 +139,8 @@ impl Identity {
                 }
             }
         }
-        tokio::spawn(renew_forever(Arc::clone(&identity)));
-        Ok(identity)
+        tokio::spawn(renew_forever(Arc::clone(self)));
+        Ok(())
     }
 
     /// The certificate held now.

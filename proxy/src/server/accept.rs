@@ -71,6 +71,9 @@ impl Tls {
     }
 }
 
+/// Encrypted bytes a connection may queue before writing them out.
+const TLS_SEND_BUFFER: usize = 1 << 20;
+
 fn refused(reason: &'static str) {
     counter!("inbound_tls_handshake_failures_total", "reason" => reason).increment(1);
 }
@@ -94,7 +97,7 @@ impl Accept for Tls {
                 let _slot = this.handshakes.acquire().await.ok()?;
                 Some(start.into_stream(Arc::clone(&this.config)).await)
             };
-            let stream = match tokio::time::timeout(this.timeout, handshake).await {
+            let mut stream = match tokio::time::timeout(this.timeout, handshake).await {
                 Ok(Some(Ok(stream))) => stream,
                 Ok(Some(Err(err))) => {
                     let reason = handshake_failure_reason(&err);
@@ -120,6 +123,10 @@ impl Accept for Tls {
                 tracing::info!(%address, "refused a peer whose certificate names no SPIFFE ID");
                 return None;
             };
+            // rustls's default 64 KiB of pending records splits a chunk into
+            // a writev per 64 KiB; HTTP/2 flow control already bounds what
+            // one connection can have in flight.
+            stream.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
             Some((stream, Some(Arc::new(identity))))
         })
     }

@@ -68,13 +68,24 @@ impl RunningProxy {
 }
 
 /// Binds the listeners of `config` and serves until shutdown. With identity
-/// on, the first certificate is obtained before anything listens.
+/// on, only the admin listener serves (`/ready` false) until the first
+/// certificate is held.
 pub async fn start(
     config: ProxyConfig,
     prometheus: Option<PrometheusHandle>,
 ) -> anyhow::Result<RunningProxy> {
+    start_announcing(config, prometheus, |_| {}).await
+}
+
+/// [`start`], calling `waiting(admin address)` when the admin listener
+/// serves but the first certificate is still to come.
+pub async fn start_announcing(
+    config: ProxyConfig,
+    prometheus: Option<PrometheusHandle>,
+    waiting: impl FnOnce(SocketAddr),
+) -> anyhow::Result<RunningProxy> {
     let identity = match config.identity.mode {
-        IdentityMode::ControlPlane => Some(Identity::start(&config.identity).await?),
+        IdentityMode::ControlPlane => Some(Identity::new(&config.identity)?),
         IdentityMode::Disabled => {
             if config.role == Role::Worker || !config.pools.is_empty() {
                 tracing::warn!(
@@ -135,6 +146,7 @@ pub async fn start(
         )),
         None => None,
     };
+    let awaiting_certificate = identity.clone();
     let admin = Arc::new(Admin {
         ready: false.into(),
         prometheus,
@@ -152,6 +164,21 @@ pub async fn start(
         stop: stop_rx,
         graceful: graceful.clone(),
     };
+    let admin_for_loop = admin.clone();
+    let admin_task = tokio::spawn(listeners.clone().serve(
+        admin_listener,
+        Plain,
+        64,
+        "admin",
+        move |request, peer: Peer| admin_for_loop.clone().handle(request, peer.address),
+    ));
+    if let Some(identity) = awaiting_certificate {
+        waiting(admin_addr);
+        if let Err(err) = identity.obtain_first().await {
+            let _ = stop_tx.send(true);
+            return Err(err);
+        }
+    }
     let front = tokio::spawn(listeners.clone().serve(
         front_listener,
         Plain,
@@ -171,14 +198,6 @@ pub async fn start(
             }
         }
     });
-    let admin_for_loop = admin.clone();
-    let admin_task = tokio::spawn(listeners.serve(
-        admin_listener,
-        Plain,
-        64,
-        "admin",
-        move |request, peer: Peer| admin_for_loop.clone().handle(request, peer.address),
-    ));
     admin.ready.store(true, Ordering::Release);
     tracing::info!(%listen, admin = %admin_addr, ?inbound, "ferry-proxy ready");
 

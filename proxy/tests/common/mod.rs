@@ -155,20 +155,36 @@ pub fn sum_samples(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-/// The first line a child writes, or `None` if it writes none within `timeout`.
+/// The first line a child writes, skipping notices that it is still waiting
+/// (for its first certificate), or `None` if none comes within `timeout`.
 pub fn read_first_line(stdout: impl Read + Send + 'static, timeout: Duration) -> Option<String> {
+    let lines = read_lines(stdout);
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines.recv_timeout(left).ok()?;
+        if !line.contains(r#""event":"waiting""#) {
+            return Some(line);
+        }
+    }
+}
+
+/// Every line a child writes, as it writes them.
+pub fn read_lines(stdout: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        if reader.read_line(&mut line).is_ok() && !line.is_empty() {
-            let _ = tx.send(line);
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                // Keep reading even with no one listening, so the child
+                // never blocks on a full pipe.
+                Ok(_) => drop(tx.send(line)),
+            }
         }
-        // Keep draining so the child never blocks on a full pipe.
-        let mut sink = String::new();
-        let _ = reader.read_to_string(&mut sink);
     });
-    rx.recv_timeout(timeout).ok()
+    rx
 }
 
 /// A directory removed on drop.
