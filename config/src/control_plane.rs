@@ -38,6 +38,16 @@ pub struct ControlPlaneConfig {
     pub cert_lifetime: HumanDuration,
     /// DNS names and IPs the API's own certificate covers.
     pub server_names: Vec<String>,
+    /// File source: policy files (`*.yaml`) here apply to the whole mesh,
+    /// those in a subdirectory named for a namespace to that namespace.
+    pub config_dir: Option<PathBuf>,
+    /// Kubernetes source: ConfigMaps, Services, EndpointSlices, TokenReview.
+    pub kubernetes: bool,
+    /// The control plane's own namespace: its policy ConfigMaps apply to the
+    /// whole mesh.
+    pub namespace: String,
+    /// A watch with nothing new gets a heartbeat line this often.
+    pub watch_heartbeat: HumanDuration,
 }
 
 impl Default for ControlPlaneConfig {
@@ -57,6 +67,10 @@ impl Default for ControlPlaneConfig {
             tokens: None,
             cert_lifetime: HumanDuration(Duration::from_secs(24 * 3600)),
             server_names: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
+            config_dir: None,
+            kubernetes: false,
+            namespace: "ferry-system".to_owned(),
+            watch_heartbeat: HumanDuration(Duration::from_secs(10)),
         }
     }
 }

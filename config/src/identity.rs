@@ -69,6 +69,37 @@ impl SpiffeId {
         let rest = &self.0[SCHEME.len()..];
         rest.split_once('/').map_or(rest, |(domain, _)| domain)
     }
+
+    /// The identity an X.509 certificate (DER) names: its only URI SAN, when
+    /// that is a SPIFFE ID. The chain must have been verified already.
+    pub fn from_certificate(der: &[u8]) -> Option<Self> {
+        use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+        let (_, parsed) = X509Certificate::from_der(der).ok()?;
+        let names = parsed.subject_alternative_name().ok()??;
+        let mut uris = names
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                GeneralName::URI(uri) => Some(*uri),
+                _ => None,
+            });
+        let uri = uris.next()?;
+        if uris.next().is_some() {
+            return None;
+        }
+        uri.parse().ok()
+    }
+
+    /// The namespace of a workload ID (`.../ns/<namespace>/sa/<account>`).
+    pub fn namespace(&self) -> Option<&str> {
+        let rest = &self.0[SCHEME.len()..];
+        let (_, path) = rest.split_once('/')?;
+        match path.split('/').collect::<Vec<_>>().as_slice() {
+            ["ns", namespace, "sa", _] => Some(namespace),
+            _ => None,
+        }
+    }
 }
 
 impl FromStr for SpiffeId {
@@ -214,6 +245,11 @@ pub struct IdentitySpec {
     pub handshake_timeout: HumanDuration,
     /// TLS handshakes in progress at once on the inbound listener.
     pub max_handshakes: usize,
+    /// The control plane's namespace: its certificate must name
+    /// `spiffe://<trust_domain>/ns/<this>/sa/ferry-control-plane`.
+    pub control_plane_namespace: String,
+    /// Follow the control plane's policies and pools (`GET /v1/watch/proxy`).
+    pub watch: bool,
 }
 
 impl Default for IdentitySpec {
@@ -227,6 +263,8 @@ impl Default for IdentitySpec {
             trust_domain: "cluster.local".to_owned(),
             handshake_timeout: HumanDuration(Duration::from_secs(10)),
             max_handshakes: 256,
+            control_plane_namespace: "ferry-system".to_owned(),
+            watch: true,
         }
     }
 }
@@ -297,6 +335,9 @@ mod tests {
             .parse()
             .expect("id");
         assert_eq!(id.trust_domain(), "cluster.local");
+        assert_eq!(id.namespace(), Some("train"));
+        let other: SpiffeId = "spiffe://cluster.local/host/node-1".parse().expect("id");
+        assert_eq!(other.namespace(), None, "not a workload ID");
         assert_eq!(SpiffeId::workload("cluster.local", "train", "job"), Ok(id));
         for bad in [
             "http://x/y",

@@ -8,6 +8,7 @@ pub mod origin;
 pub mod policy;
 pub mod pool;
 pub mod proxy;
+pub mod snapshot;
 pub mod synthetic;
 pub mod units;
 
@@ -15,7 +16,7 @@ pub use control_plane::ControlPlaneConfig;
 pub use identity::{
     BootstrapToken, BootstrapTokens, IdentityMode, IdentitySpec, SpiffeId, SpiffePattern,
 };
-pub use load::{ConfigError, from_yaml, from_yaml_file};
+pub use load::{ConfigError, from_yaml, from_yaml_file, to_yaml};
 pub use origin::OriginSpec;
 pub use policy::{
     CachePolicy, CacheSpec, DatasetPolicy, Datasets, PolicyFile, PoolDownPolicy, RoleCaches,
@@ -23,5 +24,6 @@ pub use policy::{
 };
 pub use pool::{BalanceSpec, HedgeSpec, MemberSpec, PoolSpec};
 pub use proxy::{DiskCacheSpec, Limits, ProxyConfig, Role};
+pub use snapshot::{ProxySnapshot, WatchEvent};
 pub use synthetic::{SizeDistribution, SyntheticSpec};
 pub use units::{ByteSize, HumanDuration, MetadataTtl};

@@ -58,6 +58,11 @@ pub fn from_yaml<T: DeserializeOwned>(text: &str, file: &str) -> Result<T, Confi
     })
 }
 
+/// `value` as YAML that [`from_yaml`] reads back.
+pub fn to_yaml<T: serde::Serialize>(value: &T) -> Result<String, String> {
+    serde_saphyr::to_string(value).map_err(|e| e.to_string())
+}
+
 /// Reads and parses the YAML file at `path` into `T`.
 pub fn from_yaml_file<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     let file = path.display().to_string();

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
 use crate::identity::SpiffePattern;
+use crate::load::ConfigError;
 use crate::origin::OriginSpec;
+use crate::pool::PoolSpec;
 use crate::units::{ByteSize, MetadataTtl};
 
 /// Default chunk size: the unit of caching and of fetches from upstream.
@@ -43,6 +45,7 @@ pub struct DatasetPolicy {
     /// patterns with `*` segments); empty means any workload of the trust domain.
     pub allow: Vec<SpiffePattern>,
     /// Settings for an `s3://` origin.
+    #[serde(skip_serializing_if = "S3Options::is_unset")]
     pub s3: S3Options,
     /// Size of the aligned chunks objects are cached in; a smaller object is one chunk.
     pub chunk_size: ByteSize,
@@ -100,6 +103,13 @@ pub struct S3Options {
     pub region: Option<String>,
     /// Send unsigned requests (public buckets).
     pub anonymous: bool,
+}
+
+impl S3Options {
+    /// Whether nothing is set (then it is not written out).
+    pub fn is_unset(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Hot-cache settings for each proxy role.
@@ -350,10 +360,49 @@ impl std::ops::Deref for Datasets {
     }
 }
 
-/// A policy file: the data sets it defines (a ConfigMap's `policy.yaml`).
+/// A policy file: the data sets and worker pools it defines (a file of the
+/// control plane's `--config-dir`, or a ConfigMap's `policy.yaml`).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyFile {
     /// The data sets.
+    #[serde(default)]
     pub datasets: Datasets,
+    /// Worker pools, by name.
+    #[serde(default)]
+    pub pools: Vec<PoolSpec>,
+}
+
+impl PolicyFile {
+    /// Checks what spans entries: pools are named once, and every data set
+    /// has the origin its workers read. `file` names the source in errors.
+    pub fn check(&self, file: &str) -> Result<(), ConfigError> {
+        let error = |field: String, message: String| ConfigError {
+            file: file.to_owned(),
+            line: None,
+            column: None,
+            field,
+            message,
+        };
+        for (i, pool) in self.pools.iter().enumerate() {
+            if self.pools[..i].iter().any(|p| p.name == pool.name) {
+                return Err(error(
+                    format!("pools[{i}].name"),
+                    format!("pool name '{}' is used twice", pool.name),
+                ));
+            }
+        }
+        for (i, dataset) in self.datasets.iter().enumerate() {
+            if dataset.origin.is_none() {
+                return Err(error(
+                    format!("datasets[{i}].origin"),
+                    format!(
+                        "data set '{}' has no origin: the workers read from one",
+                        dataset.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }

@@ -20,7 +20,7 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:4191";
 pub const DEFAULT_INBOUND: &str = "0.0.0.0:4143";
 
 /// Which side of the mesh a proxy is.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Caches chunks and fetches misses from the origin.

@@ -313,3 +313,36 @@ fn identity_settings_and_allow_lists_are_validated_where_written() {
         "{err}"
     );
 }
+
+#[test]
+fn every_example_survives_the_wire_and_the_saved_state() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for entry in std::fs::read_dir(&dir).expect("examples dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let datasets = if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("policy-"))
+        {
+            let policy: PolicyFile = from_yaml_file(&path).expect("policy");
+            let yaml = ferry_config::to_yaml(&policy).expect("yaml");
+            let again: PolicyFile =
+                ferry_config::from_yaml(&yaml, "saved").unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+            assert_eq!(again, policy, "{}", path.display());
+            policy.datasets.0
+        } else {
+            let config: ProxyConfig = from_yaml_file(&path).expect("config");
+            let yaml = ferry_config::to_yaml(&config).expect("yaml");
+            let again: ProxyConfig =
+                ferry_config::from_yaml(&yaml, "saved").unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+            assert_eq!(again, config, "{}", path.display());
+            config.datasets.0
+        };
+        let json = serde_json::to_string(&datasets).expect("json");
+        let back: Vec<ferry_config::DatasetPolicy> =
+            serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}\n{json}"));
+        assert_eq!(back, datasets, "{}", path.display());
+    }
+}

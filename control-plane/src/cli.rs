@@ -49,6 +49,19 @@ pub struct Cli {
     /// Names the API's certificate covers (repeatable); default localhost and 127.0.0.1.
     #[arg(long = "server-name")]
     pub server_names: Vec<String>,
+    /// File source: policy files here apply to the whole mesh, those in
+    /// DIR/<namespace>/ to that namespace; watched for changes.
+    #[arg(long)]
+    pub config_dir: Option<PathBuf>,
+    /// Kubernetes source: policy ConfigMaps, pool Services, TokenReview.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// The control plane's own namespace (its policies apply to the whole mesh).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Heartbeat of quiet watches, e.g. 10s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub watch_heartbeat: Option<std::time::Duration>,
 }
 
 impl Cli {
@@ -89,6 +102,20 @@ impl Cli {
         }
         if !self.server_names.is_empty() {
             config.server_names = self.server_names;
+        }
+        if self.config_dir.is_some() {
+            config.config_dir = self.config_dir;
+        }
+        config.kubernetes |= self.kubernetes;
+        if let Some(namespace) = self.namespace {
+            config.namespace = namespace;
+        }
+        if let Some(heartbeat) = self.watch_heartbeat {
+            anyhow::ensure!(
+                heartbeat >= std::time::Duration::from_millis(100),
+                "--watch-heartbeat must be at least 100ms"
+            );
+            config.watch_heartbeat = ferry_config::HumanDuration(heartbeat);
         }
         Ok(config)
     }

@@ -1,9 +1,13 @@
 //! Ferry's control plane. It runs the identity service (the mesh CA); the
 //! discovery, policy and injection services join it as siblings.
 
+pub mod api_certificate;
 pub mod cli;
 pub mod identity;
+pub mod policy;
 pub mod server;
+pub mod sources;
+pub mod watch;
 
 /// Installs the process's TLS crypto provider (aws-lc-rs); call first in `main`.
 pub fn install_crypto_provider() {
@@ -16,6 +20,19 @@ pub fn describe_metrics() {
         "identity_certificates_issued_total",
         "Workload certificates issued."
     );
+    metrics::describe_gauge!(
+        "config_version",
+        "Version of the mesh's policies; grows with every accepted change."
+    );
+    metrics::describe_counter!(
+        "policy_refused_total",
+        "Policy documents refused (malformed, or clashing with another), by source."
+    );
+    metrics::describe_gauge!(
+        "policy_documents_refused",
+        "Documents whose latest content is refused (their last good version stays)."
+    );
+    metrics::describe_gauge!("watch_streams", "Proxies watching now.");
     metrics::describe_counter!(
         "identity_certificates_refused_total",
         "Certify requests refused, by reason (bad_token, bad_csr, bad_request, unavailable, signing)."

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -24,7 +24,10 @@ use tokio_rustls::TlsAcceptor;
 
 use ferry_config::{ControlPlaneConfig, SpiffeId};
 
+use crate::api_certificate::ApiCertificate;
 use crate::identity::{CertificateAuthority, FileTokens, IdentityService, TokenValidator};
+use crate::policy::PolicyStore;
+use crate::watch::WatchService;
 
 /// Deadline of a TLS handshake on the API listener.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,6 +40,8 @@ pub struct RunningControlPlane {
     pub admin: SocketAddr,
     /// The trust bundle file proxies should be given.
     pub trust_bundle: std::path::PathBuf,
+    /// The policies it serves.
+    pub store: Arc<PolicyStore>,
 }
 
 /// Starts the control plane `config` describes.
@@ -44,7 +49,7 @@ pub async fn start(
     config: ControlPlaneConfig,
     prometheus: Option<PrometheusHandle>,
 ) -> anyhow::Result<RunningControlPlane> {
-    let ca = CertificateAuthority::open(&config)?;
+    let ca = Arc::new(CertificateAuthority::open(&config)?);
     let tokens: Arc<dyn TokenValidator> = match &config.tokens {
         Some(path) => Arc::new(FileTokens::load(path)?),
         None => {
@@ -52,25 +57,41 @@ pub async fn start(
             Arc::new(FileTokens::empty())
         }
     };
-    let own_identity =
-        SpiffeId::workload(&config.trust_domain, "ferry-system", "ferry-control-plane")
-            .map_err(anyhow::Error::msg)?;
-    let (chain, key) = ca.server_identity(&config.server_names, &own_identity)?;
+    let own_identity = SpiffeId::workload(
+        &config.trust_domain,
+        &config.namespace,
+        "ferry-control-plane",
+    )
+    .map_err(anyhow::Error::msg)?;
     let mut roots = RootCertStore::empty();
     for anchor in ca.anchors_pem() {
         roots.add(CertificateDer::from_pem_slice(anchor.as_bytes())?)?;
     }
     // Client certificates are optional here: certify authenticates with a
-    // token; the watch API (next) will require them.
+    // token (a proxy has no certificate yet); watches require one.
     let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
         .allow_unauthenticated()
         .build()?;
+    let certificate = ApiCertificate::start(ca.clone(), config.server_names.clone(), own_identity)?;
     let mut tls = rustls::ServerConfig::builder()
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(certificate);
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let store = PolicyStore::new(
+        &config.trust_domain,
+        ca.anchors_pem().to_vec(),
+        Some(config.state_dir.join("policies.yaml")),
+    );
     let service = Arc::new(IdentityService::new(ca, tokens, &config.trust_domain));
+    let watches = Arc::new(WatchService::new(
+        store.clone(),
+        &config.trust_domain,
+        config.watch_heartbeat.0,
+    ));
+    if let Some(dir) = &config.config_dir {
+        crate::sources::file::start(dir, store.clone())?;
+    }
 
     let api = TcpListener::bind(config.listen)
         .await
@@ -81,23 +102,30 @@ pub async fn start(
     let listen = api.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let ready = Arc::new(AtomicBool::new(false));
-    tokio::spawn(serve_api(api, acceptor, service));
-    tokio::spawn(serve_admin(admin, prometheus, ready.clone()));
+    tokio::spawn(serve_api(api, acceptor, service, watches));
+    tokio::spawn(serve_admin(admin, prometheus, ready.clone(), store.clone()));
     ready.store(true, Ordering::Release);
     Ok(RunningControlPlane {
         listen,
         admin: admin_addr,
         trust_bundle: config.state_dir.join("bundle.pem"),
+        store,
     })
 }
 
-async fn serve_api(listener: TcpListener, acceptor: TlsAcceptor, service: Arc<IdentityService>) {
+async fn serve_api(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    service: Arc<IdentityService>,
+    watches: Arc<WatchService>,
+) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let acceptor = acceptor.clone();
         let service = service.clone();
+        let watches = watches.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
@@ -107,14 +135,27 @@ async fn serve_api(listener: TcpListener, acceptor: TlsAcceptor, service: Arc<Id
                 }
                 Err(_) => return,
             };
+            // Verified by the TLS handshake against the mesh's anchors.
+            let client = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| SpiffeId::from_certificate(leaf.as_ref()))
+                .map(Arc::new);
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                 let service = service.clone();
+                let watches = watches.clone();
+                let client = client.clone();
                 async move {
                     Ok::<_, Infallible>(match request.uri().path() {
-                        "/v1/identity/certify" => service.certify(request).await,
-                        _ => text(
+                        "/v1/identity/certify" => {
+                            service.certify(request).await.map(BodyExt::boxed_unsync)
+                        }
+                        "/v1/watch/proxy" => watches.watch(&request, client.as_deref()),
+                        _ => crate::watch::whole(
                             StatusCode::NOT_FOUND,
-                            "not found: POST /v1/identity/certify\n",
+                            "not found: POST /v1/identity/certify or GET /v1/watch/proxy\n".into(),
                         ),
                     })
                 }
@@ -130,6 +171,7 @@ async fn serve_admin(
     listener: TcpListener,
     prometheus: Option<PrometheusHandle>,
     ready: Arc<AtomicBool>,
+    store: Arc<PolicyStore>,
 ) {
     let prometheus = Arc::new(prometheus);
     loop {
@@ -138,10 +180,12 @@ async fn serve_admin(
         };
         let prometheus = prometheus.clone();
         let ready = ready.clone();
+        let store = store.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                 let prometheus = prometheus.clone();
                 let ready = ready.clone();
+                let store = store.clone();
                 async move {
                     Ok::<_, Infallible>(match request.uri().path() {
                         "/live" => text(StatusCode::OK, "live\n"),
@@ -159,9 +203,19 @@ async fn serve_admin(
                                 "metrics are not recorded in this process\n",
                             ),
                         },
+                        "/policies" => {
+                            let mut response = Response::new(Full::new(Bytes::from(
+                                policies_report(&store).to_string(),
+                            )));
+                            response.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static("application/json"),
+                            );
+                            response
+                        }
                         _ => text(
                             StatusCode::NOT_FOUND,
-                            "not found: try /live, /ready or /metrics\n",
+                            "not found: try /live, /ready, /metrics or /policies\n",
                         ),
                     })
                 }
@@ -171,6 +225,46 @@ async fn serve_admin(
                 .await;
         });
     }
+}
+
+/// `/policies`: the version in force, what it is made of, what was refused.
+fn policies_report(store: &PolicyStore) -> serde_json::Value {
+    let current = store.current();
+    let documents: Vec<serde_json::Value> = current
+        .state
+        .documents
+        .iter()
+        .map(|(key, document)| {
+            serde_json::json!({
+                "document": key.to_string(),
+                "namespace": document.namespace,
+                "datasets": document.policy.datasets.iter().map(|d| &d.name).collect::<Vec<_>>(),
+                "pools": document.policy.pools.iter().map(|p| &p.name).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let discovered: Vec<serde_json::Value> = current
+        .state
+        .discovered_pools
+        .values()
+        .map(|pool| {
+            serde_json::json!({
+                "pool": pool.name,
+                "members": pool.members.iter().map(|m| &m.address).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let refused: Vec<serde_json::Value> = store
+        .refusals()
+        .iter()
+        .map(|r| serde_json::json!({ "document": r.key.to_string(), "message": r.message }))
+        .collect();
+    serde_json::json!({
+        "version": current.version,
+        "documents": documents,
+        "discovered_pools": discovered,
+        "refused": refused,
+    })
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -95,6 +95,12 @@ pub struct CommonArgs {
     /// The mesh's trust domain.
     #[arg(long)]
     pub trust_domain: Option<String>,
+    /// The control plane's namespace (its certificate names it).
+    #[arg(long)]
+    pub control_plane_namespace: Option<String>,
+    /// Take certificates from the control plane but not its policies and pools.
+    #[arg(long)]
+    pub no_watch: bool,
 }
 
 /// Flags of the worker role.
@@ -186,9 +192,12 @@ impl Cli {
             ),
             None => {}
         }
+        let from_control_plane =
+            config.identity.mode == IdentityMode::ControlPlane && config.identity.watch;
         anyhow::ensure!(
-            !config.datasets.is_empty(),
-            "no data sets to serve: give --bucket NAME (and --origin URL for a worker) or list them under `datasets:` in --config"
+            !config.datasets.is_empty() || from_control_plane,
+            "no data sets to serve: give --bucket NAME (and --origin URL for a worker), list them \
+             under `datasets:` in --config, or follow a control plane (--control-plane URL)"
         );
         config.validate(&source)?;
         Ok(config)
@@ -269,6 +278,12 @@ impl CommonArgs {
         }
         if let Some(domain) = &self.trust_domain {
             identity.trust_domain.clone_from(domain);
+        }
+        if let Some(namespace) = &self.control_plane_namespace {
+            identity.control_plane_namespace.clone_from(namespace);
+        }
+        if self.no_watch {
+            identity.watch = false;
         }
         for policy in &mut config.datasets.0 {
             let cache = match role {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod dataset;
 pub mod flight;
 pub mod identity;
+pub mod mesh;
 pub mod metadata;
 pub mod origin;
 pub mod outbound;

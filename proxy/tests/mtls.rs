@@ -4,12 +4,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{ProxyProcess, TempDir, read_first_line};
+use common::plane::ControlPlane;
+use common::{ProxyProcess, TempDir};
 use ferry_config::SyntheticSpec;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
 use reqwest::StatusCode;
@@ -19,11 +19,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 const SPEC: &str = "count=40&size=30KiB&seed=3";
-const TOKENS: &str = "tokens:\n  \
-    - { token: worker-token, namespace: ferry, service_account: worker }\n  \
-    - { token: train-token, namespace: train, service_account: job }\n  \
-    - { token: other-token, namespace: other, service_account: intruder }\n";
-
 fn expected(index: u64) -> Vec<u8> {
     let spec = SyntheticSpec::from_query(SPEC).expect("spec");
     let mut bytes = vec![0; spec.object_size(index) as usize];
@@ -33,100 +28,6 @@ fn expected(index: u64) -> Vec<u8> {
 
 fn key_of(index: u64) -> String {
     SyntheticSpec::from_query(SPEC).expect("spec").key(index)
-}
-
-/// A `ferry-control-plane` process with its own state directory.
-struct ControlPlane {
-    child: Child,
-    url: String,
-    admin: String,
-    bundle: PathBuf,
-    state: PathBuf,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl ControlPlane {
-    fn start(dir: &Path, extra: &[&str]) -> Self {
-        let binary =
-            Path::new(env!("CARGO_BIN_EXE_ferry-proxy")).with_file_name("ferry-control-plane");
-        assert!(
-            binary.exists(),
-            "{} is missing: run the workspace tests (scripts/test) so it is built",
-            binary.display()
-        );
-        let state = dir.join("state");
-        let tokens = dir.join("tokens.yaml");
-        std::fs::write(&tokens, TOKENS).expect("tokens");
-        let mut child = Command::new(binary)
-            .args([
-                "--state-dir",
-                state.to_str().expect("path"),
-                "--tokens",
-                tokens.to_str().expect("path"),
-            ])
-            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start control plane");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("stderr");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            use std::io::Read;
-            let mut buffer = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buffer) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .expect("lock")
-                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
-            }
-        });
-        let line = read_first_line(
-            child.stdout.take().expect("stdout"),
-            Duration::from_secs(30),
-        )
-        .expect("control plane ready line");
-        let ready: serde_json::Value = serde_json::from_str(&line).expect("json");
-        Self {
-            url: format!("https://{}", ready["listen"].as_str().expect("listen")),
-            admin: ready["admin"].as_str().expect("admin").to_owned(),
-            bundle: PathBuf::from(ready["trust_bundle"].as_str().expect("bundle")),
-            state,
-            child,
-            stderr,
-        }
-    }
-
-    /// Identity flags for a proxy presenting `token`.
-    fn flags(&self, token: &str) -> Vec<String> {
-        vec![
-            "--control-plane".into(),
-            self.url.clone(),
-            "--token".into(),
-            token.into(),
-            "--trust-bundle".into(),
-            self.bundle.display().to_string(),
-        ]
-    }
-
-    /// The CA's issuer, for making certificates the tests need.
-    fn issuer(&self) -> Issuer<'static, KeyPair> {
-        let key = std::fs::read_to_string(self.state.join("ca.key")).expect("ca key");
-        let cert = std::fs::read_to_string(self.state.join("ca.pem")).expect("ca cert");
-        Issuer::from_ca_cert_pem(&cert, KeyPair::from_pem(&key).expect("key")).expect("issuer")
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn worker(plane: &ControlPlane, token: &str, extra: &[&str]) -> ProxyProcess {

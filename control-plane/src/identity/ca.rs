@@ -134,10 +134,11 @@ impl CertificateAuthority {
         &self,
         names: &[String],
         identity: &SpiffeId,
+        lifetime: Duration,
     ) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let now = OffsetDateTime::now_utc();
-        let mut params = workload_params(identity, now, now + self.lifetime)?;
+        let mut params = workload_params(identity, now, now + lifetime)?;
         for name in names {
             params.subject_alt_names.push(match name.parse() {
                 Ok(ip) => SanType::IpAddress(ip),

@@ -39,7 +39,7 @@ pub struct CertifyResponse {
 
 /// Issues workload certificates.
 pub struct IdentityService {
-    ca: CertificateAuthority,
+    ca: Arc<CertificateAuthority>,
     tokens: Arc<dyn TokenValidator>,
     trust_domain: String,
 }
@@ -47,7 +47,7 @@ pub struct IdentityService {
 impl IdentityService {
     /// A service signing with `ca` for workloads `tokens` vouches for.
     pub fn new(
-        ca: CertificateAuthority,
+        ca: Arc<CertificateAuthority>,
         tokens: Arc<dyn TokenValidator>,
         trust_domain: &str,
     ) -> Self {

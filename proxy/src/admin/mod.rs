@@ -13,10 +13,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use ferry_config::ProxyConfig;
-
-use crate::dataset::Datasets;
 use crate::identity::Identity;
+use crate::mesh::Mesh;
 use crate::telemetry;
 
 /// What the admin endpoints report on.
@@ -25,10 +23,8 @@ pub struct Admin {
     pub ready: AtomicBool,
     /// Prometheus renderer, when this process installed the recorder.
     pub prometheus: Option<PrometheusHandle>,
-    /// The configuration in force.
-    pub config: ProxyConfig,
-    /// The data sets.
-    pub datasets: Arc<Datasets>,
+    /// The configuration and data sets in force.
+    pub mesh: Arc<Mesh>,
     /// The mesh identity, when on.
     pub identity: Option<Arc<Identity>>,
     /// Notified by `/shutdown`.
@@ -36,9 +32,9 @@ pub struct Admin {
 }
 
 #[derive(Serialize)]
-struct CacheReport<'a> {
-    dataset: &'a str,
-    bucket: &'a str,
+struct CacheReport {
+    dataset: String,
+    bucket: String,
     policy: &'static str,
     capacity_bytes: u64,
     used_bytes: u64,
@@ -54,8 +50,8 @@ struct DiskReport {
 }
 
 #[derive(Serialize)]
-struct PoolReport<'a> {
-    pool: &'a str,
+struct PoolReport {
+    pool: String,
     members: Vec<MemberReport>,
 }
 
@@ -85,7 +81,7 @@ impl Admin {
                 }
             }
             (&Method::GET, "/metrics") => self.metrics(),
-            (&Method::GET, "/config") => json(&self.config),
+            (&Method::GET, "/config") => json(&self.config_report()),
             (&Method::GET, "/cache") => json(&self.cache_report()),
             (&Method::GET, "/pools") => json(&self.pool_report()),
             (&Method::GET, "/identity") => json(&self.identity_report()),
@@ -105,15 +101,32 @@ impl Admin {
         Ok(response)
     }
 
-    fn cache_report(&self) -> Vec<CacheReport<'_>> {
-        let role = self.config.role;
-        self.datasets
+    fn config_report(&self) -> serde_json::Value {
+        let config = self.mesh.config();
+        let mut report = serde_json::to_value(&*config).unwrap_or_default();
+        if let Some(fields) = report.as_object_mut() {
+            fields.insert(
+                "control_plane".into(),
+                serde_json::to_value(self.mesh.status()).unwrap_or_default(),
+            );
+            fields.insert(
+                "snapshot".into(),
+                serde_json::to_value(&*self.mesh.snapshot()).unwrap_or_default(),
+            );
+        }
+        report
+    }
+
+    fn cache_report(&self) -> Vec<CacheReport> {
+        let role = self.mesh.config().role;
+        self.mesh
+            .datasets()
             .iter()
             .map(|d| {
                 let cache = d.chunks.cache();
                 CacheReport {
-                    dataset: &d.policy.name,
-                    bucket: &d.policy.bucket,
+                    dataset: d.policy.name.clone(),
+                    bucket: d.policy.bucket.clone(),
                     policy: cache.policy(),
                     capacity_bytes: match role {
                         ferry_config::Role::Worker => d.policy.cache.worker.size.bytes(),
@@ -147,12 +160,13 @@ impl Admin {
         }
     }
 
-    fn pool_report(&self) -> Vec<PoolReport<'_>> {
-        self.datasets
+    fn pool_report(&self) -> Vec<PoolReport> {
+        self.mesh
+            .datasets()
             .pools()
             .iter()
             .map(|pool| PoolReport {
-                pool: &pool.name,
+                pool: pool.name.clone(),
                 members: pool
                     .members_report()
                     .into_iter()
@@ -177,7 +191,7 @@ impl Admin {
         };
         // Gauges that are cheaper to read at scrape time than to keep current.
         let mut inflight = 0;
-        for dataset in self.datasets.iter() {
+        for dataset in self.mesh.datasets().iter() {
             dataset
                 .metrics
                 .memory

@@ -185,6 +185,8 @@ pub struct Pool {
     settings: ConnectionSettings,
     /// Mutual TLS to the workers, when identity is on.
     tls: Option<PoolTls>,
+    /// What it was built from, less its members (which [`Pool::update`] changes).
+    built_from: (ferry_config::BalanceSpec, Option<SpiffePattern>),
 }
 
 /// How a pool's connections are secured.
@@ -223,9 +225,16 @@ impl Pool {
                     .unwrap_or(u32::MAX >> 1),
             },
             tls,
+            built_from: (spec.balance.clone(), spec.identity.clone()),
         });
         pool.update(&spec.members);
         pool
+    }
+
+    /// Whether `spec` differs from this pool in its members at most: then
+    /// [`Pool::update`] turns this pool into it, keeping connections.
+    pub fn can_become(&self, spec: &PoolSpec) -> bool {
+        self.name == spec.name && self.built_from == (spec.balance.clone(), spec.identity.clone())
     }
 
     /// Replaces the member list atomically. Members that stay keep their

@@ -33,7 +33,7 @@ pub struct Dataset {
     /// Chunks.
     pub chunks: Arc<ChunkStore>,
     /// Sequential-reader detection for read-ahead.
-    pub sequential: SequentialDetector,
+    pub sequential: Arc<SequentialDetector>,
     /// Metrics.
     pub metrics: Arc<DatasetMetrics>,
 }
@@ -66,7 +66,10 @@ impl Dataset {
         let chunk_size = policy.chunk_size.bytes();
         let staging_bytes = (u64::from(policy.read_ahead) * chunk_size * STAGED_STREAMS)
             .min(config.limits.inflight_memory.bytes());
+        // The chunk size is part of every fingerprint: chunk 3 of an object
+        // at 4 MiB is not chunk 3 at 8 MiB, on disk or anywhere.
         let seed = disk.as_ref().map_or_else(random_seed, |d| d.seed);
+        let seed = xxhash_rust::xxh3::xxh3_64_with_seed(&chunk_size.to_le_bytes(), seed);
         let chunks = Arc::new(ChunkStore::new(ChunkStoreParts {
             cache: ChunkCache::new(cache_spec, metrics.memory.cache_counters()),
             disk: disk.map(|d| d.tier),
@@ -94,9 +97,49 @@ impl Dataset {
             upstream,
             metadata,
             chunks,
-            sequential: SequentialDetector::default(),
+            sequential: Arc::default(),
             metrics,
         }
+    }
+
+    /// This data set under `policy`, which differs from its own in the
+    /// `allow` list only: same caches, same upstream.
+    fn with_policy(&self, policy: &DatasetPolicy) -> Self {
+        Self {
+            policy: policy.clone(),
+            upstream: self.upstream.clone(),
+            metadata: self.metadata.clone(),
+            chunks: self.chunks.clone(),
+            sequential: self.sequential.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// Whether two policies differ in their `allow` lists at most.
+fn same_but_allow(a: &DatasetPolicy, b: &DatasetPolicy) -> bool {
+    let mut a = a.clone();
+    a.allow.clone_from(&b.allow);
+    a == *b
+}
+
+/// Whether `old` reads from the pool `policy` now resolves to (always true
+/// on a worker, whose upstream is the origin in the policy itself).
+fn same_pool(
+    old: &Dataset,
+    config: &ProxyConfig,
+    policy: &DatasetPolicy,
+    pools: &HashMap<&str, Arc<Pool>>,
+) -> bool {
+    if config.role == Role::Worker {
+        return true;
+    }
+    let Ok(spec) = config.pool_of(policy) else {
+        return false;
+    };
+    match (pools.get(spec.name.as_str()), old.upstream.worker_pool()) {
+        (Some(now), Some(before)) => Arc::ptr_eq(now, before),
+        _ => false,
     }
 }
 
@@ -111,6 +154,7 @@ pub struct Datasets {
     by_bucket: HashMap<String, Arc<Dataset>>,
     ordered: Vec<Arc<Dataset>>,
     pools: Vec<Arc<Pool>>,
+    budget: Arc<FetchBudget>,
     unknown_outbound: TrafficMetrics,
     unknown_inbound: TrafficMetrics,
 }
@@ -119,20 +163,56 @@ impl Datasets {
     /// Builds every data set of `config` with the upstream its role reads from.
     /// With `tls`, a sidecar reaches its workers over mutual TLS.
     pub fn from_config(config: &ProxyConfig, tls: Option<&Arc<TlsState>>) -> anyhow::Result<Self> {
+        Self::build(config, tls, None)
+    }
+
+    /// The data sets of a changed `config`, keeping from `self` what did not
+    /// change: a data set whose policy is the same (or differs in its
+    /// `allow` list only) keeps its caches, and a pool whose settings are the
+    /// same keeps its workers' connections and health, taking new members in.
+    pub fn reconcile(
+        &self,
+        config: &ProxyConfig,
+        tls: Option<&Arc<TlsState>>,
+    ) -> anyhow::Result<Self> {
+        Self::build(config, tls, Some(self))
+    }
+
+    fn build(
+        config: &ProxyConfig,
+        tls: Option<&Arc<TlsState>>,
+        previous: Option<&Datasets>,
+    ) -> anyhow::Result<Self> {
         config.validate("configuration")?;
-        let budget = FetchBudget::new(config.limits.inflight_memory.bytes());
+        let budget = match previous {
+            // One bound on fetch memory for the process, across changes.
+            Some(previous) => previous.budget.clone(),
+            None => FetchBudget::new(config.limits.inflight_memory.bytes()),
+        };
         let timeout = config.limits.upstream_timeout.0;
         let pools: HashMap<&str, Arc<Pool>> = match config.role {
             Role::Sidecar => config
                 .pools
                 .iter()
                 .map(|p| {
-                    let pool_tls = tls.map(|state| PoolTls {
-                        state: Arc::clone(state),
-                        trust_domain: config.identity.trust_domain.clone(),
-                        expected: p.identity.clone(),
-                    });
-                    (p.name.as_str(), Pool::new(p, pool_tls))
+                    let kept = previous
+                        .and_then(|prev| prev.pools.iter().find(|old| old.can_become(p)))
+                        .cloned();
+                    let pool = match kept {
+                        Some(pool) => {
+                            pool.update(&p.members);
+                            pool
+                        }
+                        None => {
+                            let pool_tls = tls.map(|state| PoolTls {
+                                state: Arc::clone(state),
+                                trust_domain: config.identity.trust_domain.clone(),
+                                expected: p.identity.clone(),
+                            });
+                            Pool::new(p, pool_tls)
+                        }
+                    };
+                    (p.name.as_str(), pool)
                 })
                 .collect(),
             Role::Worker => HashMap::new(),
@@ -140,6 +220,19 @@ impl Datasets {
         let mut built = Vec::new();
         for policy in config.datasets.iter() {
             let name = &policy.name;
+            let old =
+                previous.and_then(|prev| prev.ordered.iter().find(|d| &d.policy.name == name));
+            if let Some(old) = old
+                && same_but_allow(&old.policy, policy)
+                && same_pool(old, config, policy, &pools)
+            {
+                built.push(if old.policy == *policy {
+                    Arc::clone(old)
+                } else {
+                    Arc::new(old.with_policy(policy))
+                });
+                continue;
+            }
             let upstream: Arc<dyn Origin> = match config.role {
                 Role::Worker => origin::from_policy(policy, timeout)
                     .with_context(|| format!("data set '{name}'"))?,
@@ -160,7 +253,15 @@ impl Datasets {
                 }
             };
             let metrics = Arc::new(DatasetMetrics::new(name));
+            // A changed data set on a worker keeps its disk tier: the tier
+            // owns the directory, and the chunk size is in the fingerprints.
+            let old_disk = old.and_then(|old| {
+                let tier = old.chunks.disk()?.clone();
+                let seed = persistent_seed(&config.disk_cache.as_ref()?.dir.join(name)).ok()?;
+                Some(DiskPlacement { tier, seed })
+            });
             let disk = match &config.disk_cache {
+                _ if old_disk.is_some() => old_disk,
                 Some(spec) if config.role == Role::Worker => {
                     // Each data set gets its own directory and an equal share.
                     let dir = spec.dir.join(name);
@@ -187,7 +288,7 @@ impl Datasets {
                 }
                 _ => None,
             };
-            built.push(Dataset::new(
+            built.push(Arc::new(Dataset::new(
                 policy,
                 config.role,
                 config,
@@ -195,16 +296,20 @@ impl Datasets {
                 budget.clone(),
                 disk,
                 metrics,
-            ));
+            )));
         }
         let mut pools: Vec<Arc<Pool>> = pools.into_values().collect();
         pools.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Self::new(built, pools))
+        Ok(Self::index(built, pools, budget))
     }
 
     /// Indexes built data sets.
     pub fn new(datasets: Vec<Dataset>, pools: Vec<Arc<Pool>>) -> Self {
-        let ordered: Vec<Arc<Dataset>> = datasets.into_iter().map(Arc::new).collect();
+        let budget = FetchBudget::new(u64::MAX >> 1);
+        Self::index(datasets.into_iter().map(Arc::new).collect(), pools, budget)
+    }
+
+    fn index(ordered: Vec<Arc<Dataset>>, pools: Vec<Arc<Pool>>, budget: Arc<FetchBudget>) -> Self {
         let by_bucket = ordered
             .iter()
             .map(|d| (d.policy.bucket.clone(), d.clone()))
@@ -213,6 +318,7 @@ impl Datasets {
             by_bucket,
             ordered,
             pools,
+            budget,
             unknown_outbound: TrafficMetrics::new("unknown", Direction::Outbound),
             unknown_inbound: TrafficMetrics::new("unknown", Direction::Inbound),
         }

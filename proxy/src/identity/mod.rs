@@ -63,6 +63,8 @@ pub struct Identity {
     client: reqwest::Client,
     url: String,
     file_anchors: Vec<CertificateDer<'static>>,
+    /// Anchors the control plane published last (certify answer or watch).
+    published_anchors: std::sync::Mutex<Vec<String>>,
     /// TLS material for connections between proxies.
     pub tls: Arc<TlsState>,
     held: ArcSwap<Option<Held>>,
@@ -115,6 +117,7 @@ impl Identity {
             client: client.build()?,
             url: format!("{}/v1/identity/certify", base.trim_end_matches('/')),
             file_anchors,
+            published_anchors: std::sync::Mutex::new(Vec::new()),
             tls: TlsState::new(roots)?,
             held: ArcSwap::from_pointee(None),
             expiry: gauge!("identity_cert_expiry_timestamp_seconds"),
@@ -141,6 +144,38 @@ impl Identity {
         }
         tokio::spawn(renew_forever(Arc::clone(self)));
         Ok(())
+    }
+
+    /// Trusts `anchors` (PEM), as the control plane publishes them, beside
+    /// the configured ones: a rotated issuer is trusted once announced.
+    pub fn trust_published(&self, anchors: &[String]) -> anyhow::Result<()> {
+        let mut published = self
+            .published_anchors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if published.as_slice() == anchors {
+            return Ok(());
+        }
+        let mut roots = RootCertStore::empty();
+        for anchor in &self.file_anchors {
+            roots.add(anchor.clone())?;
+        }
+        for pem in anchors {
+            roots.add(
+                CertificateDer::from_pem_slice(pem.as_bytes())
+                    .context("a published trust anchor is not PEM")?,
+            )?;
+        }
+        self.tls.set_roots(roots)?;
+        *published = anchors.to_vec();
+        Ok(())
+    }
+
+    /// The control plane's API, e.g. `https://ferry-control-plane.ferry:8086`.
+    pub fn control_plane_url(&self) -> &str {
+        self.url
+            .strip_suffix("/v1/identity/certify")
+            .unwrap_or(&self.url)
     }
 
     /// The certificate held now.
@@ -214,17 +249,8 @@ impl Identity {
             crate::tls::spiffe_id_of(&chain[0]).as_ref() == Some(&spiffe_id),
             "the certificate does not name {spiffe_id}"
         );
-        // The anchors the control plane publishes join the configured ones,
-        // so a rotated issuer is trusted as soon as it is announced.
-        let mut roots = RootCertStore::empty();
-        for anchor in &self.file_anchors {
-            roots.add(anchor.clone())?;
-        }
-        for pem in &answer.trust_bundle {
-            roots.add(CertificateDer::from_pem_slice(pem.as_bytes())?)?;
-        }
         let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())?;
-        self.tls.set_roots(roots)?;
+        self.trust_published(&answer.trust_bundle)?;
         self.tls.set_certificate(chain, key)?;
         let expires_at =
             UNIX_EPOCH + Duration::from_secs(u64::try_from(answer.expires_at).unwrap_or(0));

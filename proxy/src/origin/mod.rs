@@ -120,6 +120,11 @@ pub trait Origin: Send + Sync + 'static {
         etag: &'a str,
     ) -> BoxFuture<'a, Result<Bytes, OriginError>>;
 
+    /// The worker pool behind this upstream, when it is one (a sidecar's).
+    fn worker_pool(&self) -> Option<&std::sync::Arc<crate::balance::Pool>> {
+        None
+    }
+
     /// Refuses keys this origin would never serve (e.g. ones that escape a
     /// directory), before any cache or listing answers for them.
     fn check_key<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, Result<(), OriginError>> {

@@ -415,6 +415,10 @@ impl Origin for PoolUpstream {
         &self.describe
     }
 
+    fn worker_pool(&self) -> Option<&Arc<Pool>> {
+        Some(self.pool())
+    }
+
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectMeta, OriginError>> {
         Box::pin(async move {
             self.run(

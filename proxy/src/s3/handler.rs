@@ -19,6 +19,7 @@ use super::route::{self, Operation};
 use super::xml::{self, ListingFlavour, ListingPage};
 use crate::chunk::{chunk_range, chunks_of};
 use crate::dataset::{Dataset, Datasets};
+use crate::mesh::Mesh;
 use crate::metadata::ObjectInfo;
 use crate::origin::OriginError;
 use crate::telemetry::{Direction, TrafficMetrics};
@@ -30,7 +31,7 @@ const MAX_KEYS: usize = 1000;
 
 /// Serves the S3 API for a set of data sets.
 pub struct FrontDoor {
-    datasets: Arc<Datasets>,
+    mesh: Arc<Mesh>,
     domains: Vec<String>,
     started: SystemTime,
     direction: Direction,
@@ -40,11 +41,11 @@ pub struct FrontDoor {
 }
 
 impl FrontDoor {
-    /// A front door for `datasets` on the `direction` listener; `domains`
-    /// are virtual-host suffixes.
-    pub fn new(datasets: Arc<Datasets>, domains: Vec<String>, direction: Direction) -> Self {
+    /// A front door for the data sets of `mesh` on the `direction`
+    /// listener; `domains` are virtual-host suffixes.
+    pub fn new(mesh: Arc<Mesh>, domains: Vec<String>, direction: Direction) -> Self {
         Self {
-            datasets,
+            mesh,
             domains,
             started: SystemTime::now(),
             direction,
@@ -59,11 +60,6 @@ impl FrontDoor {
         self
     }
 
-    /// The data sets served.
-    pub fn datasets(&self) -> &Arc<Datasets> {
-        &self.datasets
-    }
-
     /// Answers one request; failures are S3 error responses, never panics.
     /// `peer` is the caller's verified identity (mutual TLS only).
     pub async fn handle<B>(
@@ -72,10 +68,12 @@ impl FrontDoor {
         peer: Option<Arc<SpiffeId>>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
-        let (response, dataset) = self.dispatch(&request, peer.as_deref()).await;
+        // One configuration for the whole request, even if it changes meanwhile.
+        let datasets = self.mesh.datasets();
+        let (response, dataset) = self.dispatch(&datasets, &request, peer.as_deref()).await;
         let metrics: &TrafficMetrics = match &dataset {
             Some(dataset) => dataset.metrics.traffic(self.direction),
-            None => self.datasets.unknown(self.direction),
+            None => datasets.unknown(self.direction),
         };
         metrics.requests.increment(1);
         metrics.count_response(response.status().as_u16());
@@ -91,6 +89,7 @@ impl FrontDoor {
 
     async fn dispatch<B>(
         &self,
+        datasets: &Datasets,
         request: &Request<B>,
         peer: Option<&SpiffeId>,
     ) -> (Response<ProxyBody>, Option<Arc<Dataset>>) {
@@ -107,7 +106,7 @@ impl FrontDoor {
         };
         let bucket = match &operation {
             Operation::ListBuckets => {
-                return (self.list_buckets(), None);
+                return (self.list_buckets(datasets), None);
             }
             Operation::HeadBucket { bucket }
             | Operation::GetBucketLocation { bucket }
@@ -115,7 +114,7 @@ impl FrontDoor {
             | Operation::GetObject { bucket, .. }
             | Operation::HeadObject { bucket, .. } => bucket.as_ref(),
         };
-        let Some(dataset) = self.datasets.get(bucket) else {
+        let Some(dataset) = datasets.get(bucket) else {
             return (
                 S3Error::no_such_bucket(bucket).into_response(method, uri.path()),
                 None,
@@ -137,7 +136,7 @@ impl FrontDoor {
             Operation::HeadObject { key, .. } => {
                 get_object(dataset, key, request.headers(), true, self.direction).await
             }
-            Operation::ListBuckets => Ok(self.list_buckets()),
+            Operation::ListBuckets => Ok(self.list_buckets(datasets)),
         };
         let response = result.unwrap_or_else(|err| err.into_response(method, uri.path()));
         (response, Some(dataset.clone()))
@@ -173,8 +172,8 @@ impl FrontDoor {
         )))
     }
 
-    fn list_buckets(&self) -> Response<ProxyBody> {
-        let buckets = self.datasets.iter().map(|d| d.policy.bucket.as_str());
+    fn list_buckets(&self, datasets: &Datasets) -> Response<ProxyBody> {
+        let buckets = datasets.iter().map(|d| d.policy.bucket.as_str());
         xml_response(xml::list_buckets(buckets, self.started))
     }
 }

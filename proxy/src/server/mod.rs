@@ -22,8 +22,8 @@ use tokio::task::JoinHandle;
 use ferry_config::{IdentityMode, ProxyConfig, Role};
 
 use crate::admin::Admin;
-use crate::dataset::Datasets;
 use crate::identity::Identity;
+use crate::mesh::Mesh;
 use crate::s3::FrontDoor;
 use crate::telemetry::{self, Direction};
 pub use accept::{Accept, Peer, Plain, Tls};
@@ -96,10 +96,7 @@ pub async fn start_announcing(
             None
         }
     };
-    let datasets = Arc::new(Datasets::from_config(
-        &config,
-        identity.as_ref().map(|i| &i.tls),
-    )?);
+    let mesh = Mesh::new(config.clone(), identity.as_ref().map(|i| i.tls.clone()))?;
     let front_listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -123,12 +120,12 @@ pub async fn start_announcing(
     let shutdown = Arc::new(Notify::new());
     let domains = config.virtual_host_domains.clone();
     let door = Arc::new(FrontDoor::new(
-        datasets.clone(),
+        mesh.clone(),
         domains.clone(),
         Direction::Outbound,
     ));
     let inbound_door = Arc::new(
-        FrontDoor::new(datasets.clone(), domains, Direction::Inbound).authorizing(
+        FrontDoor::new(mesh.clone(), domains, Direction::Inbound).authorizing(
             identity
                 .is_some()
                 .then(|| config.identity.trust_domain.clone()),
@@ -147,11 +144,12 @@ pub async fn start_announcing(
         None => None,
     };
     let awaiting_certificate = identity.clone();
+    let role = config.role;
+    let watch_spec = config.identity.clone();
     let admin = Arc::new(Admin {
         ready: false.into(),
         prometheus,
-        config,
-        datasets,
+        mesh: mesh.clone(),
         identity,
         shutdown: shutdown.clone(),
     });
@@ -177,6 +175,18 @@ pub async fn start_announcing(
         if let Err(err) = identity.obtain_first().await {
             let _ = stop_tx.send(true);
             return Err(err);
+        }
+        if watch_spec.watch {
+            // Serve once the control plane's configuration is in force, so
+            // the first request sees the data sets the mesh defines.
+            let mut first = crate::mesh::watch::spawn(
+                mesh.clone(),
+                identity,
+                role,
+                &watch_spec.trust_domain,
+                &watch_spec.control_plane_namespace,
+            )?;
+            let _ = first.wait_for(|applied| *applied).await;
         }
     }
     let front = tokio::spawn(listeners.clone().serve(

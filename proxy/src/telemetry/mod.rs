@@ -134,6 +134,23 @@ fn describe() {
         Unit::Bytes,
         "Chunk bytes being fetched upstream."
     );
+    describe_gauge!(
+        "config_version",
+        "Version of the control plane's snapshot in force."
+    );
+    describe_gauge!(
+        "config_last_update_timestamp_seconds",
+        Unit::Seconds,
+        "When the snapshot in force was applied."
+    );
+    describe_gauge!(
+        "control_plane_connected",
+        "1 while a watch of the control plane is open, else 0 (the last snapshot stays in force)."
+    );
+    describe_counter!(
+        "config_rejected_total",
+        "Snapshots that did not make a valid configuration and were not applied."
+    );
 }
 
 /// Status codes the front door sends often enough to pre-register.

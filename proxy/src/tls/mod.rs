@@ -277,22 +277,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 
 /// The SPIFFE ID in a certificate's URI SAN, if it has exactly one.
 pub fn spiffe_id_of(certificate: &CertificateDer<'_>) -> Option<SpiffeId> {
-    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-    let (_, parsed) = X509Certificate::from_der(certificate.as_ref()).ok()?;
-    let names = parsed.subject_alternative_name().ok()??;
-    let mut uris = names
-        .value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            GeneralName::URI(uri) => Some(*uri),
-            _ => None,
-        });
-    let uri = uris.next()?;
-    if uris.next().is_some() {
-        return None;
-    }
-    uri.parse().ok()
+    SpiffeId::from_certificate(certificate.as_ref())
 }
 
 /// Why an inbound handshake failed, as a metric label.

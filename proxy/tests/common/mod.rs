@@ -2,6 +2,8 @@
 //! fault injection, scraping metrics, temporary directories.
 #![allow(dead_code)]
 
+pub mod plane;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Read};

@@ -1,0 +1,11 @@
+//! The mesh's policies as the control plane holds them: documents accepted
+//! from its sources (policy files, ConfigMaps), worker pools discovered in
+//! Kubernetes, and the trust bundle. Every accepted change gets a new
+//! version and is published to the watch API; a refused document leaves the
+//! last good one in force.
+
+mod store;
+mod view;
+
+pub use store::{DocumentKey, PolicyDocument, PolicyStore, Published, Refusal};
+pub use view::ViewKey;

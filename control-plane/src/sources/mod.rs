@@ -1,0 +1,4 @@
+//! Where policies come from: a directory of YAML files (local runs), or the
+//! Kubernetes API (a cluster).
+
+pub mod file;

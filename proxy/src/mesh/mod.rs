@@ -1,0 +1,269 @@
+//! The configuration in force: the proxy's own settings (flags, file) with
+//! the control plane's latest snapshot on top, and the data sets built from
+//! it. A change is built aside and swapped in whole: a request sees the old
+//! data sets or the new ones, never half of each. While the control plane is
+//! away the last good snapshot stays in force.
+
+pub mod watch;
+
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use metrics::{Counter, Gauge, counter, gauge};
+use serde::Serialize;
+
+use ferry_config::{ProxyConfig, ProxySnapshot};
+
+use crate::dataset::Datasets;
+use crate::tls::TlsState;
+
+/// Where the control plane's configuration stands, for `/config`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ControlPlaneStatus {
+    /// Whether a watch is open now.
+    pub connected: bool,
+    /// Version of the snapshot in force, if one was ever applied.
+    pub version: Option<u64>,
+    /// When it was applied (seconds since the epoch).
+    pub applied_at: Option<u64>,
+    /// Why the last snapshot could not be applied, if it could not.
+    pub last_error: Option<String>,
+}
+
+/// The configuration in force and the data sets built from it.
+pub struct Mesh {
+    local: ProxyConfig,
+    tls: Option<Arc<TlsState>>,
+    datasets: ArcSwap<Datasets>,
+    effective: ArcSwap<ProxyConfig>,
+    snapshot: ArcSwap<Option<ProxySnapshot>>,
+    status: Mutex<ControlPlaneStatus>,
+    /// One change at a time.
+    applying: Mutex<()>,
+    metrics: MeshMetrics,
+}
+
+struct MeshMetrics {
+    version: Gauge,
+    last_update: Gauge,
+    connected: Gauge,
+    rejected: Counter,
+}
+
+impl Mesh {
+    /// The mesh as `local` alone describes it (no snapshot yet).
+    pub fn new(local: ProxyConfig, tls: Option<Arc<TlsState>>) -> anyhow::Result<Arc<Self>> {
+        let datasets = Datasets::from_config(&local, tls.as_ref())?;
+        Ok(Arc::new(Self {
+            datasets: ArcSwap::from_pointee(datasets),
+            effective: ArcSwap::from_pointee(local.clone()),
+            snapshot: ArcSwap::from_pointee(None),
+            local,
+            tls,
+            status: Mutex::new(ControlPlaneStatus::default()),
+            applying: Mutex::new(()),
+            metrics: MeshMetrics {
+                version: gauge!("config_version"),
+                last_update: gauge!("config_last_update_timestamp_seconds"),
+                connected: gauge!("control_plane_connected"),
+                rejected: counter!("config_rejected_total"),
+            },
+        }))
+    }
+
+    /// The data sets in force.
+    pub fn datasets(&self) -> Arc<Datasets> {
+        self.datasets.load_full()
+    }
+
+    /// The configuration in force: local settings with the snapshot on top.
+    pub fn config(&self) -> Arc<ProxyConfig> {
+        self.effective.load_full()
+    }
+
+    /// The snapshot in force, if any.
+    pub fn snapshot(&self) -> Arc<Option<ProxySnapshot>> {
+        self.snapshot.load_full()
+    }
+
+    /// Where the control plane's configuration stands.
+    pub fn status(&self) -> ControlPlaneStatus {
+        self.lock_status().clone()
+    }
+
+    /// Records whether a watch is open.
+    pub fn set_connected(&self, connected: bool) {
+        self.lock_status().connected = connected;
+        self.metrics
+            .connected
+            .set(if connected { 1.0 } else { 0.0 });
+    }
+
+    /// Puts `snapshot` in force. A snapshot that does not make a valid
+    /// configuration with the local settings is refused, and the one in
+    /// force stays.
+    pub fn apply(&self, snapshot: &ProxySnapshot) -> anyhow::Result<()> {
+        let _one_at_a_time = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+        let merged = merged(&self.local, snapshot);
+        let current = self.effective.load();
+        if merged.datasets != current.datasets || merged.pools != current.pools {
+            let built = self.datasets.load().reconcile(&merged, self.tls.as_ref());
+            let datasets = match built {
+                Ok(datasets) => datasets,
+                Err(err) => {
+                    self.metrics.rejected.increment(1);
+                    let message = format!("{err:#}");
+                    self.lock_status().last_error = Some(message.clone());
+                    tracing::error!(version = snapshot.version, error = %message, "configuration from the control plane refused; keeping the one in force");
+                    return Err(err);
+                }
+            };
+            self.datasets.store(Arc::new(datasets));
+            self.effective.store(Arc::new(merged));
+            tracing::info!(
+                version = snapshot.version,
+                "configuration from the control plane applied"
+            );
+        }
+        self.snapshot.store(Arc::new(Some(snapshot.clone())));
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut status = self.lock_status();
+        status.version = Some(snapshot.version);
+        status.applied_at = Some(now);
+        status.last_error = None;
+        self.metrics.version.set(snapshot.version as f64);
+        self.metrics.last_update.set(now as f64);
+        Ok(())
+    }
+
+    fn lock_status(&self) -> std::sync::MutexGuard<'_, ControlPlaneStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// `local` with the snapshot's data sets and pools on top: a snapshot data
+/// set replaces a local one of the same name or bucket, a snapshot pool one
+/// of the same name.
+fn merged(local: &ProxyConfig, snapshot: &ProxySnapshot) -> ProxyConfig {
+    let mut config = local.clone();
+    for dataset in &snapshot.datasets {
+        config
+            .datasets
+            .0
+            .retain(|d| d.name != dataset.name && d.bucket != dataset.bucket);
+        config.datasets.0.push(dataset.clone());
+    }
+    for pool in &snapshot.pools {
+        config.pools.retain(|p| p.name != pool.name);
+        config.pools.push(pool.clone());
+    }
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_config::from_yaml;
+
+    fn config(yaml: &str) -> ProxyConfig {
+        from_yaml(yaml, "test.yaml").expect("config")
+    }
+
+    #[test]
+    fn the_snapshot_replaces_what_it_names_and_keeps_the_rest() {
+        let local = config(
+            "role: worker\ndatasets:\n  - { name: set-a, bucket: a-bucket, origin: \"synthetic://?count=1\" }\n  \
+             - { name: set-b, bucket: b-bucket, origin: \"synthetic://?count=1\" }\n",
+        );
+        let remote = config(
+            "role: worker\ndatasets:\n  - { name: set-b2, bucket: b-bucket, origin: \"synthetic://?count=2\" }\n  \
+             - { name: set-c, bucket: c-bucket, origin: \"synthetic://?count=3\" }\n",
+        );
+        let snapshot = ProxySnapshot {
+            version: 4,
+            datasets: remote.datasets.0.clone(),
+            ..ProxySnapshot::default()
+        };
+        let names: Vec<String> = merged(&local, &snapshot)
+            .datasets
+            .iter()
+            .map(|d| d.name.clone())
+            .collect();
+        assert_eq!(names, ["set-a", "set-b2", "set-c"]);
+    }
+
+    #[test]
+    fn a_snapshot_that_breaks_the_configuration_is_refused_and_changes_nothing() {
+        let local = config(
+            "role: sidecar\npools:\n  - { name: pool-p, members: [{ address: \"127.0.0.1:1\" }] }\n\
+             datasets:\n  - { name: set-a, bucket: a-bucket }\n",
+        );
+        let mesh = Mesh::new(local, None).expect("mesh");
+        let before = mesh.datasets();
+        // A second pool leaves data set `a` (which names none) ambiguous.
+        let bad = ProxySnapshot {
+            version: 2,
+            pools: vec![
+                config("role: sidecar\npools:\n  - { name: pool-q, members: [{ address: \"127.0.0.1:2\" }] }\n")
+                    .pools[0]
+                    .clone(),
+            ],
+            ..ProxySnapshot::default()
+        };
+        assert!(mesh.apply(&bad).is_err());
+        assert!(
+            Arc::ptr_eq(&before, &mesh.datasets()),
+            "the data sets in force stay"
+        );
+        assert!(mesh.status().last_error.is_some());
+        assert_eq!(mesh.status().version, None);
+    }
+
+    #[test]
+    fn an_allow_list_change_keeps_the_data_set_caches() {
+        let local = config(
+            "role: worker\ndatasets:\n  - { name: set-a, bucket: a-bucket, origin: \"synthetic://?count=1\" }\n",
+        );
+        let mesh = Mesh::new(local.clone(), None).expect("mesh");
+        let before = mesh.datasets().get("a-bucket").cloned().expect("a");
+        let mut policy = local.datasets[0].clone();
+        policy.allow = vec![
+            "spiffe://cluster.local/ns/train/sa/*"
+                .parse()
+                .expect("pattern"),
+        ];
+        mesh.apply(&ProxySnapshot {
+            version: 2,
+            datasets: vec![policy],
+            ..ProxySnapshot::default()
+        })
+        .expect("applies");
+        let after = mesh.datasets().get("a-bucket").cloned().expect("a");
+        assert_eq!(
+            after.policy.allow.len(),
+            1,
+            "the new allow list is in force"
+        );
+        assert!(
+            Arc::ptr_eq(&before.chunks, &after.chunks),
+            "same chunk cache"
+        );
+        let mut other = local.datasets[0].clone();
+        other.chunk_size = ferry_config::ByteSize::mib(8);
+        mesh.apply(&ProxySnapshot {
+            version: 3,
+            datasets: vec![other],
+            ..ProxySnapshot::default()
+        })
+        .expect("applies");
+        let rebuilt = mesh.datasets().get("a-bucket").cloned().expect("a");
+        assert!(
+            !Arc::ptr_eq(&after.chunks, &rebuilt.chunks),
+            "a new chunk size: new caches"
+        );
+        assert_eq!(mesh.status().version, Some(3));
+    }
+}

@@ -1,0 +1,208 @@
+//! The proxy's side of `GET /v1/watch/proxy`: one HTTP/2 stream over mutual
+//! TLS to the control plane, read line by line, each snapshot applied as it
+//! comes. A broken or silent stream is reopened with jittered exponential
+//! backoff; meanwhile the last good snapshot stays in force.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::{Bytes, BytesMut};
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::TlsConnector;
+
+use ferry_config::{Role, SpiffeId, SpiffePattern, WatchEvent};
+
+use super::Mesh;
+use crate::identity::Identity;
+
+/// First wait after a failed watch; doubles up to [`BACKOFF_MAX`].
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+/// Longest wait between attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(15);
+/// A stream silent this long is dead (the control plane sends a heartbeat
+/// every 10 s by default).
+const SILENCE: Duration = Duration::from_secs(35);
+/// Deadline of connecting, the TLS and HTTP/2 handshakes, and the response head.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest line accepted: a snapshot larger than this is refused.
+const MAX_LINE: usize = 16 << 20;
+/// The control plane's service account.
+const CONTROL_PLANE_ACCOUNT: &str = "ferry-control-plane";
+
+/// Watches the control plane for `mesh` in the background; the receiver
+/// turns true once the first snapshot is in force.
+pub fn spawn(
+    mesh: Arc<Mesh>,
+    identity: Arc<Identity>,
+    role: Role,
+    trust_domain: &str,
+    control_plane_namespace: &str,
+) -> anyhow::Result<watch::Receiver<bool>> {
+    let expected: SpiffePattern =
+        SpiffeId::workload(trust_domain, control_plane_namespace, CONTROL_PLANE_ACCOUNT)
+            .map_err(anyhow::Error::msg)?
+            .as_str()
+            .parse()
+            .map_err(anyhow::Error::msg)?;
+    let uri: Uri = identity
+        .control_plane_url()
+        .parse()
+        .context("the control plane URL is not a URL")?;
+    let host = uri
+        .host()
+        .context("the control plane URL names no host")?
+        .trim_matches(['[', ']'])
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let server_name =
+        ServerName::try_from(host.clone()).context("the control plane host is not a valid name")?;
+    let mismatches = metrics::counter!("control_plane_identity_mismatches_total");
+    let connector = TlsConnector::from(Arc::new(identity.tls.client_config(expected, mismatches)));
+    let target = Target {
+        address: format!("{host}:{port}"),
+        server_name,
+        connector,
+        path: format!("/v1/watch/proxy?role={}", role.as_str()),
+        authority: uri.authority().map(|a| a.to_string()).unwrap_or_default(),
+    };
+    let (first, first_seen) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut backoff = BACKOFF_FIRST;
+        loop {
+            let mut heard = false;
+            match target.follow(&mesh, &identity, &first, &mut heard).await {
+                Ok(()) => tracing::warn!("the control plane closed the watch; reopening"),
+                Err(err) => {
+                    tracing::warn!(error = %format!("{err:#}"), "watch of the control plane failed; retrying")
+                }
+            }
+            mesh.set_connected(false);
+            if heard {
+                backoff = BACKOFF_FIRST;
+            }
+            tokio::time::sleep(jitter(backoff)).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    });
+    Ok(first_seen)
+}
+
+struct Target {
+    address: String,
+    server_name: ServerName<'static>,
+    connector: TlsConnector,
+    path: String,
+    authority: String,
+}
+
+impl Target {
+    /// One watch, until it ends.
+    async fn follow(
+        &self,
+        mesh: &Mesh,
+        identity: &Identity,
+        first: &watch::Sender<bool>,
+        heard: &mut bool,
+    ) -> anyhow::Result<()> {
+        let mut body = tokio::time::timeout(CONNECT_TIMEOUT, self.open())
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))??;
+        mesh.set_connected(true);
+        let mut pending = BytesMut::new();
+        loop {
+            let frame = tokio::time::timeout(SILENCE, body.frame())
+                .await
+                .map_err(|_| anyhow::anyhow!("the watch was silent for {SILENCE:?}"))?;
+            let Some(frame) = frame else {
+                return Ok(());
+            };
+            let Ok(data) = frame.context("the watch broke")?.into_data() else {
+                continue; // trailers
+            };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line = pending.split_to(end + 1);
+                handle(&line[..end], mesh, identity, first);
+                *heard = true;
+            }
+            anyhow::ensure!(
+                pending.len() <= MAX_LINE,
+                "a watch line is longer than {MAX_LINE} bytes"
+            );
+        }
+    }
+
+    async fn open(&self) -> anyhow::Result<hyper::body::Incoming> {
+        let stream = TcpStream::connect(&self.address)
+            .await
+            .with_context(|| format!("cannot connect to {}", self.address))?;
+        let _ = stream.set_nodelay(true);
+        let tls = self
+            .connector
+            .connect(self.server_name.clone(), stream)
+            .await
+            .context("TLS")?;
+        let (mut sender, connection) =
+            hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .handshake(TokioIo::new(tls))
+                .await
+                .context("HTTP/2 handshake")?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let uri = Uri::builder()
+            .scheme("https")
+            .authority(self.authority.as_str())
+            .path_and_query(self.path.as_str())
+            .build()?;
+        let request = Request::get(uri).body(Empty::<Bytes>::new())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .context("watch request")?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            let body = response.into_body().collect().await.map(|b| b.to_bytes());
+            let text = body
+                .as_ref()
+                .map_or("", |b| std::str::from_utf8(b).unwrap_or(""));
+            anyhow::bail!("the control plane answered {status}: {}", text.trim());
+        }
+        Ok(response.into_body())
+    }
+}
+
+/// Applies one line of the watch.
+fn handle(line: &[u8], mesh: &Mesh, identity: &Identity, first: &watch::Sender<bool>) {
+    let event: WatchEvent = match serde_json::from_slice(line) {
+        Ok(event) => event,
+        Err(err) => {
+            tracing::error!(%err, "unreadable watch line; skipped");
+            return;
+        }
+    };
+    let WatchEvent::Snapshot(snapshot) = event else {
+        return; // heartbeat
+    };
+    if let Err(err) = identity.trust_published(&snapshot.trust_bundle) {
+        tracing::error!(error = %format!("{err:#}"), "the published trust bundle is unusable; keeping the anchors in force");
+    }
+    if mesh.apply(&snapshot).is_ok() {
+        first.send_replace(true);
+    }
+    // A refused snapshot is logged and counted by the mesh.
+}
+
+/// `delay` give or take 20 %, so proxies do not return in lockstep.
+fn jitter(delay: Duration) -> Duration {
+    delay.mul_f64(rand::random_range(0.8..1.2))
+}

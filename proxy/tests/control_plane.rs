@@ -1,0 +1,231 @@
+//! Policies and pools from the control plane's file source, streamed to real
+//! proxies that were given nothing but the control plane's address: changes
+//! reach a running sidecar, a broken file changes nothing, and reads go on
+//! while the control plane is away.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::plane::ControlPlane;
+use common::{ProxyProcess, TempDir};
+use ferry_config::SyntheticSpec;
+use reqwest::StatusCode;
+
+const SPEC: &str = "count=20&size=20KiB&seed=9";
+
+fn expected(index: u64) -> Vec<u8> {
+    let spec = SyntheticSpec::from_query(SPEC).expect("spec");
+    let mut bytes = vec![0; spec.object_size(index) as usize];
+    spec.fill(index, 0, &mut bytes);
+    bytes
+}
+
+fn key_of(index: u64) -> String {
+    SyntheticSpec::from_query(SPEC).expect("spec").key(index)
+}
+
+/// Writes `text` to `dir/name` whole: a reader never sees half a file.
+fn write(dir: &Path, name: &str, text: &str) {
+    let temporary = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&temporary, text).expect("write");
+    std::fs::rename(&temporary, dir.join(name)).expect("rename");
+}
+
+fn datasets_yaml(buckets: &[&str]) -> String {
+    let mut text = String::from("datasets:\n");
+    for bucket in buckets {
+        text.push_str(&format!(
+            "  - name: {bucket}\n    bucket: {bucket}\n    origin: \"synthetic://?{SPEC}\"\n    \
+             pool: workers\n    allow: [\"spiffe://cluster.local/ns/train/sa/*\"]\n"
+        ));
+    }
+    text
+}
+
+fn pools_yaml(worker: &ProxyProcess) -> String {
+    format!(
+        "pools:\n  - name: workers\n    identity: spiffe://cluster.local/ns/ferry/sa/worker\n    \
+         members: [{{ address: \"{}\" }}]\n    balance: {{ hedge: off }}\n",
+        worker.inbound.expect("inbound")
+    )
+}
+
+/// A proxy in `role` that knows only the control plane.
+fn proxy(plane: &ControlPlane, role: &str, token: &str) -> ProxyProcess {
+    let mut args = vec![role.to_owned()];
+    args.extend(plane.flags(token));
+    ProxyProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+async fn get(
+    client: &reqwest::Client,
+    proxy: &ProxyProcess,
+    bucket: &str,
+    index: u64,
+) -> StatusCode {
+    let response = client
+        .get(proxy.url(&format!("/{bucket}/{}", key_of(index))))
+        .send()
+        .await
+        .expect("get");
+    let status = response.status();
+    if status == StatusCode::OK {
+        assert!(
+            response.bytes().await.expect("body")[..] == expected(index)[..],
+            "{bucket}/{index}: the bytes of the object"
+        );
+    }
+    status
+}
+
+async fn json(client: &reqwest::Client, url: String) -> serde_json::Value {
+    let text = client
+        .get(url)
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text");
+    serde_json::from_str(&text).expect("json")
+}
+
+/// Polls `check` every 20 ms until it holds or `limit` passes; the time it took.
+async fn wait_until<F, Fut>(limit: Duration, mut check: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check().await {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_files_drive_running_proxies_and_reads_outlive_the_control_plane() {
+    let dir = TempDir::new("cp-files");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).expect("policies dir");
+    write(&policies, "datasets.yaml", &datasets_yaml(&["imagenet"]));
+    let config_dir = policies.to_str().expect("path").to_owned();
+    let plane = ControlPlane::start(dir.path(), &["--config-dir", &config_dir]);
+    let worker = proxy(&plane, "worker", "worker-token");
+    write(&policies, "pools.yaml", &pools_yaml(&worker));
+    let sidecar = proxy(&plane, "sidecar", "train-token");
+    let client = reqwest::Client::new();
+
+    // The sidecar serves what the files define, read through the worker.
+    assert_eq!(get(&client, &sidecar, "imagenet", 1).await, StatusCode::OK);
+    let version = |config: &serde_json::Value| config["control_plane"]["version"].as_u64();
+    let before = version(&json(&client, sidecar.admin_url("/config")).await).expect("a version");
+
+    // A new data set in the file reaches the running sidecar.
+    write(
+        &policies,
+        "datasets.yaml",
+        &datasets_yaml(&["imagenet", "imagenet-val"]),
+    );
+    let took = wait_until(Duration::from_secs(10), || async {
+        get(&client, &sidecar, "imagenet-val", 2).await == StatusCode::OK
+    })
+    .await
+    .expect("the new data set is served");
+    eprintln!("policy change applied by the sidecar after {took:?}");
+    let after = version(&json(&client, sidecar.admin_url("/config")).await).expect("a version");
+    assert!(after > before, "version {before} → {after}");
+
+    // A broken file is refused with its location; the last good policy stays.
+    write(
+        &policies,
+        "datasets.yaml",
+        "datasets:\n  - name: imagenet\n    bucket: imagenet\n    chunk_size: 3 bananas\n",
+    );
+    let refused = wait_until(Duration::from_secs(10), || async {
+        let report = json(&client, format!("http://{}/policies", plane.admin)).await;
+        !report["refused"].as_array().expect("refused").is_empty()
+    })
+    .await;
+    assert!(refused.is_some(), "the broken file is refused");
+    let report = json(&client, format!("http://{}/policies", plane.admin)).await;
+    let message = report["refused"][0]["message"].as_str().expect("message");
+    assert!(
+        message.contains("datasets.yaml:4:") && message.contains("datasets[0].chunk_size"),
+        "the refusal names file, line and field: {message}"
+    );
+    for bucket in ["imagenet", "imagenet-val"] {
+        assert_eq!(
+            get(&client, &sidecar, bucket, 3).await,
+            StatusCode::OK,
+            "{bucket} still served"
+        );
+    }
+    let kept = version(&json(&client, sidecar.admin_url("/config")).await).expect("a version");
+    assert_eq!(kept, after, "nothing new was published");
+
+    // The control plane goes away: reads go on from the last good snapshot.
+    let port = plane.url.rsplit(':').next().expect("port").to_owned();
+    drop(plane);
+    let disconnected = wait_until(Duration::from_secs(10), || async {
+        sidecar.metric("control_plane_connected", &[]).await == 0.0
+    })
+    .await;
+    assert!(disconnected.is_some(), "the sidecar noticed");
+    let started = Instant::now();
+    let (mut reads, mut failed) = (0u64, 0u64);
+    while started.elapsed() < Duration::from_secs(3) {
+        for bucket in ["imagenet", "imagenet-val"] {
+            if get(&client, &sidecar, bucket, reads % 20).await != StatusCode::OK {
+                failed += 1;
+            }
+            reads += 1;
+        }
+    }
+    assert_eq!(
+        failed, 0,
+        "{failed} of {reads} reads failed while the control plane was down"
+    );
+
+    // Back on the same address, the file still broken: the proxies
+    // subscribe again and get the last good policy, saved by the first run.
+    let listen = format!("127.0.0.1:{port}");
+    let plane = ControlPlane::start(
+        dir.path(),
+        &["--config-dir", &config_dir, "--listen", &listen],
+    );
+    for proxy in [&sidecar, &worker] {
+        let back = wait_until(Duration::from_secs(30), || async {
+            proxy.metric("control_plane_connected", &[]).await == 1.0
+        })
+        .await;
+        assert!(back.is_some(), "resubscribed");
+    }
+    let report = json(&client, format!("http://{}/policies", plane.admin)).await;
+    assert_eq!(
+        report["refused"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    for bucket in ["imagenet", "imagenet-val"] {
+        assert_eq!(
+            get(&client, &sidecar, bucket, 4).await,
+            StatusCode::OK,
+            "{bucket} after the restart"
+        );
+    }
+    // Fixed, and shrunk to one data set: the sidecar follows.
+    write(&policies, "datasets.yaml", &datasets_yaml(&["imagenet"]));
+    let gone = wait_until(Duration::from_secs(10), || async {
+        get(&client, &sidecar, "imagenet-val", 5).await == StatusCode::NOT_FOUND
+    })
+    .await;
+    assert!(gone.is_some(), "the removed data set is no longer served");
+    assert_eq!(get(&client, &sidecar, "imagenet", 5).await, StatusCode::OK);
+    drop(plane);
+}
