@@ -25,8 +25,9 @@ use tokio_rustls::TlsAcceptor;
 use ferry_config::{ControlPlaneConfig, SpiffeId};
 
 use crate::api_certificate::ApiCertificate;
-use crate::identity::{CertificateAuthority, FileTokens, IdentityService, TokenValidator};
+use crate::identity::{AnyOf, CertificateAuthority, FileTokens, IdentityService, TokenValidator};
 use crate::policy::PolicyStore;
+use crate::sources::kubernetes::TokenReviewValidator;
 use crate::watch::WatchService;
 
 /// Deadline of a TLS handshake on the API listener.
@@ -50,9 +51,25 @@ pub async fn start(
     prometheus: Option<PrometheusHandle>,
 ) -> anyhow::Result<RunningControlPlane> {
     let ca = Arc::new(CertificateAuthority::open(&config)?);
-    let tokens: Arc<dyn TokenValidator> = match &config.tokens {
-        Some(path) => Arc::new(FileTokens::load(path)?),
-        None => {
+    let kubernetes =
+        if config.kubernetes {
+            Some(kube::Client::try_default().await.context(
+                "--kubernetes: no usable cluster configuration (in-cluster, or KUBECONFIG)",
+            )?)
+        } else {
+            None
+        };
+    let file_tokens: Option<Arc<dyn TokenValidator>> = match &config.tokens {
+        Some(path) => Some(Arc::new(FileTokens::load(path)?)),
+        None => None,
+    };
+    let review: Option<Arc<dyn TokenValidator>> = kubernetes
+        .clone()
+        .map(|client| Arc::new(TokenReviewValidator::new(client)) as Arc<dyn TokenValidator>);
+    let tokens: Arc<dyn TokenValidator> = match (file_tokens, review) {
+        (Some(file), Some(review)) => Arc::new(AnyOf(vec![file, review])),
+        (Some(one), None) | (None, Some(one)) => one,
+        (None, None) => {
             tracing::warn!("no bootstrap token file: every certify request will be refused");
             Arc::new(FileTokens::empty())
         }
@@ -91,6 +108,14 @@ pub async fn start(
     ));
     if let Some(dir) = &config.config_dir {
         crate::sources::file::start(dir, store.clone())?;
+    }
+    if let Some(client) = kubernetes {
+        crate::sources::kubernetes::start(
+            client,
+            store.clone(),
+            &config.namespace,
+            &config.trust_domain,
+        );
     }
 
     let api = TcpListener::bind(config.listen)

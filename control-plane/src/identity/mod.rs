@@ -7,4 +7,4 @@ pub mod tokens;
 
 pub use ca::CertificateAuthority;
 pub use service::IdentityService;
-pub use tokens::{FileTokens, TokenValidator, Workload};
+pub use tokens::{AnyOf, FileTokens, TokenError, TokenValidator, Workload};

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
@@ -98,6 +99,24 @@ impl TokenValidator for FileTokens {
                 return Err(TokenError::Missing);
             }
             self.tokens.get(token).cloned().ok_or(TokenError::Invalid)
+        })
+    }
+}
+
+/// Tries validators in order: the first that knows the token decides.
+pub struct AnyOf(pub Vec<Arc<dyn TokenValidator>>);
+
+impl TokenValidator for AnyOf {
+    fn validate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Workload, TokenError>> {
+        Box::pin(async move {
+            let mut last = TokenError::Invalid;
+            for validator in &self.0 {
+                match validator.validate(token).await {
+                    Ok(workload) => return Ok(workload),
+                    Err(err) => last = err,
+                }
+            }
+            Err(last)
         })
     }
 }

@@ -2,3 +2,4 @@
 //! Kubernetes API (a cluster).
 
 pub mod file;
+pub mod kubernetes;
