@@ -65,6 +65,27 @@ impl MeshIdentity {
         flags
     }
 
+    /// Identity flags for a worker that takes its data sets from the control plane.
+    pub fn worker_watch_flags(&self) -> Vec<String> {
+        self.flags(WORKER_TOKEN)
+    }
+
+    /// Identity flags for a sidecar that takes data sets and pools from the control plane.
+    pub fn sidecar_watch_flags(&self) -> Vec<String> {
+        self.flags(SIDECAR_TOKEN)
+    }
+
+    /// Identity settings of a sidecar, for a proxy identity made in this process.
+    pub fn sidecar_spec(&self) -> ferry_config::IdentitySpec {
+        ferry_config::IdentitySpec {
+            mode: ferry_config::IdentityMode::ControlPlane,
+            control_plane: Some(self.url.clone()),
+            token: Some(SIDECAR_TOKEN.to_owned()),
+            trust_bundle: Some(self.bundle.clone().into()),
+            ..ferry_config::IdentitySpec::default()
+        }
+    }
+
     fn flags(&self, token: &str) -> Vec<String> {
         [
             "--control-plane",
@@ -268,10 +289,15 @@ impl ChildProcess {
         }
     }
 
-    /// Starts a control plane (this binary, `ferry-bench control-plane`)
-    /// keeping its CA in `dir`, issuing certificates of `lifetime`, and knowing
-    /// the tokens of [`MeshIdentity`].
-    fn control_plane(dir: &Path, lifetime: Duration) -> anyhow::Result<(Self, MeshIdentity)> {
+    /// Starts a control plane (this binary, `ferry-bench run-control-plane`)
+    /// keeping its CA in `dir`, issuing certificates of `lifetime`, knowing
+    /// the tokens of [`MeshIdentity`], listening on `listen`, with more flags `extra`.
+    fn control_plane(
+        dir: &Path,
+        lifetime: Duration,
+        listen: SocketAddr,
+        extra: &[String],
+    ) -> anyhow::Result<(Self, MeshIdentity)> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let tokens = dir.join("tokens.yaml");
         std::fs::write(
@@ -282,18 +308,21 @@ impl ChildProcess {
             ),
         )?;
         let mut command = Command::new(std::env::current_exe().context("locating ferry-bench")?);
-        command.arg("control-plane").args([
-            "--state-dir".into(),
-            dir.join("state").display().to_string(),
-            "--tokens".into(),
-            tokens.display().to_string(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--admin".into(),
-            "127.0.0.1:0".into(),
-            "--cert-lifetime".into(),
-            format!("{}s", lifetime.as_secs().max(1)),
-        ]);
+        command
+            .arg("run-control-plane")
+            .args([
+                "--state-dir".into(),
+                dir.join("state").display().to_string(),
+                "--tokens".into(),
+                tokens.display().to_string(),
+                "--listen".into(),
+                listen.to_string(),
+                "--admin".into(),
+                "127.0.0.1:0".into(),
+                "--cert-lifetime".into(),
+                format!("{}s", lifetime.as_secs().max(1)),
+            ])
+            .args(extra);
         let plane = Self::spawn(command, "ferry-control-plane")?;
         let bundle = plane.ready["trust_bundle"]
             .as_str()
@@ -330,25 +359,62 @@ impl ChildProcess {
 /// A control plane started for one run, with a fresh CA in a directory of
 /// its own that goes away with it.
 pub struct ControlPlane {
-    /// The running process.
-    pub process: ChildProcess,
+    /// The running process, while it runs.
+    pub process: Option<ChildProcess>,
     /// Flags that make proxies its clients.
     pub identity: MeshIdentity,
-    dir: PathBuf,
+    /// Its directory (CA state, tokens).
+    pub dir: PathBuf,
+    lifetime: Duration,
+    extra: Vec<String>,
 }
 
 impl ControlPlane {
     /// Starts one issuing certificates of `lifetime`.
     pub fn start(lifetime: Duration) -> anyhow::Result<Self> {
+        Self::start_with(lifetime, Vec::new())
+    }
+
+    /// Starts one issuing certificates of `lifetime`, with more flags `extra`.
+    pub fn start_with(lifetime: Duration, extra: Vec<String>) -> anyhow::Result<Self> {
         static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("ferry-bench-ca-{}-{run}", std::process::id()));
-        let (process, identity) = ChildProcess::control_plane(&dir, lifetime)?;
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (process, identity) = ChildProcess::control_plane(&dir, lifetime, any_port, &extra)?;
         Ok(Self {
-            process,
+            process: Some(process),
             identity,
             dir,
+            lifetime,
+            extra,
         })
+    }
+
+    /// The running process.
+    pub fn running(&self) -> anyhow::Result<&ChildProcess> {
+        self.process
+            .as_ref()
+            .context("the control plane is stopped")
+    }
+
+    /// Kills it (SIGKILL).
+    pub fn kill(&mut self) {
+        self.process = None;
+    }
+
+    /// Starts it again on its address, with its CA and flags.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let listen: SocketAddr = self
+            .identity
+            .url
+            .trim_start_matches("https://")
+            .parse()
+            .context("the control plane's address")?;
+        let (process, _) =
+            ChildProcess::control_plane(&self.dir, self.lifetime, listen, &self.extra)?;
+        self.process = Some(process);
+        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@ mod crypto;
 mod demo;
 mod epochs;
 mod mtls;
+mod plane;
 mod policies;
 mod report;
 mod serve;
@@ -48,13 +49,15 @@ enum Command {
     Chaos(chaos::ChaosArgs),
     /// The control plane, built into this binary like the proxy.
     #[command(hide = true, disable_help_flag = true)]
-    ControlPlane {
+    RunControlPlane {
         /// ferry-control-plane's arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// The sidecar → worker hop with mutual TLS against plaintext, and certificate renewal under load.
     Mtls(mtls::MtlsArgs),
+    /// A policy change reaching 1,000 and 5,000 watchers; reads while the control plane is down.
+    ControlPlane(plane::ControlPlaneArgs),
     /// rustls crypto providers and cipher suites, in memory: bulk transfer and handshakes.
     Crypto(crypto::CryptoArgs),
     /// A baseline server (used by the scenarios).
@@ -74,7 +77,7 @@ fn main() -> std::process::ExitCode {
     ferry_control_plane::install_crypto_provider();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::ControlPlane { args } => {
+        Command::RunControlPlane { args } => {
             ferry_control_plane::init_logging();
             let parsed = <ferry_control_plane::cli::Cli as Parser>::parse_from(
                 std::iter::once("ferry-control-plane".to_owned()).chain(args),
@@ -98,6 +101,11 @@ fn main() -> std::process::ExitCode {
                     Command::Train(args) => train::run(&args).await.map(drop),
                     Command::Policies(args) => policies::run(&args).await.map(drop),
                     Command::Pool(args) => epochs::run(&args.into_epochs()).await.map(drop),
+                    Command::ControlPlane(args) => plane::run(&args).await.and_then(|report| {
+                        let failures = report.failures();
+                        anyhow::ensure!(failures == 0, "{failures} failed reads or missed changes");
+                        Ok(())
+                    }),
                     Command::Mtls(args) => mtls::run(&args).await.and_then(|report| {
                         let failures = report.failures();
                         anyhow::ensure!(failures == 0, "{failures} reads failed or were wrong");
@@ -115,7 +123,7 @@ fn main() -> std::process::ExitCode {
                     Command::Serve(_)
                     | Command::Crypto(_)
                     | Command::Proxy { .. }
-                    | Command::ControlPlane { .. } => Ok(()),
+                    | Command::RunControlPlane { .. } => Ok(()),
                 }
             })
         }),

@@ -244,7 +244,7 @@ async fn renewal(args: &MtlsArgs) -> anyhow::Result<RenewalReport> {
     let data = DataSet::samples(spec.clone());
     let plane = ControlPlane::start(args.cert_lifetime)?;
     let plane_admin = plane
-        .process
+        .running()?
         .admin
         .ok_or_else(|| anyhow::anyhow!("the control plane named no admin address"))?;
     let origin = ChildProcess::origin_server(&spec.to_query(), Duration::from_millis(10))?;

@@ -344,3 +344,35 @@ fn the_demo_runs_the_mesh_with_mutual_tls() {
     let stdout = bench(&["demo", "--samples", "300", "--epochs", "2"]);
     assert!(stdout.contains("pool-mtls"), "{stdout}");
 }
+
+#[test]
+fn control_plane_changes_reach_every_watcher_and_reads_outlive_an_outage() {
+    let json = temp_json("control-plane");
+    let stdout = bench(&[
+        "control-plane",
+        "--watchers",
+        "20",
+        "--changes",
+        "2",
+        "--outage",
+        "1s",
+        "--samples",
+        "100",
+        "--json",
+        json.to_str().expect("path"),
+    ]);
+    assert!(stdout.contains("every watcher"), "{stdout}");
+    let report = read_json(&json);
+    let scale = &report["scale"][0];
+    assert_eq!(scale["watchers"], 20);
+    assert_eq!(scale["missed"], 0, "every watcher got every change");
+    assert!(scale["p99_ms"].as_f64().expect("p99") > 0.0);
+    let outage = &report["outage"];
+    assert_eq!(outage["failed_reads"], 0);
+    assert_eq!(outage["wrong_bytes"], 0);
+    assert!(outage["reads"].as_u64().expect("reads") > 0);
+    assert!(
+        outage["resubscribed_after_seconds"].as_f64().is_some(),
+        "the sidecar watched again after the restart"
+    );
+}

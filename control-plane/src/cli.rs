@@ -56,8 +56,9 @@ pub struct Cli {
     /// Kubernetes source: policy ConfigMaps, pool Services, TokenReview.
     #[arg(long)]
     pub kubernetes: bool,
-    /// The control plane's own namespace (its policies apply to the whole mesh).
-    #[arg(long)]
+    /// The control plane's own namespace (its policies apply to the whole
+    /// mesh); in a Pod, set POD_NAMESPACE from the downward API.
+    #[arg(long, env = "POD_NAMESPACE")]
     pub namespace: Option<String>,
     /// Heartbeat of quiet watches, e.g. 10s.
     #[arg(long, value_parser = humantime::parse_duration)]

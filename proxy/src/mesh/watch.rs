@@ -44,39 +44,13 @@ pub fn spawn(
     trust_domain: &str,
     control_plane_namespace: &str,
 ) -> anyhow::Result<watch::Receiver<bool>> {
-    let expected: SpiffePattern =
-        SpiffeId::workload(trust_domain, control_plane_namespace, CONTROL_PLANE_ACCOUNT)
-            .map_err(anyhow::Error::msg)?
-            .as_str()
-            .parse()
-            .map_err(anyhow::Error::msg)?;
-    let uri: Uri = identity
-        .control_plane_url()
-        .parse()
-        .context("the control plane URL is not a URL")?;
-    let host = uri
-        .host()
-        .context("the control plane URL names no host")?
-        .trim_matches(['[', ']'])
-        .to_owned();
-    let port = uri.port_u16().unwrap_or(443);
-    let server_name =
-        ServerName::try_from(host.clone()).context("the control plane host is not a valid name")?;
-    let mismatches = metrics::counter!("control_plane_identity_mismatches_total");
-    let connector = TlsConnector::from(Arc::new(identity.tls.client_config(expected, mismatches)));
-    let target = Target {
-        address: format!("{host}:{port}"),
-        server_name,
-        connector,
-        path: format!("/v1/watch/proxy?role={}", role.as_str()),
-        authority: uri.authority().map(|a| a.to_string()).unwrap_or_default(),
-    };
+    let client = WatchClient::new(&identity, role, trust_domain, control_plane_namespace)?;
     let (first, first_seen) = watch::channel(false);
     tokio::spawn(async move {
         let mut backoff = BACKOFF_FIRST;
         loop {
             let mut heard = false;
-            match target.follow(&mesh, &identity, &first, &mut heard).await {
+            match follow(&client, &mesh, &identity, &first, &mut heard).await {
                 Ok(()) => tracing::warn!("the control plane closed the watch; reopening"),
                 Err(err) => {
                     tracing::warn!(error = %format!("{err:#}"), "watch of the control plane failed; retrying")
@@ -93,7 +67,34 @@ pub fn spawn(
     Ok(first_seen)
 }
 
-struct Target {
+/// One watch, until it ends.
+async fn follow(
+    client: &WatchClient,
+    mesh: &Mesh,
+    identity: &Identity,
+    first: &watch::Sender<bool>,
+    heard: &mut bool,
+) -> anyhow::Result<()> {
+    let mut stream = client.open().await?;
+    mesh.set_connected(true);
+    while let Some(event) = stream.next().await? {
+        *heard = true;
+        let WatchEvent::Snapshot(snapshot) = event else {
+            continue; // heartbeat
+        };
+        if let Err(err) = identity.trust_published(&snapshot.trust_bundle) {
+            tracing::error!(error = %format!("{err:#}"), "the published trust bundle is unusable; keeping the anchors in force");
+        }
+        // A refused snapshot is logged and counted by the mesh.
+        if mesh.apply(&snapshot).is_ok() {
+            first.send_replace(true);
+        }
+    }
+    Ok(())
+}
+
+/// Opens watches of the control plane as one proxy.
+pub struct WatchClient {
     address: String,
     server_name: ServerName<'static>,
     connector: TlsConnector,
@@ -101,44 +102,57 @@ struct Target {
     authority: String,
 }
 
-impl Target {
-    /// One watch, until it ends.
-    async fn follow(
-        &self,
-        mesh: &Mesh,
+impl WatchClient {
+    /// Watches for a proxy in `role` holding `identity`'s certificate; the
+    /// control plane must present `spiffe://<trust_domain>/ns/<control_plane_namespace>/sa/ferry-control-plane`.
+    pub fn new(
         identity: &Identity,
-        first: &watch::Sender<bool>,
-        heard: &mut bool,
-    ) -> anyhow::Result<()> {
-        let mut body = tokio::time::timeout(CONNECT_TIMEOUT, self.open())
-            .await
-            .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))??;
-        mesh.set_connected(true);
-        let mut pending = BytesMut::new();
-        loop {
-            let frame = tokio::time::timeout(SILENCE, body.frame())
-                .await
-                .map_err(|_| anyhow::anyhow!("the watch was silent for {SILENCE:?}"))?;
-            let Some(frame) = frame else {
-                return Ok(());
-            };
-            let Ok(data) = frame.context("the watch broke")?.into_data() else {
-                continue; // trailers
-            };
-            pending.extend_from_slice(&data);
-            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                let line = pending.split_to(end + 1);
-                handle(&line[..end], mesh, identity, first);
-                *heard = true;
-            }
-            anyhow::ensure!(
-                pending.len() <= MAX_LINE,
-                "a watch line is longer than {MAX_LINE} bytes"
-            );
-        }
+        role: Role,
+        trust_domain: &str,
+        control_plane_namespace: &str,
+    ) -> anyhow::Result<Self> {
+        let expected: SpiffePattern =
+            SpiffeId::workload(trust_domain, control_plane_namespace, CONTROL_PLANE_ACCOUNT)
+                .map_err(anyhow::Error::msg)?
+                .as_str()
+                .parse()
+                .map_err(anyhow::Error::msg)?;
+        let uri: Uri = identity
+            .control_plane_url()
+            .parse()
+            .context("the control plane URL is not a URL")?;
+        let host = uri
+            .host()
+            .context("the control plane URL names no host")?
+            .trim_matches(['[', ']'])
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(443);
+        let server_name = ServerName::try_from(host.clone())
+            .context("the control plane host is not a valid name")?;
+        let mismatches = metrics::counter!("control_plane_identity_mismatches_total");
+        let connector =
+            TlsConnector::from(Arc::new(identity.tls.client_config(expected, mismatches)));
+        Ok(Self {
+            address: format!("{host}:{port}"),
+            server_name,
+            connector,
+            path: format!("/v1/watch/proxy?role={}", role.as_str()),
+            authority: uri.authority().map(|a| a.to_string()).unwrap_or_default(),
+        })
     }
 
-    async fn open(&self) -> anyhow::Result<hyper::body::Incoming> {
+    /// Opens one watch (connection, TLS, HTTP/2, request), within a deadline.
+    pub async fn open(&self) -> anyhow::Result<WatchStream> {
+        let body = tokio::time::timeout(CONNECT_TIMEOUT, self.request())
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))??;
+        Ok(WatchStream {
+            body,
+            pending: BytesMut::new(),
+        })
+    }
+
+    async fn request(&self) -> anyhow::Result<hyper::body::Incoming> {
         let stream = TcpStream::connect(&self.address)
             .await
             .with_context(|| format!("cannot connect to {}", self.address))?;
@@ -181,25 +195,39 @@ impl Target {
     }
 }
 
-/// Applies one line of the watch.
-fn handle(line: &[u8], mesh: &Mesh, identity: &Identity, first: &watch::Sender<bool>) {
-    let event: WatchEvent = match serde_json::from_slice(line) {
-        Ok(event) => event,
-        Err(err) => {
-            tracing::error!(%err, "unreadable watch line; skipped");
-            return;
+/// An open watch, read one event at a time.
+pub struct WatchStream {
+    body: hyper::body::Incoming,
+    pending: BytesMut,
+}
+
+impl WatchStream {
+    /// The next event; `None` when the control plane ended the stream. An
+    /// unreadable line is skipped; silence past the heartbeat is an error.
+    pub async fn next(&mut self) -> anyhow::Result<Option<WatchEvent>> {
+        loop {
+            while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let line = self.pending.split_to(end + 1);
+                match serde_json::from_slice(&line[..end]) {
+                    Ok(event) => return Ok(Some(event)),
+                    Err(err) => tracing::error!(%err, "unreadable watch line; skipped"),
+                }
+            }
+            anyhow::ensure!(
+                self.pending.len() <= MAX_LINE,
+                "a watch line is longer than {MAX_LINE} bytes"
+            );
+            let frame = tokio::time::timeout(SILENCE, self.body.frame())
+                .await
+                .map_err(|_| anyhow::anyhow!("the watch was silent for {SILENCE:?}"))?;
+            let Some(frame) = frame else {
+                return Ok(None);
+            };
+            if let Ok(data) = frame.context("the watch broke")?.into_data() {
+                self.pending.extend_from_slice(&data);
+            }
         }
-    };
-    let WatchEvent::Snapshot(snapshot) = event else {
-        return; // heartbeat
-    };
-    if let Err(err) = identity.trust_published(&snapshot.trust_bundle) {
-        tracing::error!(error = %format!("{err:#}"), "the published trust bundle is unusable; keeping the anchors in force");
     }
-    if mesh.apply(&snapshot).is_ok() {
-        first.send_replace(true);
-    }
-    // A refused snapshot is logged and counted by the mesh.
 }
 
 /// `delay` give or take 20 %, so proxies do not return in lockstep.
