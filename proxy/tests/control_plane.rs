@@ -229,3 +229,99 @@ async fn policy_files_drive_running_proxies_and_reads_outlive_the_control_plane(
     assert_eq!(get(&client, &sidecar, "imagenet", 5).await, StatusCode::OK);
     drop(plane);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_leaving_the_pool_finishes_what_it_started_and_gets_nothing_new() {
+    let objects: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| (format!("k{i}.bin"), common::test_bytes(i, 50_000)))
+        .collect();
+    let origin = common::TestOrigin::start(
+        objects
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect(),
+    )
+    .await;
+    let dir = TempDir::new("cp-drain");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).expect("policies dir");
+    write(
+        &policies,
+        "datasets.yaml",
+        &format!(
+            "datasets:\n  - name: drain\n    bucket: drain\n    origin: \"http://{}/\"\n    pool: workers\n",
+            origin.addr
+        ),
+    );
+    let config_dir = policies.to_str().expect("path").to_owned();
+    let plane = ControlPlane::start(dir.path(), &["--config-dir", &config_dir]);
+    let leaving = proxy(&plane, "worker", "worker-token");
+    let staying = proxy(&plane, "worker", "worker-token");
+    write(&policies, "pools.yaml", &pools_yaml(&leaving));
+    let sidecar = proxy(&plane, "sidecar", "train-token");
+    let client = reqwest::Client::new();
+    let read = |key: &'static str| {
+        let client = client.clone();
+        let url = sidecar.url(&format!("/drain/{key}"));
+        async move {
+            let response = client.get(url).send().await.expect("get");
+            (response.status(), response.bytes().await.expect("body"))
+        }
+    };
+    // A slow read starts on the worker about to leave.
+    *origin.state.delay.lock().expect("lock") = Duration::from_millis(1500);
+    let in_flight = tokio::spawn(read("k1.bin"));
+    let started = wait_until(Duration::from_secs(10), || async {
+        origin.state.gets_of("k1.bin") > 0
+    })
+    .await;
+    assert!(started.is_some(), "the worker is fetching k1");
+    // The pool now holds only the other worker.
+    write(&policies, "pools.yaml", &pools_yaml(&staying));
+    let staying_address = staying.inbound.expect("inbound").to_string();
+    let switched = wait_until(Duration::from_secs(10), || async {
+        let pools = json(&client, sidecar.admin_url("/pools")).await;
+        let members = &pools[0]["members"];
+        members.as_array().map(Vec::len) == Some(1)
+            && members[0]["address"] == staying_address.as_str()
+    })
+    .await;
+    assert!(switched.is_some(), "the sidecar's pool changed");
+    let (status, body) = in_flight.await.expect("task");
+    assert_eq!(status, StatusCode::OK, "the request in flight finished");
+    assert!(body[..] == objects[1].1[..], "with the right bytes");
+    *origin.state.delay.lock().expect("lock") = Duration::ZERO;
+    let (status, body) = read("k2.bin").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body[..] == objects[2].1[..]);
+    let to_staying = sidecar
+        .metric(
+            "upstream_requests_total",
+            &[("member", staying_address.as_str())],
+        )
+        .await;
+    assert!(to_staying >= 1.0, "new chunks go to the worker that stays");
+    let leaving_address = leaving.inbound.expect("inbound").to_string();
+    let to_leaving = sidecar
+        .metric(
+            "upstream_requests_total",
+            &[("member", leaving_address.as_str())],
+        )
+        .await;
+    assert!(
+        to_leaving >= 1.0,
+        "the leaving worker served the read in flight"
+    );
+    let leaving_inbound = leaving
+        .metric("request_total", &[("direction", "inbound")])
+        .await;
+    assert!(leaving_inbound >= 1.0, "its inbound requests are counted");
+    let _ = read("k0.bin").await;
+    assert_eq!(
+        leaving
+            .metric("request_total", &[("direction", "inbound")])
+            .await,
+        leaving_inbound,
+        "nothing new reaches the worker that left"
+    );
+}
