@@ -2,6 +2,7 @@
 //! from YAML with defaults, validated with errors that name file, line and field.
 
 pub mod control_plane;
+pub mod exposition;
 pub mod identity;
 pub mod load;
 pub mod origin;
@@ -10,6 +11,7 @@ pub mod pool;
 pub mod proxy;
 pub mod snapshot;
 pub mod synthetic;
+pub mod telemetry;
 pub mod units;
 
 pub use control_plane::ControlPlaneConfig;

@@ -131,9 +131,7 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
-            .install_recorder()
-            .ok();
+        let prometheus = crate::api_metrics::install_recorder();
         crate::describe_metrics();
         let running = crate::server::start(config, prometheus).await?;
         println!(

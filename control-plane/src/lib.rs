@@ -2,6 +2,7 @@
 //! discovery, policy and injection services join it as siblings.
 
 pub mod api_certificate;
+pub mod api_metrics;
 pub mod cli;
 pub mod identity;
 pub mod policy;

@@ -173,16 +173,24 @@ async fn serve_api(
                 let watches = watches.clone();
                 let client = client.clone();
                 async move {
-                    Ok::<_, Infallible>(match request.uri().path() {
-                        "/v1/identity/certify" => {
-                            service.certify(request).await.map(BodyExt::boxed_unsync)
-                        }
-                        "/v1/watch/proxy" => watches.watch(&request, client.as_deref()),
-                        _ => crate::watch::whole(
-                            StatusCode::NOT_FOUND,
-                            "not found: POST /v1/identity/certify or GET /v1/watch/proxy\n".into(),
+                    let started = std::time::Instant::now();
+                    let (route, response) = match request.uri().path() {
+                        "/v1/identity/certify" => (
+                            "certify",
+                            service.certify(request).await.map(BodyExt::boxed_unsync),
                         ),
-                    })
+                        "/v1/watch/proxy" => ("watch", watches.watch(&request, client.as_deref())),
+                        _ => (
+                            "unknown",
+                            crate::watch::whole(
+                                StatusCode::NOT_FOUND,
+                                "not found: POST /v1/identity/certify or GET /v1/watch/proxy\n"
+                                    .into(),
+                            ),
+                        ),
+                    };
+                    crate::api_metrics::record(route, response.status(), started.elapsed());
+                    Ok::<_, Infallible>(response)
                 }
             });
             let _ = auto::Builder::new(TokioExecutor::new())

@@ -10,6 +10,7 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 struct Plane {
     child: Child,
     url: String,
+    admin: String,
     bundle: PathBuf,
     dir: PathBuf,
 }
@@ -50,6 +51,7 @@ fn start(label: &str) -> Plane {
             "https://{}/v1/identity/certify",
             ready["listen"].as_str().expect("listen")
         ),
+        admin: ready["admin"].as_str().expect("admin").to_owned(),
         bundle: PathBuf::from(ready["trust_bundle"].as_str().expect("bundle")),
         child,
         dir,
@@ -191,5 +193,49 @@ async fn the_examples_load_and_their_tokens_name_workloads() {
             workload.service_account.as_str()
         ),
         ("train", "job")
+    );
+}
+
+#[tokio::test]
+async fn api_requests_are_counted_in_a_valid_exposition() {
+    use ferry_config::exposition::{Exposition, Kind};
+    let plane = start("metrics");
+    let body = serde_json::json!({ "csr": csr(vec![]) }).to_string();
+    assert_eq!(certify(&plane, "good-token", body.clone()).await.0, 200);
+    assert_eq!(certify(&plane, "bad-token", body).await.0, 401);
+    let text = reqwest::get(format!("http://{}/metrics", plane.admin))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    let metrics = Exposition::parse(&text).unwrap_or_else(|e| panic!("invalid exposition: {e}"));
+    for family in &metrics.families {
+        assert!(family.help.is_some(), "{} has no HELP", family.name);
+        assert_ne!(family.kind, Kind::Untyped, "{} has no TYPE", family.name);
+    }
+    let certify_route = [("route", "certify"), ("direction", "inbound")];
+    assert_eq!(metrics.sum("request_total", &certify_route), 2.0);
+    assert_eq!(
+        metrics.sum(
+            "response_total",
+            &[("route", "certify"), ("status_code", "401")]
+        ),
+        1.0
+    );
+    assert_eq!(metrics.sum("identity_certificates_issued_total", &[]), 1.0);
+    assert_eq!(
+        metrics.sum(
+            "identity_certificates_refused_total",
+            &[("reason", "bad_token")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metrics
+            .buckets("response_latency_seconds", &certify_route)
+            .last()
+            .map(|b| b.1),
+        Some(2.0)
     );
 }

@@ -11,11 +11,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::cache::CacheCounters;
 
-/// Histogram buckets for request and chunk latencies: 100 µs to 10 s.
-pub const LATENCY_BUCKETS: [f64; 16] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-];
+pub use ferry_config::telemetry::LATENCY_BUCKETS;
 
 /// Installs the process-wide Prometheus recorder and describes every metric.
 pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
@@ -139,6 +135,27 @@ fn describe() {
         "Version of the control plane's snapshot in force."
     );
     describe_gauge!(
+        "identity_cert_expiry_timestamp_seconds",
+        Unit::Seconds,
+        "When the certificate this proxy holds expires (seconds since the epoch)."
+    );
+    describe_counter!(
+        "inbound_tls_handshake_failures_total",
+        "TLS handshakes refused on the inbound listener, by reason."
+    );
+    describe_counter!(
+        "inbound_authz_denied_total",
+        "Inbound requests refused because the caller's identity is not in the data set's allow list."
+    );
+    describe_counter!(
+        "upstream_identity_mismatches_total",
+        "Connections to a worker refused because it presented another identity than expected."
+    );
+    describe_counter!(
+        "control_plane_identity_mismatches_total",
+        "Connections to the control plane refused because it presented another identity."
+    );
+    describe_gauge!(
         "config_last_update_timestamp_seconds",
         Unit::Seconds,
         "When the snapshot in force was applied."
@@ -219,7 +236,7 @@ impl TrafficMetrics {
 }
 
 fn response_counter(dataset: &str, direction: Direction, status: u16) -> Counter {
-    let classification = if status >= 500 { "failure" } else { "success" };
+    let classification = ferry_config::telemetry::classification(status);
     counter!(
         "response_total",
         "dataset" => dataset.to_owned(),
