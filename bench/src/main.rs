@@ -85,7 +85,6 @@ fn main() -> std::process::ExitCode {
             ferry_control_plane::cli::main_with(parsed)
         }
         Command::Proxy { args } => {
-            ferry_proxy::cli::init_logging();
             let parsed = <ferry_proxy::cli::Cli as Parser>::parse_from(
                 std::iter::once("ferry-proxy".to_owned()).chain(args),
             );

@@ -422,6 +422,8 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let prometheus = telemetry::install_recorder()?;
+        let service = format!("ferry-{}", config.role.as_str());
+        let tracing = telemetry::traces::init(&service)?;
         let role = config.role;
         // Machine-readable lines on stdout: tests and the bench read the
         // bound addresses from them (ports may have been 0). A proxy that
@@ -444,6 +446,7 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
             shutdown.notify_one();
         });
         proxy.wait().await;
+        tracing.flush().await;
         Ok(())
     })
 }
@@ -462,17 +465,6 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }
 
 /// Checks that an origin URL parses (used by flags' validation messages).

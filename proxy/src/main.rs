@@ -5,7 +5,6 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     // One crypto provider for every TLS user in the process (see DEPENDENCIES.md).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    ferry_proxy::cli::init_logging();
     let cli = ferry_proxy::cli::Cli::parse();
     match ferry_proxy::cli::main_with(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::cache::{ChunkCache, ChunkKey, DiskTier};
 use crate::flight::SingleFlight;
@@ -76,6 +77,18 @@ pub enum Source {
     Joined,
     /// A fetch this request started.
     Fetched,
+}
+
+impl Source {
+    /// How a trace names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cache => "hit",
+            Self::Staged => "read-ahead",
+            Self::Joined => "joined fetch",
+            Self::Fetched => "miss",
+        }
+    }
 }
 
 /// Chunks of one data set.
@@ -217,50 +230,71 @@ impl ChunkStore {
         let this = Arc::clone(self);
         let object = Arc::clone(object);
         self.flights.join_or_start(key, move || {
-            Box::pin(async move {
-                let range = chunk_range(key.index, this.chunk_size, object.meta.size);
-                if let Some(disk) = &this.disk {
-                    if let Some(chunk) = disk.get(key).await
-                        && chunk.len() as u64 == range.end - range.start
-                    {
-                        this.metrics.disk.hits.increment(1);
-                        this.keep(key, &chunk, ahead);
-                        return Ok(chunk);
+            // Created here, in the requester's span, and carried into the
+            // fetch's own task.
+            let span = tracing::debug_span!("chunk fetch", chunk = key.index, read_ahead = ahead);
+            Box::pin(
+                async move {
+                    let range = chunk_range(key.index, this.chunk_size, object.meta.size);
+                    if let Some(disk) = &this.disk {
+                        if let Some(chunk) = disk.get(key).await
+                            && chunk.len() as u64 == range.end - range.start
+                        {
+                            this.metrics.disk.hits.increment(1);
+                            this.keep(key, &chunk, ahead);
+                            return Ok(chunk);
+                        }
+                        this.metrics.disk.misses.increment(1);
                     }
-                    this.metrics.disk.misses.increment(1);
-                }
-                let units = this.budget.units(range.end - range.start);
-                let _permit = this
-                    .budget
-                    .permits
-                    .acquire_many(units)
-                    .await
-                    .map_err(|_| lost())?;
-                this.metrics.origin_gets.increment(1);
-                let started = Instant::now();
-                let fetched = tokio::time::timeout(
-                    this.timeout,
-                    this.origin.read(&object.meta.key, range, &object.meta.etag),
-                )
-                .await
-                .unwrap_or_else(|_| {
-                    Err(OriginError::unavailable(
-                        this.origin.describe(),
-                        format!(
-                            "chunk {} of '{}' got no answer within {:?}",
-                            key.index, object.meta.key, this.timeout
+                    let units = this.budget.units(range.end - range.start);
+                    let _permit = this
+                        .budget
+                        .permits
+                        .acquire_many(units)
+                        .await
+                        .map_err(|_| lost())?;
+                    this.metrics.origin_gets.increment(1);
+                    let started = Instant::now();
+                    let read = this
+                        .origin
+                        .read(&object.meta.key, range.clone(), &object.meta.etag);
+                    // A pool's attempts have spans of their own; an origin read is one.
+                    let span = match this.origin.worker_pool() {
+                        Some(_) => tracing::Span::none(),
+                        None => tracing::debug_span!(
+                            "origin fetch",
+                            otel.kind = "client",
+                            origin = this.origin.describe(),
+                            bytes = range.end - range.start,
                         ),
-                    ))
-                });
-                this.metrics.origin_latency.record(started.elapsed());
-                let chunk = fetched.inspect_err(|_| this.metrics.origin_errors.increment(1))?;
-                this.metrics.origin_bytes.increment(chunk.len() as u64);
-                this.keep(key, &chunk, ahead);
-                if let Some(disk) = &this.disk {
-                    disk.put(key, chunk.clone());
+                    };
+                    let read = if span.is_disabled() {
+                        read
+                    } else {
+                        Box::pin(read.instrument(span))
+                    };
+                    let fetched = tokio::time::timeout(this.timeout, read)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(OriginError::unavailable(
+                                this.origin.describe(),
+                                format!(
+                                    "chunk {} of '{}' got no answer within {:?}",
+                                    key.index, object.meta.key, this.timeout
+                                ),
+                            ))
+                        });
+                    this.metrics.origin_latency.record(started.elapsed());
+                    let chunk = fetched.inspect_err(|_| this.metrics.origin_errors.increment(1))?;
+                    this.metrics.origin_bytes.increment(chunk.len() as u64);
+                    this.keep(key, &chunk, ahead);
+                    if let Some(disk) = &this.disk {
+                        disk.put(key, chunk.clone());
+                    }
+                    Ok(chunk)
                 }
-                Ok(chunk)
-            })
+                .instrument(span),
+            )
         })
     }
 

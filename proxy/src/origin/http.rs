@@ -80,6 +80,13 @@ impl HttpOrigin {
         if !etag.starts_with(WEAK_PREFIX) {
             request = request.header(header::IF_MATCH, format!("\"{etag}\""));
         }
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            // The origin fetch span's context, for an origin that traces too.
+            let mut headers = http::HeaderMap::new();
+            crate::telemetry::traces::inject(&span, &mut headers);
+            request = request.headers(headers);
+        }
         let mut response = request.send().await.map_err(|e| self.unavailable(e))?;
         match response.status() {
             StatusCode::PARTIAL_CONTENT => {

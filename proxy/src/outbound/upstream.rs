@@ -18,6 +18,8 @@ use hyper::body::Incoming;
 use crate::balance::{Member, Pool};
 use crate::origin::wire::{self, WEAK_PREFIX};
 use crate::origin::{ListPage, ObjectMeta, Origin, OriginError, check_length};
+use crate::telemetry::traces;
+use tracing::Instrument;
 
 /// Largest ListObjectsV2 page asked of a worker.
 const LIST_PAGE: usize = 1000;
@@ -73,9 +75,11 @@ impl PoolUpstream {
     async fn send(
         &self,
         member: &Member,
-        request: Request<Empty<Bytes>>,
+        mut request: Request<Empty<Bytes>>,
         started_arriving: &AtomicBool,
     ) -> Attempt<http::Response<Incoming>> {
+        // The worker's request span continues this attempt's trace.
+        traces::inject(&tracing::Span::current(), request.headers_mut());
         let begun = Instant::now();
         let response = member
             .connection
@@ -259,6 +263,7 @@ impl PoolUpstream {
 
         // Starts the next candidate that will take a request; false if none is left.
         let launch = |hedged: bool,
+                      attempt_number: usize,
                       next: &mut usize,
                       running: &mut Running<'a, T>,
                       failures: &mut Vec<String>|
@@ -272,17 +277,28 @@ impl PoolUpstream {
                 }
                 let arriving = Arc::new(AtomicBool::new(false));
                 let guard = member.start();
+                let span = tracing::debug_span!(
+                    "upstream attempt",
+                    otel.kind = "client",
+                    worker = member.address.as_str(),
+                    attempt = attempt_number,
+                    hedged,
+                    what,
+                );
                 let work = attempt(Arc::clone(&member), Arc::clone(&arriving));
-                running.push(Box::pin(async move {
-                    let result = match tokio::time::timeout(timeout, work).await {
-                        Ok(result) => result,
-                        Err(_) => Err(AttemptError::Retryable(format!(
-                            "no answer within {timeout:?}"
-                        ))),
-                    };
-                    drop(guard);
-                    (member, hedged, result)
-                }) as BoxFuture<'a, _>);
+                running.push(Box::pin(
+                    async move {
+                        let result = match tokio::time::timeout(timeout, work).await {
+                            Ok(result) => result,
+                            Err(_) => Err(AttemptError::Retryable(format!(
+                                "no answer within {timeout:?}"
+                            ))),
+                        };
+                        drop(guard);
+                        (member, hedged, result)
+                    }
+                    .instrument(span),
+                ) as BoxFuture<'a, _>);
                 return Some(arriving);
             }
             None
@@ -294,7 +310,7 @@ impl PoolUpstream {
                     failures.push("retry budget exhausted".to_owned());
                     break;
                 }
-                match launch(false, &mut next, &mut running, &mut failures) {
+                match launch(false, started + 1, &mut next, &mut running, &mut failures) {
                     Some(arriving) => {
                         started += 1;
                         primary_arriving = Some(arriving);
@@ -329,7 +345,7 @@ impl PoolUpstream {
                         && running.len() == 1
                         && next < candidates.len()
                         && self.pool.budget.try_retry()
-                        && launch(true, &mut next, &mut running, &mut failures).is_some()
+                        && launch(true, started + 1, &mut next, &mut running, &mut failures).is_some()
                     {
                         started += 1;
                         if let Some(member) = candidates.get(next - 1) {

@@ -22,9 +22,11 @@ use crate::dataset::{Dataset, Datasets};
 use crate::mesh::Mesh;
 use crate::metadata::ObjectInfo;
 use crate::origin::OriginError;
+use crate::telemetry::traces;
 use crate::telemetry::{Direction, TrafficMetrics};
 use ferry_config::{SpiffeId, SpiffePattern};
 use metrics::counter;
+use tracing::Instrument;
 
 /// Most keys one listing page returns (S3's limit).
 const MAX_KEYS: usize = 1000;
@@ -68,13 +70,32 @@ impl FrontDoor {
         peer: Option<Arc<SpiffeId>>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
+        let span = tracing::debug_span!(
+            "request",
+            otel.kind = "server",
+            http.request.method = %request.method(),
+            url.path = request.uri().path(),
+            direction = self.direction.as_str(),
+            dataset = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+        );
+        traces::continue_trace(&span, request.headers());
         // One configuration for the whole request, even if it changes meanwhile.
         let datasets = self.mesh.datasets();
-        let (response, dataset) = self.dispatch(&datasets, &request, peer.as_deref()).await;
+        let (response, dataset) = self
+            .dispatch(&datasets, &request, peer.as_deref())
+            .instrument(span.clone())
+            .await;
         let metrics: &TrafficMetrics = match &dataset {
             Some(dataset) => dataset.metrics.traffic(self.direction),
             None => datasets.unknown(self.direction),
         };
+        if !span.is_disabled() {
+            span.record("http.response.status_code", response.status().as_u16());
+            if let Some(dataset) = &dataset {
+                span.record("dataset", dataset.policy.name.as_str());
+            }
+        }
         metrics.requests.increment(1);
         metrics.count_response(response.status().as_u16());
         // Streamed bodies count their bytes as they go out.
@@ -295,10 +316,20 @@ async fn body_of(
             }
         }
     }
-    let (chunk, _) = store
+    let lookup = tracing::debug_span!(
+        "cache lookup",
+        chunk = first,
+        chunks = last - first + 1,
+        outcome = tracing::field::Empty,
+    );
+    let (chunk, source) = store
         .get(info, first)
+        .instrument(lookup.clone())
         .await
         .map_err(|e| origin_failure(dataset, e))?;
+    if !lookup.is_disabled() {
+        lookup.record("outcome", source.as_str());
+    }
     check_chunk(&chunk, first, chunk_size, info)?;
     let head = slice_in_range(&chunk, first, chunk_size, &range);
     if first == last {

@@ -1,6 +1,8 @@
 //! Metrics: names, help texts, the Prometheus recorder, and per-data-set
 //! handles registered once so the hot path only bumps atomics.
 
+pub mod traces;
+
 use std::sync::OnceLock;
 
 use metrics::{

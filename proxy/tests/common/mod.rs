@@ -2,6 +2,7 @@
 //! fault injection, scraping metrics, temporary directories.
 #![allow(dead_code)]
 
+pub mod otlp;
 pub mod plane;
 
 use std::collections::HashMap;
