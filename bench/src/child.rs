@@ -157,7 +157,17 @@ impl ProxyProgram {
 impl ChildProcess {
     /// Starts ferry-proxy with `args` (listen and admin on free ports).
     pub fn proxy(program: &ProxyProgram, args: &[String]) -> anyhow::Result<Self> {
+        Self::proxy_with_env(program, args, &[])
+    }
+
+    /// [`ChildProcess::proxy`] with more environment variables.
+    pub fn proxy_with_env(
+        program: &ProxyProgram,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut command = program.command()?;
+        command.envs(env.iter().copied());
         command
             .args(args)
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
@@ -201,6 +211,11 @@ impl ChildProcess {
             "--latency".into(),
             format!("{}ms", latency.as_millis()),
         ])
+    }
+
+    /// Starts an OTLP/HTTP collector that takes every export and keeps nothing.
+    pub fn collector() -> anyhow::Result<Self> {
+        Self::server(&["collector".into(), "--spec".into(), "count=1".into()])
     }
 
     /// Starts the bare server holding the synthetic data set `query` in memory.

@@ -12,6 +12,7 @@ mod plane;
 mod policies;
 mod report;
 mod serve;
+mod telemetry;
 mod topology;
 mod train;
 mod workload;
@@ -58,6 +59,8 @@ enum Command {
     Mtls(mtls::MtlsArgs),
     /// A policy change reaching 1,000 and 5,000 watchers; reads while the control plane is down.
     ControlPlane(plane::ControlPlaneArgs),
+    /// What tracing (sampled at 0.01 and 1.0) and 10 scrapes/s cost cached reads.
+    Telemetry(telemetry::TelemetryArgs),
     /// rustls crypto providers and cipher suites, in memory: bulk transfer and handshakes.
     Crypto(crypto::CryptoArgs),
     /// A baseline server (used by the scenarios).
@@ -103,6 +106,11 @@ fn main() -> std::process::ExitCode {
                     Command::ControlPlane(args) => plane::run(&args).await.and_then(|report| {
                         let failures = report.failures();
                         anyhow::ensure!(failures == 0, "{failures} failed reads or missed changes");
+                        Ok(())
+                    }),
+                    Command::Telemetry(args) => telemetry::run(&args).await.and_then(|report| {
+                        let failures = report.failures();
+                        anyhow::ensure!(failures == 0, "{failures} reads failed");
                         Ok(())
                     }),
                     Command::Mtls(args) => mtls::run(&args).await.and_then(|report| {

@@ -25,6 +25,8 @@ pub enum ServerKind {
     Bare,
     /// Emulated remote object store.
     Origin,
+    /// An OTLP/HTTP collector that takes every export and keeps nothing.
+    Collector,
 }
 
 /// `ferry-bench serve` arguments.
@@ -69,7 +71,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                     buffer.freeze()
                 })
                 .collect(),
-            ServerKind::Origin => Vec::new(),
+            ServerKind::Origin | ServerKind::Collector => Vec::new(),
         };
         let served = Arc::new(Served {
             spec,
@@ -90,6 +92,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                         Ok::<_, Infallible>(match kind {
                             ServerKind::Bare => bare(&served, &request),
                             ServerKind::Origin => origin(&served, &request).await,
+                            ServerKind::Collector => collect(request).await,
                         })
                     }
                 });
@@ -99,6 +102,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             });
         }
     })
+}
+
+/// The collector: reads the export whole and answers an empty (valid)
+/// `ExportTraceServiceResponse`.
+async fn collect(request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let _ = request.into_body().collect().await;
+    let mut response = status(StatusCode::OK);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-protobuf"),
+    );
+    response
 }
 
 fn status(code: StatusCode) -> Response<Full<Bytes>> {

@@ -138,6 +138,31 @@ async fn one_read_is_one_trace_across_sidecar_worker_and_origin() {
         Some("miss")
     );
     assert!(find(&spans, "ferry-worker", "chunk fetch").is_some());
+
+    // Read again in a new trace: the sidecar's memory has the chunk, so the
+    // request span records the hit and the trace has no lookup, fetch or hop.
+    const HIT_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    let response = reqwest::Client::new()
+        .get(sidecar.url("/imagenet/photo.jpg"))
+        .header("traceparent", format!("00-{HIT_TRACE}-{APP_SPAN}-01"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(response.status().as_u16(), 200);
+    let arrived = receiver
+        .wait_for(Duration::from_secs(10), |spans| {
+            spans.iter().any(|s| s.trace_id == HIT_TRACE)
+        })
+        .await;
+    assert!(arrived, "the cached read's trace arrived");
+    let spans = receiver.spans();
+    let hit: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.trace_id == HIT_TRACE).collect();
+    assert_eq!(hit.len(), 1, "a memory hit is one span: {hit:#?}");
+    assert_eq!(hit[0].name, "request");
+    assert_eq!(
+        hit[0].attributes.get("cache.outcome").map(String::as_str),
+        Some("hit")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -158,16 +183,19 @@ async fn a_collector_that_never_answers_drops_spans_and_reads_go_on() {
     );
     let client = reqwest::Client::new();
     let spec = ferry_config::SyntheticSpec::from_query("count=4&size=4KiB").expect("spec");
-    // Two spans per cached read: more than the export queue holds.
-    for read in 0..3_000u64 {
-        let status = client
-            .get(worker.url(&format!("/imagenet/{}", spec.key(read % 4))))
-            .send()
-            .await
-            .expect("get")
-            .status();
-        assert_eq!(status.as_u16(), 200, "read {read}");
-    }
+    // One span per cached read: 6,000 are more than the export queue (4,096)
+    // and the batch stuck in the stalled export (512) hold.
+    use futures::StreamExt as _;
+    let statuses: Vec<u16> = futures::stream::iter(0..6_000u64)
+        .map(|read| {
+            let request = client.get(worker.url(&format!("/imagenet/{}", spec.key(read % 4))));
+            async move { request.send().await.map(|r| r.status().as_u16()) }
+        })
+        .buffer_unordered(8)
+        .map(|status| status.expect("get"))
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|&s| s == 200), "every read succeeds");
     let dropped = worker.metric("trace_spans_dropped_total", &[]).await;
     assert!(
         dropped > 0.0,

@@ -168,18 +168,40 @@ impl ChunkStore {
         object: &Arc<ObjectInfo>,
         index: u32,
     ) -> Result<(Bytes, Source), OriginError> {
+        match self.get_in_memory(object, index) {
+            Some(found) => Ok(found),
+            None => self.fetch(object, index).await,
+        }
+    }
+
+    /// Chunk `index` of `object` if memory holds it (counted as a hit).
+    pub fn get_in_memory(&self, object: &ObjectInfo, index: u32) -> Option<(Bytes, Source)> {
         let key = ChunkKey {
             object: object.fingerprint,
             index,
         };
         if let Some(chunk) = self.cache.get(&key) {
             self.metrics.memory.hits.increment(1);
-            return Ok((chunk, Source::Cache));
+            return Some((chunk, Source::Cache));
         }
         if let Some(chunk) = self.staging.take(&key) {
             self.metrics.memory.hits.increment(1);
-            return Ok((chunk, Source::Staged));
+            return Some((chunk, Source::Staged));
         }
+        None
+    }
+
+    /// Chunk `index` of `object` after [`Self::get_in_memory`] missed:
+    /// counted as a miss, then fetched (or joined).
+    pub async fn fetch(
+        self: &Arc<Self>,
+        object: &Arc<ObjectInfo>,
+        index: u32,
+    ) -> Result<(Bytes, Source), OriginError> {
+        let key = ChunkKey {
+            object: object.fingerprint,
+            index,
+        };
         self.metrics.memory.misses.increment(1);
         let (flight, started) = self.start_fetch(key, object, false);
         let chunk = flight.await?;

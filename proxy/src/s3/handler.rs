@@ -70,16 +70,24 @@ impl FrontDoor {
         peer: Option<Arc<SpiffeId>>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
-        let span = tracing::debug_span!(
-            "request",
-            otel.kind = "server",
-            http.request.method = %request.method(),
-            url.path = request.uri().path(),
-            direction = self.direction.as_str(),
-            dataset = tracing::field::Empty,
-            http.response.status_code = tracing::field::Empty,
-        );
-        traces::continue_trace(&span, request.headers());
+        // Only a sampled request has spans: the rest cost a coin toss.
+        let span = match traces::sampled(request.headers(), self.direction == Direction::Outbound) {
+            Some(parent) => {
+                let span = tracing::debug_span!(
+                    "request",
+                    otel.kind = "server",
+                    http.request.method = request.method().as_str(),
+                    url.path = request.uri().path(),
+                    direction = self.direction.as_str(),
+                    dataset = tracing::field::Empty,
+                    cache.outcome = tracing::field::Empty,
+                    http.response.status_code = tracing::field::Empty,
+                );
+                traces::set_parent(&span, parent);
+                span
+            }
+            None => tracing::Span::none(),
+        };
         // One configuration for the whole request, even if it changes meanwhile.
         let datasets = self.mesh.datasets();
         let (response, dataset) = self
@@ -316,19 +324,32 @@ async fn body_of(
             }
         }
     }
-    let lookup = tracing::debug_span!(
-        "cache lookup",
-        chunk = first,
-        chunks = last - first + 1,
-        outcome = tracing::field::Empty,
-    );
-    let (chunk, source) = store
-        .get(info, first)
-        .instrument(lookup.clone())
-        .await
-        .map_err(|e| origin_failure(dataset, e))?;
-    if !lookup.is_disabled() {
-        lookup.record("outcome", source.as_str());
+    // A chunk memory holds is an attribute of the request's span; a lookup
+    // that has to wait (for a worker, the disk or the origin) gets a span of
+    // its own. A traced hit thus costs one span, not two.
+    let (chunk, source) = match store.get_in_memory(info, first) {
+        Some(found) => found,
+        None => {
+            let lookup = tracing::debug_span!(
+                "cache lookup",
+                chunk = first,
+                chunks = last - first + 1,
+                outcome = tracing::field::Empty,
+            );
+            let found = store
+                .fetch(info, first)
+                .instrument(lookup.clone())
+                .await
+                .map_err(|e| origin_failure(dataset, e))?;
+            if !lookup.is_disabled() {
+                lookup.record("outcome", found.1.as_str());
+            }
+            found
+        }
+    };
+    let request_span = tracing::Span::current();
+    if !request_span.is_disabled() {
+        request_span.record("cache.outcome", source.as_str());
     }
     check_chunk(&chunk, first, chunk_size, info)?;
     let head = slice_in_range(&chunk, first, chunk_size, &range);

@@ -5,10 +5,16 @@
 //! are exported over OTLP/HTTP (protobuf) as well.
 //!
 //! The data path's spans are at DEBUG level: without an endpoint no layer
-//! wants them and each costs one disabled-callsite check. With one, finished
-//! spans go into a bounded queue that a background task exports in batches;
-//! when the queue is full a span is dropped and counted, so the data path
-//! never waits for telemetry.
+//! wants them and each costs one disabled-callsite check. With one, each
+//! request is sampled when it arrives ([`sampled`], following the standard
+//! sampler variables): an unsampled request creates no span at all, so its
+//! cost is one random number. A read that memory answers is one span (the
+//! request, with `cache.outcome`); a lookup that waits gets spans for the
+//! lookup, the chunk fetch and each upstream attempt or origin fetch. A
+//! sampled request's spans go, when finished,
+//! into a bounded queue that a background task exports in batches; when the
+//! queue is full a span is dropped and counted, so the data path never
+//! waits for telemetry.
 
 use std::time::Duration;
 
@@ -22,9 +28,10 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor};
 use tokio::sync::{mpsc, oneshot};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::{FilterExt, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, filter::Targets};
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Finished spans waiting for export at most.
 const QUEUE: usize = 4096;
@@ -94,8 +101,13 @@ pub fn init(default_service: &str) -> anyhow::Result<Tracing> {
     let (queue, queued) = mpsc::channel(QUEUE);
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(export_loop(exporter, queued, stopped));
-    // The sampler comes from OTEL_TRACES_SAMPLER(_ARG), read by the SDK.
+    // Requests are sampled on arrival (see `sampled`); the SDK keeps every
+    // span of a sampled request.
+    let _ = SAMPLER.set(HeadSampler::from_env());
     let provider = SdkTracerProvider::builder()
+        .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+            opentelemetry_sdk::trace::Sampler::AlwaysOn,
+        )))
         .with_resource(resource)
         .with_span_processor(BoundedQueue {
             queue,
@@ -111,7 +123,18 @@ pub fn init(default_service: &str) -> anyhow::Result<Tracing> {
         .with_threads(false)
         .with_tracked_inactivity(false)
         .with_target(false)
-        .with_filter(Targets::new().with_target("ferry_proxy", tracing::Level::DEBUG));
+        .with_filter(
+            // Decided once per call site: only Ferry's spans (so the many
+            // trace events of hyper and h2 stay as cheap as without tracing).
+            Targets::new()
+                .with_target("ferry_proxy", tracing::Level::DEBUG)
+                .and(tracing_subscriber::filter::filter_fn(|meta| meta.is_span()))
+                // Decided per span: a request span is created only when
+                // sampled; every other span only inside one.
+                .and(tracing_subscriber::filter::dynamic_filter_fn(
+                    |meta, context| meta.name() == "request" || context.lookup_current().is_some(),
+                )),
+        );
     let _ = tracing_subscriber::registry()
         .with(logs)
         .with(spans)
@@ -218,6 +241,64 @@ async fn export_loop(
     }
 }
 
+/// Whether and how requests are sampled, from `OTEL_TRACES_SAMPLER` and
+/// `OTEL_TRACES_SAMPLER_ARG` (default `parentbased_always_on`).
+#[derive(Debug)]
+struct HeadSampler {
+    /// Share of new traces sampled.
+    ratio: f64,
+    /// Whether a caller's `traceparent` decides.
+    parent_based: bool,
+}
+
+static SAMPLER: std::sync::OnceLock<HeadSampler> = std::sync::OnceLock::new();
+
+impl HeadSampler {
+    fn from_env() -> Self {
+        let ratio = std::env::var("OTEL_TRACES_SAMPLER_ARG")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|r| (0.0..=1.0).contains(r))
+            .unwrap_or(1.0);
+        let name = std::env::var("OTEL_TRACES_SAMPLER").unwrap_or_default();
+        let (ratio, parent_based) = match name.as_str() {
+            "always_on" => (1.0, false),
+            "always_off" => (0.0, false),
+            "traceidratio" => (ratio, false),
+            "parentbased_always_off" => (0.0, true),
+            "parentbased_traceidratio" => (ratio, true),
+            _ => (1.0, true),
+        };
+        Self {
+            ratio,
+            parent_based,
+        }
+    }
+}
+
+/// Whether a request with `headers` is traced, and under which parent: a
+/// caller's sampled `traceparent` (when the sampler follows parents), or a
+/// new trace at the sampler's ratio. Requests from other proxies (`root_ok`
+/// false) are traced only as part of a caller's trace, so one read is
+/// never sampled twice over.
+pub fn sampled(headers: &HeaderMap, root_ok: bool) -> Option<Context> {
+    let sampler = SAMPLER.get()?;
+    if let Some(parent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        // traceparent: version-traceid-parentid-flags; bit 0 of flags: sampled.
+        let sampled = parent
+            .rsplit('-')
+            .next()
+            .and_then(|flags| u8::from_str_radix(flags, 16).ok())
+            .is_some_and(|flags| flags & 1 == 1);
+        if sampler.parent_based || !root_ok {
+            return sampled.then(|| extract(headers));
+        }
+    }
+    let coin = root_ok && sampler.ratio > 0.0 && rand::random::<f64>() < sampler.ratio;
+    // A sampler that does not follow parents still keeps the caller's trace.
+    coin.then(|| extract(headers))
+}
+
 /// The trace context the W3C `traceparent` header of `headers` carries.
 pub fn extract(headers: &HeaderMap) -> Context {
     TraceContextPropagator::new().extract(&Headers(headers))
@@ -232,13 +313,12 @@ pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
     TraceContextPropagator::new().inject_context(&context, &mut HeadersMut(headers));
 }
 
-/// Makes `span` a child of the caller's trace (the `traceparent` in
-/// `headers`), when it is being traced and there is one.
-pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
-    if span.is_disabled() || !headers.contains_key("traceparent") {
-        return;
+/// Makes `span` a child of `parent` (a caller's trace), when it has one.
+pub fn set_parent(span: &tracing::Span, parent: Context) {
+    use opentelemetry::trace::TraceContextExt;
+    if !span.is_disabled() && parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
     }
-    let _ = span.set_parent(extract(headers));
 }
 
 struct Headers<'a>(&'a HeaderMap);

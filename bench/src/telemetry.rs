@@ -1,0 +1,274 @@
+//! `ferry-bench telemetry`: what observability costs on the hot path. Four
+//! workers serve the same cached data set in turns, epoch by epoch: tracing
+//! off, traces sampled at 0.01 and at 1.0 (exported to a collector process),
+//! and tracing off with `/metrics` scraped 10 times a second.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+
+use ferry_config::ByteSize;
+
+use crate::child::{ChildProcess, ProxyArgs};
+use crate::client::{Reader, list_all, scrape};
+use crate::report::{self, Table};
+use crate::workload::{DataSet, EpochStats, Target, read_epoch, sample_spec};
+
+/// `ferry-bench telemetry` arguments.
+#[derive(Args, Clone, Debug)]
+pub struct TelemetryArgs {
+    /// Samples in the data set.
+    #[arg(long, default_value_t = 5_000)]
+    pub samples: u64,
+    /// Mean sample size.
+    #[arg(long, default_value = "110KiB")]
+    pub size: ByteSize,
+    /// Concurrent readers.
+    #[arg(long, default_value_t = 32)]
+    pub readers: usize,
+    /// Epochs per variant after the one that fills the caches.
+    #[arg(long, default_value_t = 5)]
+    pub epochs: usize,
+    /// Scrapes per second in the scraped variant.
+    #[arg(long, default_value_t = 10)]
+    pub scrapes_per_second: u32,
+    /// Which ferry-proxy to run.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+    /// Write the results as JSON here too.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// One variant's warm epochs.
+#[derive(Debug, Serialize)]
+pub struct Variant {
+    /// What it is.
+    pub name: &'static str,
+    /// Warm epochs.
+    pub epochs: Vec<EpochStats>,
+    /// Mean samples/s over them.
+    pub items_per_second: f64,
+    /// Against tracing off, same run.
+    pub ratio_to_off: f64,
+    /// Spans the worker exported (none when it does not trace).
+    pub spans_exported: Option<f64>,
+    /// Spans it dropped.
+    pub spans_dropped: Option<f64>,
+}
+
+/// The results.
+#[derive(Debug, Serialize)]
+pub struct TelemetryReport {
+    /// Every variant.
+    pub variants: Vec<Variant>,
+    /// Scrapes made in the scraped variant.
+    pub scrapes: u64,
+    /// Mean time of one scrape, ms.
+    pub scrape_ms: f64,
+    /// Size of one exposition, bytes.
+    pub scrape_bytes: u64,
+}
+
+impl TelemetryReport {
+    /// Failed reads in any variant.
+    pub fn failures(&self) -> usize {
+        self.variants
+            .iter()
+            .flat_map(|v| &v.epochs)
+            .map(|e| e.errors)
+            .sum()
+    }
+}
+
+const VARIANTS: [&str; 4] = ["off", "sampled 0.01", "sampled 1.0", "scraped 10/s"];
+
+/// Runs the comparison.
+pub async fn run(args: &TelemetryArgs) -> anyhow::Result<TelemetryReport> {
+    anyhow::ensure!(args.epochs >= 1, "--epochs must be at least 1");
+    let spec = sample_spec(args.samples, args.size, 1)?;
+    let data = DataSet::samples(spec.clone());
+    let collector = ChildProcess::collector()?;
+    let endpoint = format!("http://{}", collector.addr);
+    let program = args.proxy.program();
+    let origin = format!("synthetic://?{}", spec.to_query());
+    let cache = data.cache_for_all().bytes().to_string();
+    let worker_args: Vec<String> = [
+        "worker",
+        "--origin",
+        &origin,
+        "--bucket",
+        "imagenet",
+        "--cache-size",
+        &cache,
+    ]
+    .map(str::to_owned)
+    .into();
+    let traced = |ratio: &'static str| -> Vec<(&'static str, String)> {
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+            ("OTEL_TRACES_SAMPLER", "traceidratio".into()),
+            ("OTEL_TRACES_SAMPLER_ARG", ratio.into()),
+        ]
+    };
+    let envs: [Vec<(&str, String)>; 4] = [Vec::new(), traced("0.01"), traced("1.0"), Vec::new()];
+    let mut workers = Vec::new();
+    for env in &envs {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let worker = ChildProcess::proxy_with_env(&program, &worker_args, &env)?;
+        list_all(worker.addr, "/imagenet").await?;
+        workers.push(worker);
+    }
+    let targets: Vec<Target> = workers
+        .iter()
+        .map(|w| Target::http(w.addr, "/imagenet"))
+        .collect();
+    eprintln!(
+        "telemetry: {} samples, {} readers; variants {VARIANTS:?}",
+        args.samples, args.readers
+    );
+    // Epoch 1 fills every cache; the rest are all hits.
+    for (variant, target) in VARIANTS.iter().zip(&targets) {
+        read_epoch(
+            &data,
+            target,
+            args.readers,
+            1,
+            1,
+            &format!("{variant} fill"),
+        )
+        .await;
+    }
+    let scraped_admin = workers[3]
+        .admin
+        .ok_or_else(|| anyhow::anyhow!("the scraped worker has no admin"))?;
+    let scrapes = Arc::new(AtomicU64::new(0));
+    let scrape_nanos = Arc::new(AtomicU64::new(0));
+    let scrape_bytes = Arc::new(AtomicU64::new(0));
+    let mut results: Vec<Vec<EpochStats>> = vec![Vec::new(); VARIANTS.len()];
+    for epoch in 2..=args.epochs + 1 {
+        // Each epoch starts with a different variant, so that none gains
+        // from its place in the turn (the one after an idle spell runs
+        // measurably faster on a small machine).
+        for turn in 0..VARIANTS.len() {
+            let index = (turn + epoch) % VARIANTS.len();
+            let (variant, target) = (VARIANTS[index], &targets[index]);
+            let scraping = (index == 3).then(|| {
+                let running = Arc::new(AtomicBool::new(true));
+                let task = tokio::spawn(scrape_loop(
+                    scraped_admin,
+                    args.scrapes_per_second.max(1),
+                    running.clone(),
+                    scrapes.clone(),
+                    scrape_nanos.clone(),
+                    scrape_bytes.clone(),
+                ));
+                (running, task)
+            });
+            let label = format!("{variant} {epoch}");
+            let stats = read_epoch(&data, target, args.readers, 1, epoch, &label).await;
+            if let Some((running, task)) = scraping {
+                running.store(false, Ordering::Release);
+                let _ = task.await;
+            }
+            results[index].push(stats);
+        }
+    }
+    let mean = |epochs: &[EpochStats]| {
+        let items: usize = epochs.iter().map(|e| e.items).sum();
+        let seconds: f64 = epochs.iter().map(|e| e.seconds).sum();
+        items as f64 / seconds.max(1e-9)
+    };
+    let off = mean(&results[0]);
+    let mut variants = Vec::new();
+    for (((name, epochs), worker), env) in VARIANTS.iter().zip(results).zip(&workers).zip(&envs) {
+        let (exported, dropped) = match worker.admin {
+            Some(admin) if !env.is_empty() => (
+                scrape(admin, "trace_spans_exported_total", &[]).await.ok(),
+                scrape(admin, "trace_spans_dropped_total", &[]).await.ok(),
+            ),
+            _ => (None, None),
+        };
+        let items_per_second = mean(&epochs);
+        variants.push(Variant {
+            name,
+            epochs,
+            items_per_second,
+            ratio_to_off: items_per_second / off.max(1e-9),
+            spans_exported: exported,
+            spans_dropped: dropped,
+        });
+    }
+    let count = scrapes.load(Ordering::Relaxed);
+    let report = TelemetryReport {
+        variants,
+        scrapes: count,
+        scrape_ms: scrape_nanos.load(Ordering::Relaxed) as f64 / 1e6 / count.max(1) as f64,
+        scrape_bytes: scrape_bytes.load(Ordering::Relaxed) / count.max(1),
+    };
+    print(&report);
+    if let Some(path) = &args.json {
+        report::write_json(path, &report)?;
+    }
+    drop(collector);
+    Ok(report)
+}
+
+/// Scrapes `/metrics` at `per_second` until `running` turns false.
+async fn scrape_loop(
+    admin: std::net::SocketAddr,
+    per_second: u32,
+    running: Arc<AtomicBool>,
+    scrapes: Arc<AtomicU64>,
+    nanos: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+) {
+    let mut reader = Reader::new(admin);
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / per_second);
+    while running.load(Ordering::Acquire) {
+        tick.tick().await;
+        let started = Instant::now();
+        if let Ok(text) = reader.get_text("/metrics").await {
+            nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            bytes.fetch_add(text.len() as u64, Ordering::Relaxed);
+            scrapes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn print(report: &TelemetryReport) {
+    let spans = |count: Option<f64>| count.map_or_else(|| "-".to_owned(), |c| format!("{c:.0}"));
+    let mut table = Table::new(&[
+        "variant",
+        "samples/s",
+        "vs off",
+        "p50 ms",
+        "p99 ms",
+        "spans exported",
+        "spans dropped",
+    ]);
+    for variant in &report.variants {
+        let p = |pick: fn(&EpochStats) -> f64| {
+            variant.epochs.iter().map(pick).sum::<f64>() / variant.epochs.len().max(1) as f64
+        };
+        table.row(vec![
+            variant.name.to_owned(),
+            format!("{:.0}", variant.items_per_second),
+            format!("{:.3}", variant.ratio_to_off),
+            format!("{:.2}", p(|e| e.p50_ms)),
+            format!("{:.2}", p(|e| e.p99_ms)),
+            spans(variant.spans_exported),
+            spans(variant.spans_dropped),
+        ]);
+    }
+    println!("\ntelemetry: cached reads (all hits), warm epochs, variants in turn");
+    table.print();
+    println!(
+        "scrapes: {} of /metrics, {:.2} ms and {} bytes each",
+        report.scrapes, report.scrape_ms, report.scrape_bytes
+    );
+}
