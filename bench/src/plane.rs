@@ -158,6 +158,7 @@ pub async fn run(args: &ControlPlaneArgs) -> anyhow::Result<ControlPlaneReport> 
             Role::Sidecar,
             "cluster.local",
             "ferry-system",
+            None,
         )?);
         let mut change = 0;
         for &watchers in &args.watchers {

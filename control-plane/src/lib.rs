@@ -4,6 +4,7 @@
 pub mod api_certificate;
 pub mod api_metrics;
 pub mod cli;
+pub mod ctl;
 pub mod identity;
 pub mod policy;
 pub mod server;

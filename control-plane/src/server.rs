@@ -28,7 +28,7 @@ use crate::api_certificate::ApiCertificate;
 use crate::identity::{AnyOf, CertificateAuthority, FileTokens, IdentityService, TokenValidator};
 use crate::policy::PolicyStore;
 use crate::sources::kubernetes::TokenReviewValidator;
-use crate::watch::WatchService;
+use crate::watch::{ProxyRegistry, WatchService};
 
 /// Deadline of a TLS handshake on the API listener.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -127,8 +127,15 @@ pub async fn start(
     let listen = api.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let ready = Arc::new(AtomicBool::new(false));
+    let proxies = watches.proxies();
     tokio::spawn(serve_api(api, acceptor, service, watches));
-    tokio::spawn(serve_admin(admin, prometheus, ready.clone(), store.clone()));
+    tokio::spawn(serve_admin(
+        admin,
+        prometheus,
+        ready.clone(),
+        store.clone(),
+        proxies,
+    ));
     ready.store(true, Ordering::Release);
     Ok(RunningControlPlane {
         listen,
@@ -205,6 +212,7 @@ async fn serve_admin(
     prometheus: Option<PrometheusHandle>,
     ready: Arc<AtomicBool>,
     store: Arc<PolicyStore>,
+    proxies: Arc<ProxyRegistry>,
 ) {
     let prometheus = Arc::new(prometheus);
     loop {
@@ -214,11 +222,13 @@ async fn serve_admin(
         let prometheus = prometheus.clone();
         let ready = ready.clone();
         let store = store.clone();
+        let proxies = proxies.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                 let prometheus = prometheus.clone();
                 let ready = ready.clone();
                 let store = store.clone();
+                let proxies = proxies.clone();
                 async move {
                     Ok::<_, Infallible>(match request.uri().path() {
                         "/live" => text(StatusCode::OK, "live\n"),
@@ -236,19 +246,11 @@ async fn serve_admin(
                                 "metrics are not recorded in this process\n",
                             ),
                         },
-                        "/policies" => {
-                            let mut response = Response::new(Full::new(Bytes::from(
-                                policies_report(&store).to_string(),
-                            )));
-                            response.headers_mut().insert(
-                                http::header::CONTENT_TYPE,
-                                http::HeaderValue::from_static("application/json"),
-                            );
-                            response
-                        }
+                        "/policies" => json(&policies_report(&store)),
+                        "/proxies" => json(&serde_json::json!({ "proxies": proxies.list() })),
                         _ => text(
                             StatusCode::NOT_FOUND,
-                            "not found: try /live, /ready, /metrics or /policies\n",
+                            "not found: try /live, /ready, /metrics, /policies or /proxies\n",
                         ),
                     })
                 }
@@ -287,6 +289,38 @@ fn policies_report(store: &PolicyStore) -> serde_json::Value {
             })
         })
         .collect();
+    // Every pool with its size, and the data sets whose pool is unknown
+    // (sidecars leave those out until it appears).
+    let all_pools: Vec<ferry_config::PoolSpec> = current
+        .state
+        .documents
+        .values()
+        .flat_map(|d| d.policy.pools.iter().cloned())
+        .chain(current.state.discovered_pools.values().cloned())
+        .collect();
+    let pools: Vec<serde_json::Value> = all_pools
+        .iter()
+        .map(|pool| serde_json::json!({ "pool": pool.name, "members": pool.members.len() }))
+        .collect();
+    let unresolved: Vec<serde_json::Value> = current
+        .state
+        .documents
+        .iter()
+        .flat_map(|(key, document)| {
+            document
+                .policy
+                .datasets
+                .iter()
+                .filter(|d| !crate::policy::resolves(d, &all_pools))
+                .map(move |d| {
+                    serde_json::json!({
+                        "document": key.to_string(),
+                        "dataset": d.name,
+                        "pool": d.pool,
+                    })
+                })
+        })
+        .collect();
     let refused: Vec<serde_json::Value> = store
         .refusals()
         .iter()
@@ -296,8 +330,19 @@ fn policies_report(store: &PolicyStore) -> serde_json::Value {
         "version": current.version,
         "documents": documents,
         "discovered_pools": discovered,
+        "pools": pools,
+        "datasets_without_pool": unresolved,
         "refused": refused,
     })
+}
+
+fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -4,11 +4,13 @@
 //! and a heartbeat line when nothing has for a while. A slow reader skips
 //! versions rather than queueing them: it always gets the newest.
 
+use std::collections::BTreeMap;
 use std::collections::hash_map::DefaultHasher;
 use std::convert::Infallible;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -18,6 +20,8 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use metrics::{Gauge, gauge};
 use tokio::sync::watch;
+
+use serde::Serialize;
 
 use ferry_config::{Role, SpiffeId, WatchEvent};
 
@@ -32,6 +36,47 @@ pub struct WatchService {
     trust_domain: String,
     heartbeat: Duration,
     streams: Gauge,
+    proxies: Arc<ProxyRegistry>,
+}
+
+/// A proxy watching now, as `/proxies` on the admin port lists it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConnectedProxy {
+    /// Its verified identity.
+    pub identity: String,
+    /// `sidecar` or `worker`.
+    pub role: &'static str,
+    /// Its admin endpoint (`host:port`), as it reported it.
+    pub admin: Option<String>,
+    /// When its watch opened, seconds since the Unix epoch.
+    pub since_unix_seconds: u64,
+}
+
+/// The proxies watching now, each under its watch's number.
+#[derive(Debug, Default)]
+pub struct ProxyRegistry {
+    next: AtomicU64,
+    open: Mutex<BTreeMap<u64, ConnectedProxy>>,
+}
+
+impl ProxyRegistry {
+    /// Every proxy watching now, in the order their watches opened.
+    pub fn list(&self) -> Vec<ConnectedProxy> {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.values().cloned().collect()
+    }
+
+    fn add(self: &Arc<Self>, proxy: ConnectedProxy) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.insert(id, proxy);
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.remove(&id);
+    }
 }
 
 impl WatchService {
@@ -43,7 +88,13 @@ impl WatchService {
             trust_domain: trust_domain.to_owned(),
             heartbeat,
             streams: gauge!("watch_streams"),
+            proxies: Arc::default(),
         }
+    }
+
+    /// The proxies watching now.
+    pub fn proxies(&self) -> Arc<ProxyRegistry> {
+        self.proxies.clone()
     }
 
     /// Answers one watch request from the proxy `peer` (its verified client
@@ -84,13 +135,26 @@ impl WatchService {
             role,
             namespace: namespace.to_owned(),
         };
-        tracing::debug!(%peer, ?role, "watch opened");
+        // Where operators' tools can scrape it; only a plausible address is kept.
+        let admin = query_value(request.uri().query(), "admin")
+            .map(|a| a.replace("%5B", "[").replace("%5D", "]"))
+            .filter(|a| a.parse::<std::net::SocketAddr>().is_ok());
+        tracing::debug!(%peer, ?role, ?admin, "watch opened");
+        let since_unix_seconds = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let registered = self.proxies.add(ConnectedProxy {
+            identity: peer.to_string(),
+            role: role.as_str(),
+            admin,
+            since_unix_seconds,
+        });
         let stream = Stream {
             updates: self.store.subscribe(),
             key,
             sent: None,
             heartbeat: self.heartbeat,
-            _open: StreamGuard::new(self.streams.clone()),
+            _open: StreamGuard::new(self.streams.clone(), self.proxies.clone(), registered),
         };
         let frames = futures::stream::unfold(stream, next_line)
             .map(|line| Ok::<_, Infallible>(Frame::data(line)));
@@ -162,19 +226,28 @@ fn without_version(line: &[u8]) -> &[u8] {
     }
 }
 
-/// Counts open watches in `watch_streams` while alive.
-struct StreamGuard(Gauge);
+/// Counts an open watch in `watch_streams` and lists its proxy while alive.
+struct StreamGuard {
+    streams: Gauge,
+    proxies: Arc<ProxyRegistry>,
+    registered: u64,
+}
 
 impl StreamGuard {
-    fn new(gauge: Gauge) -> Self {
-        gauge.increment(1.0);
-        Self(gauge)
+    fn new(streams: Gauge, proxies: Arc<ProxyRegistry>, registered: u64) -> Self {
+        streams.increment(1.0);
+        Self {
+            streams,
+            proxies,
+            registered,
+        }
     }
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.0.decrement(1.0);
+        self.streams.decrement(1.0);
+        self.proxies.remove(self.registered);
     }
 }
 

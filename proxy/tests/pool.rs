@@ -88,6 +88,16 @@ async fn reads_survive_a_worker_killed_mid_loop() {
         "the dead worker's chunks failed over: {failovers}"
     );
     assert!(ejections >= 1.0, "the dead worker was ejected: {ejections}");
+    // It never answers a probe, so it stays ejected; the others never were.
+    let ejected = proxy
+        .metric("upstream_member_ejected", &[("pool", "workers")])
+        .await;
+    assert_eq!(ejected, 1.0, "exactly the dead worker is ejected now");
+    assert_eq!(
+        proxy.metric("pool_members", &[("pool", "workers")]).await,
+        3.0,
+        "the pool still lists three workers"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -64,7 +64,8 @@ pub fn snapshot(state: &MeshState, version: u64, key: &ViewKey) -> ProxySnapshot
 
 /// Whether a sidecar could serve `dataset`: its pool exists (or, unnamed,
 /// there is exactly one).
-fn resolves(dataset: &DatasetPolicy, pools: &[PoolSpec]) -> bool {
+/// Whether `dataset`'s pool is among `pools` (unnamed: the only one).
+pub fn resolves(dataset: &DatasetPolicy, pools: &[PoolSpec]) -> bool {
     match &dataset.pool {
         Some(name) => pools.iter().any(|p| &p.name == name),
         None => pools.len() == 1,

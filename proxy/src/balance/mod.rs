@@ -7,7 +7,7 @@ pub mod health;
 pub mod latency;
 pub mod rendezvous;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -71,6 +71,8 @@ pub struct MemberMetrics {
     pub ejections: Counter,
     /// `upstream_inflight`.
     pub inflight: Gauge,
+    /// `upstream_member_ejected`: 1 while ejected (until a probe succeeds).
+    pub ejected: Gauge,
 }
 
 impl MemberMetrics {
@@ -84,6 +86,7 @@ impl MemberMetrics {
             hedges_won: counter!("upstream_hedges_won_total", &labels),
             ejections: counter!("upstream_ejections_total", &labels),
             inflight: gauge!("upstream_inflight", &labels),
+            ejected: gauge!("upstream_member_ejected", &labels),
         }
     }
 }
@@ -102,6 +105,10 @@ pub struct Member {
     inflight: AtomicUsize,
     load: Mutex<SmoothedLoad>,
     health: Mutex<Health>,
+    /// Whether it counts in `upstream_member_ejected` now. A flag, not a set
+    /// gauge, so that a member replaced by a same-named one (new weight)
+    /// takes its share out of the gauge exactly once.
+    counted_ejected: AtomicBool,
     /// The shared connection to it.
     pub connection: Connection,
     /// Its metrics.
@@ -187,6 +194,22 @@ pub struct Pool {
     tls: Option<PoolTls>,
     /// What it was built from, less its members (which [`Pool::update`] changes).
     built_from: (ferry_config::BalanceSpec, Option<SpiffePattern>),
+    /// Its share of `pool_members`.
+    size: Gauge,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.size.decrement(self.members.load().len() as f64);
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if self.counted_ejected.load(Ordering::Relaxed) {
+            self.metrics.ejected.decrement(1.0);
+        }
+    }
 }
 
 /// How a pool's connections are secured.
@@ -226,6 +249,7 @@ impl Pool {
             },
             tls,
             built_from: (spec.balance.clone(), spec.identity.clone()),
+            size: gauge!("pool_members", "pool" => spec.name.clone()),
         });
         pool.update(&spec.members);
         pool
@@ -263,6 +287,7 @@ impl Pool {
                             inflight: AtomicUsize::new(0),
                             load: Mutex::new(SmoothedLoad::new()),
                             health: Mutex::new(Health::default()),
+                            counted_ejected: AtomicBool::new(false),
                             connection: Connection::new(
                                 &spec.address,
                                 self.settings,
@@ -273,6 +298,10 @@ impl Pool {
                     })
             })
             .collect();
+        // Added and taken away rather than set: a pool that replaces a
+        // same-named one is built before the old one is dropped.
+        self.size
+            .increment(next.len() as f64 - current.len() as f64);
         self.members.store(Arc::new(next));
     }
 
@@ -370,6 +399,11 @@ impl Pool {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .succeeded();
+        if member.counted_ejected.load(Ordering::Relaxed)
+            && member.counted_ejected.swap(false, Ordering::Relaxed)
+        {
+            member.metrics.ejected.decrement(1.0);
+        }
     }
 
     /// Records that `member` failed, ejecting it if it keeps failing.
@@ -381,6 +415,9 @@ impl Pool {
             .failed(Instant::now(), &self.ejection);
         if let Some(length) = ejected {
             member.metrics.ejections.increment(1);
+            if !member.counted_ejected.swap(true, Ordering::Relaxed) {
+                member.metrics.ejected.increment(1.0);
+            }
             tracing::warn!(pool = %self.name, member = %member.address, ?length, "worker ejected after failures");
         }
     }

@@ -3,6 +3,7 @@
 //! comes. A broken or silent stream is reopened with jittered exponential
 //! backoff; meanwhile the last good snapshot stays in force.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +36,26 @@ const MAX_LINE: usize = 16 << 20;
 /// The control plane's service account.
 const CONTROL_PLANE_ACCOUNT: &str = "ferry-control-plane";
 
+/// The watch request's path: the role, and where the admin endpoint is
+/// reachable (an unspecified address becomes the pod's, from `POD_IP`).
+fn watch_path(role: Role, admin: Option<SocketAddr>) -> String {
+    let mut path = format!("/v1/watch/proxy?role={}", role.as_str());
+    let reachable = admin.map(|mut admin| {
+        if admin.ip().is_unspecified()
+            && let Some(ip) = std::env::var("POD_IP").ok().and_then(|ip| ip.parse().ok())
+        {
+            admin.set_ip(ip);
+        }
+        admin
+    });
+    if let Some(admin) = reachable {
+        let admin = admin.to_string().replace('[', "%5B").replace(']', "%5D");
+        path.push_str("&admin=");
+        path.push_str(&admin);
+    }
+    path
+}
+
 /// Watches the control plane for `mesh` in the background; the receiver
 /// turns true once the first snapshot is in force.
 pub fn spawn(
@@ -43,8 +64,15 @@ pub fn spawn(
     role: Role,
     trust_domain: &str,
     control_plane_namespace: &str,
+    admin: Option<SocketAddr>,
 ) -> anyhow::Result<watch::Receiver<bool>> {
-    let client = WatchClient::new(&identity, role, trust_domain, control_plane_namespace)?;
+    let client = WatchClient::new(
+        &identity,
+        role,
+        trust_domain,
+        control_plane_namespace,
+        admin,
+    )?;
     let (first, first_seen) = watch::channel(false);
     tokio::spawn(async move {
         let mut backoff = BACKOFF_FIRST;
@@ -105,11 +133,14 @@ pub struct WatchClient {
 impl WatchClient {
     /// Watches for a proxy in `role` holding `identity`'s certificate; the
     /// control plane must present `spiffe://<trust_domain>/ns/<control_plane_namespace>/sa/ferry-control-plane`.
+    /// `admin`, the proxy's admin endpoint, is told to the control plane so
+    /// that `ferryctl` can find it.
     pub fn new(
         identity: &Identity,
         role: Role,
         trust_domain: &str,
         control_plane_namespace: &str,
+        admin: Option<SocketAddr>,
     ) -> anyhow::Result<Self> {
         let expected: SpiffePattern =
             SpiffeId::workload(trust_domain, control_plane_namespace, CONTROL_PLANE_ACCOUNT)
@@ -136,7 +167,7 @@ impl WatchClient {
             address: format!("{host}:{port}"),
             server_name,
             connector,
-            path: format!("/v1/watch/proxy?role={}", role.as_str()),
+            path: watch_path(role, admin),
             authority: uri.authority().map(|a| a.to_string()).unwrap_or_default(),
         })
     }

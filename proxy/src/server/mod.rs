@@ -185,6 +185,7 @@ pub async fn start_announcing(
                 role,
                 &watch_spec.trust_domain,
                 &watch_spec.control_plane_namespace,
+                Some(admin_addr),
             )?;
             let _ = first.wait_for(|applied| *applied).await;
         }

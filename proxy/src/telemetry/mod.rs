@@ -122,6 +122,11 @@ fn describe() {
         "Times this worker was ejected after repeated failures."
     );
     describe_gauge!("upstream_inflight", "Requests in flight to this worker.");
+    describe_gauge!(
+        "upstream_member_ejected",
+        "1 while this worker is ejected (until a probe request succeeds)."
+    );
+    describe_gauge!("pool_members", "Workers in the pool now.");
     describe_counter!(
         "readahead_chunks_total",
         "Chunks fetched ahead of a sequential reader."

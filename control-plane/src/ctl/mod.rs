@@ -1,0 +1,191 @@
+//! `ferryctl`: the operator's view of a running mesh. `stat` prints golden
+//! signals per data set and per proxy; `check` says what is wrong and what
+//! to do. Proxies are named by their admin addresses, or found through the
+//! control plane, which lists every proxy watching it.
+
+pub mod check;
+pub mod http;
+pub mod stat;
+pub mod table;
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+/// `ferryctl` command line.
+#[derive(Debug, Parser)]
+#[command(name = "ferryctl", version, about = "Look at a running Ferry mesh")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `ferryctl` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Success rate, requests/s, latency, hit ratios and bytes/s, per data set and per proxy.
+    Stat(StatArgs),
+    /// What is wrong with the mesh, and what to do about it (exit status 1 if anything failed).
+    Check(CheckArgs),
+}
+
+/// Which proxies, and how to reach them.
+#[derive(Args, Clone, Debug)]
+pub struct Reach {
+    /// A proxy's admin address (repeat for more); default: every proxy the control plane lists.
+    #[arg(long = "admin", value_name = "HOST:PORT")]
+    pub admins: Vec<String>,
+    /// The control plane's admin address.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:9990",
+        env = "FERRY_CONTROL_PLANE_ADMIN"
+    )]
+    pub control_plane_admin: String,
+    /// Deadline of each request.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// `ferryctl stat` arguments.
+#[derive(Args, Debug)]
+pub struct StatArgs {
+    /// Which proxies.
+    #[command(flatten)]
+    pub reach: Reach,
+    /// Time between the two scrapes the figures come from; 0 reports each proxy's whole life.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Refresh in place every interval, until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+    /// With --watch: stop after this many refreshes.
+    #[arg(long, requires = "watch")]
+    pub count: Option<u32>,
+}
+
+/// `ferryctl check` arguments.
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Which proxies.
+    #[command(flatten)]
+    pub reach: Reach,
+    /// The mesh runs without a control plane (identity disabled): do not look for one.
+    #[arg(long)]
+    pub no_control_plane: bool,
+    /// A certificate with less left than this is reported as near expiry.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub expiry_warning: Duration,
+}
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned text for people.
+    Table,
+    /// JSON for programs.
+    Json,
+}
+
+/// A proxy to look at.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Its admin address.
+    pub admin: String,
+    /// Its identity, when the control plane listed it.
+    pub identity: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Listing {
+    proxies: Vec<Listed>,
+}
+
+#[derive(Deserialize)]
+struct Listed {
+    identity: String,
+    admin: Option<String>,
+}
+
+/// The proxies in the control plane's `/proxies` answer that gave an admin address.
+pub fn targets_from_listing(json: &str) -> anyhow::Result<Vec<Target>> {
+    let listing: Listing = serde_json::from_str(json)?;
+    Ok(listing
+        .proxies
+        .into_iter()
+        .filter_map(|p| {
+            Some(Target {
+                admin: p.admin?,
+                identity: Some(p.identity),
+            })
+        })
+        .collect())
+}
+
+/// The proxies to look at: those named, else those the control plane lists.
+async fn targets(reach: &Reach) -> anyhow::Result<Vec<Target>> {
+    if !reach.admins.is_empty() {
+        return Ok(reach
+            .admins
+            .iter()
+            .map(|admin| Target {
+                admin: admin.clone(),
+                identity: None,
+            })
+            .collect());
+    }
+    let listing = http::get_text(&reach.control_plane_admin, "/proxies", reach.timeout)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "no --admin given, and the control plane cannot list proxies: {e:#} \
+                 (name proxies with --admin HOST:PORT, or point --control-plane-admin at it)"
+            )
+        })?;
+    targets_from_listing(&listing)
+}
+
+/// Runs `cli`; the process's exit status.
+pub async fn run(cli: Cli) -> anyhow::Result<bool> {
+    match cli.command {
+        Command::Stat(args) => {
+            let targets = targets(&args.reach).await?;
+            anyhow::ensure!(!targets.is_empty(), "no proxies to look at");
+            stat::run(
+                &targets,
+                args.interval,
+                args.watch,
+                args.count,
+                args.reach.output,
+                args.reach.timeout,
+            )
+            .await
+        }
+        Command::Check(args) => {
+            let settings = check::CheckSettings {
+                control_plane: (!args.no_control_plane)
+                    .then(|| args.reach.control_plane_admin.clone()),
+                expiry_warning: args.expiry_warning,
+                timeout: args.reach.timeout,
+            };
+            let named: Vec<Target> = args
+                .reach
+                .admins
+                .iter()
+                .map(|admin| Target {
+                    admin: admin.clone(),
+                    identity: None,
+                })
+                .collect();
+            let report = check::run(&named, &settings).await;
+            check::print(&report, args.reach.output, &mut std::io::stdout())?;
+            Ok(report.ok)
+        }
+    }
+}
