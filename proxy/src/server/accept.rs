@@ -63,6 +63,8 @@ pub struct Tls {
 impl Tls {
     /// Handshakes with `config`, each within `timeout`, at most `max_handshakes` at once.
     pub fn new(config: rustls::ServerConfig, timeout: Duration, max_handshakes: usize) -> Self {
+        // Exported from the start, so a rule can tell none from unknown.
+        counter!("inbound_tls_handshake_failures_total", "reason" => "timeout").increment(0);
         Self {
             config: Arc::new(config),
             timeout,

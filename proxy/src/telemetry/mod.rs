@@ -221,6 +221,10 @@ impl TrafficMetrics {
             ("dataset", dataset.to_owned()),
             ("direction", direction.as_str().to_owned()),
         ];
+        if direction == Direction::Inbound {
+            // Exported from the start, so a rule can tell none from unknown.
+            counter!("inbound_authz_denied_total", "dataset" => dataset.to_owned()).increment(0);
+        }
         Self {
             dataset: dataset.to_owned(),
             direction,
