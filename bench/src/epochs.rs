@@ -303,6 +303,7 @@ pub async fn run(args: &EpochsArgs) -> anyhow::Result<EpochsReport> {
     if let Some(path) = &args.json {
         report::write_json(path, &report)?;
     }
+    print_mesh(&pools).await;
     if args.keep_running {
         if let Some(admin) = report.runs.iter().find_map(|r| r.proxy_admin.as_ref()) {
             println!(
@@ -314,6 +315,29 @@ pub async fn run(args: &EpochsArgs) -> anyhow::Result<EpochsReport> {
     drop(servers);
     drop(pools);
     Ok(report)
+}
+
+/// The pools' proxies as `ferryctl stat --interval 0` shows them.
+async fn print_mesh(pools: &[PoolTopology]) {
+    use ferry_control_plane::ctl::{Output, Target, stat};
+    let targets: Vec<Target> = pools
+        .iter()
+        .flat_map(PoolTopology::admins)
+        .map(|admin| Target {
+            admin: admin.to_string(),
+            identity: None,
+        })
+        .collect();
+    if targets.is_empty() {
+        return;
+    }
+    println!("\nThe mesh as `ferryctl stat --interval 0` sees it:");
+    let scrape = stat::scrape(&targets, Duration::from_secs(5)).await;
+    let _ = stat::print(
+        &stat::report(None, &scrape),
+        Output::Table,
+        &mut std::io::stdout(),
+    );
 }
 
 /// Counters of ferry-proxy reported at the end of a run.

@@ -55,6 +55,10 @@ pub struct Variant {
     pub items_per_second: f64,
     /// Against tracing off, same run.
     pub ratio_to_off: f64,
+    /// The worker's CPU time per read over the warm epochs, µs (export included).
+    pub cpu_us_per_read: Option<f64>,
+    /// That against tracing off.
+    pub cpu_ratio_to_off: Option<f64>,
     /// Spans the worker exported (none when it does not trace).
     pub spans_exported: Option<f64>,
     /// Spans it dropped.
@@ -150,6 +154,7 @@ pub async fn run(args: &TelemetryArgs) -> anyhow::Result<TelemetryReport> {
     let scrape_nanos = Arc::new(AtomicU64::new(0));
     let scrape_bytes = Arc::new(AtomicU64::new(0));
     let mut results: Vec<Vec<EpochStats>> = vec![Vec::new(); VARIANTS.len()];
+    let cpu_before: Vec<Option<f64>> = workers.iter().map(ChildProcess::cpu_seconds).collect();
     for epoch in 2..=args.epochs + 1 {
         // Each epoch starts with a different variant, so that none gains
         // from its place in the turn (the one after an idle spell runs
@@ -178,6 +183,19 @@ pub async fn run(args: &TelemetryArgs) -> anyhow::Result<TelemetryReport> {
             results[index].push(stats);
         }
     }
+    // The 1.0 worker's last spans leave after its last epoch: wait for its
+    // exporter (one batch interval and then some) before reading CPU times.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu_per_read: Vec<Option<f64>> = workers
+        .iter()
+        .zip(&cpu_before)
+        .zip(&results)
+        .map(|((worker, before), epochs)| {
+            let reads: usize = epochs.iter().map(|e| e.items).sum();
+            let spent = worker.cpu_seconds()? - (*before)?;
+            (reads > 0).then(|| spent * 1e6 / reads as f64)
+        })
+        .collect();
     let mean = |epochs: &[EpochStats]| {
         let items: usize = epochs.iter().map(|e| e.items).sum();
         let seconds: f64 = epochs.iter().map(|e| e.seconds).sum();
@@ -185,7 +203,13 @@ pub async fn run(args: &TelemetryArgs) -> anyhow::Result<TelemetryReport> {
     };
     let off = mean(&results[0]);
     let mut variants = Vec::new();
-    for (((name, epochs), worker), env) in VARIANTS.iter().zip(results).zip(&workers).zip(&envs) {
+    for ((((name, epochs), worker), env), cpu) in VARIANTS
+        .iter()
+        .zip(results)
+        .zip(&workers)
+        .zip(&envs)
+        .zip(&cpu_per_read)
+    {
         let (exported, dropped) = match worker.admin {
             Some(admin) if !env.is_empty() => (
                 scrape(admin, "trace_spans_exported_total", &[]).await.ok(),
@@ -199,6 +223,8 @@ pub async fn run(args: &TelemetryArgs) -> anyhow::Result<TelemetryReport> {
             epochs,
             items_per_second,
             ratio_to_off: items_per_second / off.max(1e-9),
+            cpu_us_per_read: *cpu,
+            cpu_ratio_to_off: cpu.zip(cpu_per_read[0]).map(|(c, o)| c / o.max(1e-9)),
             spans_exported: exported,
             spans_dropped: dropped,
         });
@@ -248,6 +274,8 @@ fn print(report: &TelemetryReport) {
         "vs off",
         "p50 ms",
         "p99 ms",
+        "CPU µs/read",
+        "CPU vs off",
         "spans exported",
         "spans dropped",
     ]);
@@ -261,6 +289,12 @@ fn print(report: &TelemetryReport) {
             format!("{:.3}", variant.ratio_to_off),
             format!("{:.2}", p(|e| e.p50_ms)),
             format!("{:.2}", p(|e| e.p99_ms)),
+            variant
+                .cpu_us_per_read
+                .map_or_else(|| "-".into(), |c| format!("{c:.1}")),
+            variant
+                .cpu_ratio_to_off
+                .map_or_else(|| "-".into(), |r| format!("{r:.3}")),
             spans(variant.spans_exported),
             spans(variant.spans_dropped),
         ]);

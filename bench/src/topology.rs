@@ -143,6 +143,14 @@ impl PoolTopology {
         Ok(())
     }
 
+    /// Admin addresses of the sidecar and the running workers.
+    pub fn admins(&self) -> Vec<SocketAddr> {
+        std::iter::once(&self.sidecar)
+            .chain(self.workers.iter().flatten())
+            .filter_map(|p| p.admin)
+            .collect()
+    }
+
     /// The inbound address of worker `index`.
     pub fn worker_address(&self, index: usize) -> Option<SocketAddr> {
         self.inbound.get(index).copied()

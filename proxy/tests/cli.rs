@@ -82,7 +82,7 @@ async fn a_config_file_starts_the_proxy_and_admin_answers() {
     let path = dir.path().join("good.yaml");
     std::fs::write(
         &path,
-        "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\ndatasets:\n  - name: one-set\n    bucket: one\n    \
+        "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\ninbound: 127.0.0.1:0\ndatasets:\n  - name: one-set\n    bucket: one\n    \
          origin: synthetic://?count=5\n    cache: { worker: { size: 8MiB, policy: lru } }\n  \
          - name: two-set\n    bucket: two\n    origin: synthetic://?count=7\n",
     )
