@@ -1,6 +1,7 @@
-//! `ferry-bench telemetry`: what observability costs on the hot path. Four
+//! `ferry-bench telemetry`: what observability costs on the hot path. Five
 //! workers serve the same cached data set in turns, epoch by epoch: tracing
 //! off, traces sampled at 0.01 and at 1.0 (exported to a collector process),
+//! at 1.0 to a collector that accepts and never answers,
 //! and tracing off with `/metrics` scraped 10 times a second.
 
 use std::path::PathBuf;
@@ -89,7 +90,17 @@ impl TelemetryReport {
     }
 }
 
-const VARIANTS: [&str; 4] = ["off", "sampled 0.01", "sampled 1.0", "scraped 10/s"];
+const VARIANTS: [&str; 5] = [
+    "off",
+    "sampled 0.01",
+    "sampled 1.0",
+    "1.0, collector stalled",
+    "scraped 10/s",
+];
+/// The variant whose `/metrics` is scraped.
+const SCRAPED: usize = 4;
+/// Connections the stalled collector holds open at most.
+const STALLED_CONNECTIONS: usize = 256;
 
 /// Runs the comparison.
 pub async fn run(args: &TelemetryArgs) -> anyhow::Result<TelemetryReport> {
@@ -112,14 +123,32 @@ pub async fn run(args: &TelemetryArgs) -> anyhow::Result<TelemetryReport> {
     ]
     .map(str::to_owned)
     .into();
-    let traced = |ratio: &'static str| -> Vec<(&'static str, String)> {
+    // A collector that accepts connections and never answers: exports hang
+    // until their timeout, the queue fills, and spans are dropped.
+    let stalled = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let stalled_endpoint = format!("http://{}", stalled.local_addr()?);
+    let stalled_task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = stalled.accept().await {
+            if held.len() < STALLED_CONNECTIONS {
+                held.push(stream);
+            }
+        }
+    });
+    let traced = |ratio: &'static str, endpoint: &str| -> Vec<(&'static str, String)> {
         vec![
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.to_owned()),
             ("OTEL_TRACES_SAMPLER", "traceidratio".into()),
             ("OTEL_TRACES_SAMPLER_ARG", ratio.into()),
         ]
     };
-    let envs: [Vec<(&str, String)>; 4] = [Vec::new(), traced("0.01"), traced("1.0"), Vec::new()];
+    let envs: [Vec<(&str, String)>; 5] = [
+        Vec::new(),
+        traced("0.01", &endpoint),
+        traced("1.0", &endpoint),
+        traced("1.0", &stalled_endpoint),
+        Vec::new(),
+    ];
     let mut workers = Vec::new();
     for env in &envs {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -147,7 +176,7 @@ pub async fn run(args: &TelemetryArgs) -> anyhow::Result<TelemetryReport> {
         )
         .await;
     }
-    let scraped_admin = workers[3]
+    let scraped_admin = workers[SCRAPED]
         .admin
         .ok_or_else(|| anyhow::anyhow!("the scraped worker has no admin"))?;
     let scrapes = Arc::new(AtomicU64::new(0));
@@ -162,7 +191,7 @@ pub async fn run(args: &TelemetryArgs) -> anyhow::Result<TelemetryReport> {
         for turn in 0..VARIANTS.len() {
             let index = (turn + epoch) % VARIANTS.len();
             let (variant, target) = (VARIANTS[index], &targets[index]);
-            let scraping = (index == 3).then(|| {
+            let scraping = (index == SCRAPED).then(|| {
                 let running = Arc::new(AtomicBool::new(true));
                 let task = tokio::spawn(scrape_loop(
                     scraped_admin,
@@ -241,6 +270,7 @@ pub async fn run(args: &TelemetryArgs) -> anyhow::Result<TelemetryReport> {
         report::write_json(path, &report)?;
     }
     drop(collector);
+    stalled_task.abort();
     Ok(report)
 }
 
