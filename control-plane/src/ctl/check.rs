@@ -362,8 +362,7 @@ pub fn print(
     out: &mut impl std::io::Write,
 ) -> std::io::Result<()> {
     if output == Output::Json {
-        serde_json::to_writer_pretty(&mut *out, report)?;
-        return writeln!(out);
+        return super::write_json(report, out);
     }
     for finding in &report.findings {
         let mark = match finding.severity {

@@ -113,6 +113,12 @@ struct Listed {
     admin: Option<String>,
 }
 
+/// Writes `value` as indented JSON and a newline.
+fn write_json(value: &impl serde::Serialize, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
+    writeln!(out)
+}
+
 /// The proxies in the control plane's `/proxies` answer that gave an admin address.
 pub fn targets_from_listing(json: &str) -> anyhow::Result<Vec<Target>> {
     let listing: Listing = serde_json::from_str(json)?;

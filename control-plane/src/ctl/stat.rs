@@ -266,8 +266,7 @@ pub fn print(
     out: &mut impl std::io::Write,
 ) -> std::io::Result<()> {
     if output == Output::Json {
-        serde_json::to_writer_pretty(&mut *out, report)?;
-        return writeln!(out);
+        return super::write_json(report, out);
     }
     match report.window_seconds {
         Some(w) => writeln!(out, "over the last {w:.1} s")?,
