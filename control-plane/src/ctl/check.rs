@@ -111,19 +111,21 @@ pub async fn check_control_plane(
         }
         Ok(_) => {}
     }
-    let policies: serde_json::Value =
-        match super::http::get_text(address, "/policies", timeout).await {
-            Ok(text) => serde_json::from_str(&text).unwrap_or_default(),
-            Err(err) => {
-                findings.push(Finding::bad(
-                    Severity::Fail,
-                    subject,
-                    format!("ready, but /policies failed: {err:#}"),
-                    CONTROL_PLANE_ADVICE,
-                ));
-                return None;
-            }
-        };
+    let policies: serde_json::Value = match super::http::get_text(address, "/policies", timeout)
+        .await
+        .and_then(|text| serde_json::from_str(&text).map_err(anyhow::Error::from))
+    {
+        Ok(policies) => policies,
+        Err(err) => {
+            findings.push(Finding::bad(
+                Severity::Fail,
+                subject,
+                format!("ready, but /policies failed: {err:#}"),
+                CONTROL_PLANE_ADVICE,
+            ));
+            return None;
+        }
+    };
     let proxies = match super::http::get_text(address, "/proxies", timeout).await {
         Ok(text) => super::targets_from_listing(&text).unwrap_or_default(),
         Err(_) => Vec::new(),
