@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 
 use ferry_control_plane::ctl::Target;
 use ferry_control_plane::ctl::check::{self, CheckSettings, Severity};
+use ferry_control_plane::ctl::stat;
 
 /// Serves `pages` (path → body) over HTTP on a port of its own.
 async fn serve(pages: Vec<(&'static str, String)>) -> SocketAddr {
@@ -156,4 +157,72 @@ async fn an_unreachable_proxy_fails() {
     let report = check::run(&[target], &settings(None)).await;
     assert!(!report.ok);
     assert!(has(&report, Severity::Fail, "unreachable"));
+}
+
+#[tokio::test]
+async fn stat_shows_each_worker_as_the_sidecar_sees_it() {
+    let labels = |member: &str| format!("pool=\"workers\",member=\"{member}\"");
+    let (a, b) = (labels("10.0.0.7:4143"), labels("10.0.0.8:4143"));
+    let metrics = format!(
+        "# TYPE upstream_requests_total counter\n\
+         upstream_requests_total{{{a}}} 90\n\
+         upstream_requests_total{{{b}}} 10\n\
+         # TYPE upstream_failovers_total counter\n\
+         upstream_failovers_total{{{a}}} 0\n\
+         upstream_failovers_total{{{b}}} 4\n\
+         # TYPE upstream_hedges_total counter\n\
+         upstream_hedges_total{{{a}}} 3\n\
+         upstream_hedges_total{{{b}}} 0\n\
+         # TYPE upstream_hedges_won_total counter\n\
+         upstream_hedges_won_total{{{a}}} 2\n\
+         upstream_hedges_won_total{{{b}}} 0\n\
+         # TYPE upstream_member_ejected gauge\n\
+         upstream_member_ejected{{{a}}} 0\n\
+         upstream_member_ejected{{{b}}} 1\n\
+         # TYPE upstream_response_latency_seconds histogram\n\
+         upstream_response_latency_seconds_bucket{{{a},le=\"0.001\"}} 0\n\
+         upstream_response_latency_seconds_bucket{{{a},le=\"0.01\"}} 90\n\
+         upstream_response_latency_seconds_bucket{{{a},le=\"+Inf\"}} 90\n\
+         upstream_response_latency_seconds_sum{{{a}}} 0.4\n\
+         upstream_response_latency_seconds_count{{{a}}} 90\n"
+    );
+    let sidecar = serve(vec![("/metrics", metrics)]).await;
+    let target = Target {
+        admin: sidecar.to_string(),
+        identity: None,
+    };
+    let scrape = stat::scrape(&[target], Duration::from_secs(5)).await;
+    let report = stat::report(None, &scrape);
+    assert_eq!(report.workers.len(), 2, "{:?}", report.workers);
+    let busy = &report.workers[0];
+    assert_eq!(busy.member, "10.0.0.7:4143");
+    assert_eq!(busy.requests, 90.0);
+    assert_eq!((busy.hedges, busy.hedges_won), (3.0, 2.0));
+    assert!(!busy.ejected);
+    // Half of the 90 fall below 5.5 ms in the 1..10 ms bucket.
+    assert!((busy.p50_ms.expect("p50") - 5.5).abs() < 1e-9);
+    let sick = &report.workers[1];
+    assert_eq!(sick.failovers, 4.0);
+    assert!(sick.ejected);
+    assert!(sick.p99_ms.is_none(), "no latency observed");
+    let mut printed = Vec::new();
+    stat::print(
+        &report,
+        ferry_control_plane::ctl::Output::Table,
+        &mut printed,
+    )
+    .expect("print");
+    let printed = String::from_utf8(printed).expect("utf-8");
+    assert!(
+        printed.contains("WORKERS (as sidecars see them)"),
+        "{printed}"
+    );
+    let line = printed
+        .lines()
+        .find(|l| l.contains("10.0.0.8:4143"))
+        .expect("the sick worker's row");
+    assert!(
+        line.contains("ejected") && line.contains("10 req"),
+        "{line}"
+    );
 }

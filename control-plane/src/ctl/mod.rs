@@ -7,6 +7,7 @@ pub mod check;
 pub mod http;
 pub mod stat;
 pub mod table;
+pub mod upstream;
 
 use std::time::Duration;
 

@@ -115,6 +115,8 @@ pub struct StatReport {
     pub datasets: Vec<Row>,
     /// Per proxy, data set and direction.
     pub proxies: Vec<Row>,
+    /// Per sidecar and pool member: the workers as sidecars see them.
+    pub workers: Vec<super::upstream::WorkerRow>,
     /// Proxies that did not answer.
     pub unreachable: Vec<Unreachable>,
 }
@@ -144,6 +146,7 @@ pub fn report(before: Option<&Scrape>, after: &Scrape) -> StatReport {
     let window = before.map(|b| after.at.duration_since(b.at).as_secs_f64());
     let mut datasets: BTreeMap<(String, String), Tally> = BTreeMap::new();
     let mut proxies = Vec::new();
+    let mut workers = Vec::new();
     let mut unreachable = Vec::new();
     for (admin, result) in &after.results {
         let now = match result {
@@ -162,6 +165,7 @@ pub fn report(before: Option<&Scrape>, after: &Scrape) -> StatReport {
                 .find(|(a, _)| a == admin)
                 .and_then(|(_, r)| r.as_ref().ok())
         });
+        workers.extend(super::upstream::rows(admin, then, now, window));
         for ((dataset, direction), tally) in tallies(then, now) {
             proxies.push(tally.row(admin, &dataset, &direction, window));
             datasets
@@ -177,6 +181,7 @@ pub fn report(before: Option<&Scrape>, after: &Scrape) -> StatReport {
             .map(|((dataset, direction), tally)| tally.row("*", dataset, direction, window))
             .collect(),
         proxies,
+        workers,
         unreachable,
     }
 }
@@ -200,16 +205,7 @@ fn tallies(then: Option<&Exposition>, now: &Exposition) -> BTreeMap<(String, Str
         }
         let traffic = [("dataset", dataset), ("direction", direction)];
         let cache = |tier: &'static str| [("dataset", dataset), ("tier", tier)];
-        let counter = |name: &str, labels: &[(&str, &str)]| {
-            let later = now.sum(name, labels);
-            let earlier = then.map_or(0.0, |t| t.sum(name, labels));
-            // A restarted proxy starts from zero: its count is all new.
-            if later >= earlier {
-                later - earlier
-            } else {
-                later
-            }
-        };
+        let counter = |name: &str, labels: &[(&str, &str)]| counter_delta(then, now, name, labels);
         let success = [
             ("dataset", dataset),
             ("direction", direction),
@@ -224,24 +220,43 @@ fn tallies(then: Option<&Exposition>, now: &Exposition) -> BTreeMap<(String, Str
             memory_misses: counter("cache_misses_total", &cache("memory")),
             disk_hits: counter("cache_hits_total", &cache("disk")),
             disk_misses: counter("cache_misses_total", &cache("disk")),
-            buckets: bucket_delta(then, now, &traffic),
+            buckets: bucket_delta(then, now, "response_latency_seconds", &traffic),
         };
         out.insert((dataset.to_owned(), direction.to_owned()), tally);
     }
     out
 }
 
-fn bucket_delta(
+/// How much counter `name` (summed over `labels`) grew from `then` to `now`;
+/// all of `now` when there is no `then` or the proxy restarted meanwhile.
+pub(super) fn counter_delta(
     then: Option<&Exposition>,
     now: &Exposition,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
+    let later = now.sum(name, labels);
+    let earlier = then.map_or(0.0, |t| t.sum(name, labels));
+    // A restarted proxy starts from zero: its count is all new.
+    if later >= earlier {
+        later - earlier
+    } else {
+        later
+    }
+}
+
+/// Histogram `name`'s cumulative buckets gained from `then` to `now`.
+pub(super) fn bucket_delta(
+    then: Option<&Exposition>,
+    now: &Exposition,
+    name: &str,
     labels: &[(&str, &str)],
 ) -> Vec<(f64, f64)> {
-    const NAME: &str = "response_latency_seconds";
-    let later = now.buckets(NAME, labels);
+    let later = now.buckets(name, labels);
     let Some(then) = then else {
         return later;
     };
-    let earlier = then.buckets(NAME, labels);
+    let earlier = then.buckets(name, labels);
     let delta: Vec<(f64, f64)> = later
         .iter()
         .map(|&(bound, count)| {
@@ -299,6 +314,10 @@ pub fn print(
         }
         table.print(out)?;
     }
+    if !report.workers.is_empty() {
+        writeln!(out, "\nWORKERS (as sidecars see them)")?;
+        super::upstream::print(&report.workers, out)?;
+    }
     for proxy in &report.unreachable {
         writeln!(out, "\nunreachable: {}: {}", proxy.proxy, proxy.error)?;
     }
@@ -309,7 +328,7 @@ fn percent(ratio: Option<f64>) -> String {
     ratio.map_or_else(|| "-".into(), |r| format!("{:.2}%", r * 100.0))
 }
 
-fn millis(ms: Option<f64>) -> String {
+pub(super) fn millis(ms: Option<f64>) -> String {
     ms.map_or_else(|| "-".into(), |ms| format!("{ms:.2}ms"))
 }
 
