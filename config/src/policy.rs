@@ -60,6 +60,34 @@ pub struct DatasetPolicy {
     pub cache: RoleCaches,
 }
 
+impl DatasetPolicy {
+    /// The pool among `pools` a sidecar reads this data set from: the one it
+    /// names, or the only one; else why not.
+    pub fn pool_in<'a>(&self, pools: &'a [PoolSpec]) -> Result<&'a PoolSpec, String> {
+        match &self.pool {
+            Some(name) => pools.iter().find(|p| &p.name == name).ok_or_else(|| {
+                let known: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+                format!(
+                    "data set '{}' names pool '{name}', which is not defined (pools: {known:?})",
+                    self.name
+                )
+            }),
+            None => match pools {
+                [only] => Ok(only),
+                [] => Err(format!(
+                    "data set '{}' has no pool to read from: define one under `pools:`",
+                    self.name
+                )),
+                _ => Err(format!(
+                    "data set '{}' must name its pool: there are {} pools",
+                    self.name,
+                    pools.len()
+                )),
+            },
+        }
+    }
+}
+
 /// What a sidecar does when no worker of its pool can serve a chunk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -384,14 +412,8 @@ impl PolicyFile {
             field,
             message,
         };
-        for (i, pool) in self.pools.iter().enumerate() {
-            if self.pools[..i].iter().any(|p| p.name == pool.name) {
-                return Err(error(
-                    format!("pools[{i}].name"),
-                    format!("pool name '{}' is used twice", pool.name),
-                ));
-            }
-        }
+        crate::pool::check_unique_names(&self.pools)
+            .map_err(|(field, message)| error(field, message))?;
         for (i, dataset) in self.datasets.iter().enumerate() {
             if dataset.origin.is_none() {
                 return Err(error(

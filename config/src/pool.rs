@@ -47,6 +47,19 @@ fn default_weight() -> u32 {
     1
 }
 
+/// Checks that no two of `pools` share a name; else the field and why.
+pub fn check_unique_names(pools: &[PoolSpec]) -> Result<(), (String, String)> {
+    for (i, pool) in pools.iter().enumerate() {
+        if pools[..i].iter().any(|p| p.name == pool.name) {
+            return Err((
+                format!("pools[{i}].name"),
+                format!("pool name '{}' is used twice", pool.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl MemberSpec {
     /// A member of weight 1 in no zone.
     pub fn new(address: impl Into<String>) -> Self {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::IdentitySpec;
 use crate::load::ConfigError;
-use crate::policy::{DatasetPolicy, Datasets, PoolDownPolicy};
+use crate::policy::{Datasets, PoolDownPolicy};
 use crate::pool::PoolSpec;
 use crate::units::{ByteSize, HumanDuration};
 
@@ -107,14 +107,8 @@ impl ProxyConfig {
             field,
             message,
         };
-        for (i, pool) in self.pools.iter().enumerate() {
-            if self.pools[..i].iter().any(|p| p.name == pool.name) {
-                return Err(error(
-                    format!("pools[{i}].name"),
-                    format!("pool name '{}' is used twice", pool.name),
-                ));
-            }
-        }
+        crate::pool::check_unique_names(&self.pools)
+            .map_err(|(field, message)| error(field, message))?;
         self.identity
             .check()
             .map_err(|(field, message)| error(field.to_owned(), message))?;
@@ -137,7 +131,8 @@ impl ProxyConfig {
                 }
                 Role::Worker => {}
                 Role::Sidecar => {
-                    self.pool_of(dataset)
+                    dataset
+                        .pool_in(&self.pools)
                         .map_err(|message| error(format!("datasets[{i}].pool"), message))?;
                     if dataset.on_pool_down == PoolDownPolicy::Origin && dataset.origin.is_none() {
                         return Err(error(
@@ -149,31 +144,6 @@ impl ProxyConfig {
             }
         }
         Ok(())
-    }
-
-    /// The pool a sidecar's data set reads from: the one it names, or the only one.
-    pub fn pool_of(&self, dataset: &DatasetPolicy) -> Result<&PoolSpec, String> {
-        match &dataset.pool {
-            Some(name) => self.pools.iter().find(|p| &p.name == name).ok_or_else(|| {
-                let known: Vec<&str> = self.pools.iter().map(|p| p.name.as_str()).collect();
-                format!(
-                    "data set '{}' names pool '{name}', which is not defined (pools: {known:?})",
-                    dataset.name
-                )
-            }),
-            None => match self.pools.as_slice() {
-                [only] => Ok(only),
-                [] => Err(format!(
-                    "data set '{}' has no pool to read from: define one under `pools:`",
-                    dataset.name
-                )),
-                _ => Err(format!(
-                    "data set '{}' must name its pool: there are {} pools",
-                    dataset.name,
-                    self.pools.len()
-                )),
-            },
-        }
     }
 }
 

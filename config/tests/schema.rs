@@ -218,7 +218,9 @@ const SIDECAR: &str = "role: sidecar\npools:\n  - name: workers\n    members:\n 
 fn sidecar_pools_parse_and_resolve() {
     let config: ProxyConfig = from_yaml(SIDECAR, "s.yaml").expect("config");
     config.validate("s.yaml").expect("valid");
-    let pool = config.pool_of(&config.datasets[0]).expect("the only pool");
+    let pool = config.datasets[0]
+        .pool_in(&config.pools)
+        .expect("the only pool");
     assert_eq!(pool.name, "workers");
     assert_eq!(pool.members[1].weight, 3);
     assert_eq!(pool.members[1].zone.as_deref(), Some("b"));

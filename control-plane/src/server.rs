@@ -311,7 +311,7 @@ fn policies_report(store: &PolicyStore) -> serde_json::Value {
                 .policy
                 .datasets
                 .iter()
-                .filter(|d| !crate::policy::resolves(d, &all_pools))
+                .filter(|d| d.pool_in(&all_pools).is_err())
                 .map(move |d| {
                     serde_json::json!({
                         "document": key.to_string(),

@@ -8,4 +8,4 @@ mod store;
 mod view;
 
 pub use store::{DocumentKey, PolicyDocument, PolicyStore, Published, Refusal};
-pub use view::{ViewKey, resolves};
+pub use view::ViewKey;

@@ -1,6 +1,6 @@
 //! What one proxy gets: its data sets, the pools they read from, the bundle.
 
-use ferry_config::{DatasetPolicy, PoolSpec, ProxySnapshot, Role, SpiffePattern};
+use ferry_config::{PoolSpec, ProxySnapshot, Role, SpiffePattern};
 
 use super::store::MeshState;
 
@@ -36,7 +36,7 @@ pub fn snapshot(state: &MeshState, version: u64, key: &ViewKey) -> ProxySnapshot
             continue;
         }
         for dataset in document.policy.datasets.iter() {
-            if key.role == Role::Sidecar && !resolves(dataset, &pools) {
+            if key.role == Role::Sidecar && dataset.pool_in(&pools).is_err() {
                 continue;
             }
             let mut dataset = dataset.clone();
@@ -59,16 +59,6 @@ pub fn snapshot(state: &MeshState, version: u64, key: &ViewKey) -> ProxySnapshot
         datasets,
         pools,
         trust_bundle: state.trust_bundle.clone(),
-    }
-}
-
-/// Whether a sidecar could serve `dataset`: its pool exists (or, unnamed,
-/// there is exactly one).
-/// Whether `dataset`'s pool is among `pools` (unnamed: the only one).
-pub fn resolves(dataset: &DatasetPolicy, pools: &[PoolSpec]) -> bool {
-    match &dataset.pool {
-        Some(name) => pools.iter().any(|p| &p.name == name),
-        None => pools.len() == 1,
     }
 }
 

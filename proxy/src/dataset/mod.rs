@@ -134,7 +134,7 @@ fn same_pool(
     if config.role == Role::Worker {
         return true;
     }
-    let Ok(spec) = config.pool_of(policy) else {
+    let Ok(spec) = policy.pool_in(&config.pools) else {
         return false;
     };
     match (pools.get(spec.name.as_str()), old.upstream.worker_pool()) {
@@ -237,7 +237,7 @@ impl Datasets {
                 Role::Worker => origin::from_policy(policy, timeout)
                     .with_context(|| format!("data set '{name}'"))?,
                 Role::Sidecar => {
-                    let spec = config.pool_of(policy).map_err(anyhow::Error::msg)?;
+                    let spec = policy.pool_in(&config.pools).map_err(anyhow::Error::msg)?;
                     let pool = pools.get(spec.name.as_str()).cloned().with_context(|| {
                         format!("data set '{name}': pool '{}' is missing", spec.name)
                     })?;
