@@ -11,9 +11,6 @@ use http::{StatusCode, header};
 use super::wire::{self, WEAK_PREFIX, header_str, strip_etag};
 use super::{ListPage, ObjectMeta, Origin, OriginError, check_length};
 
-/// Largest page asked of an S3-style listing endpoint.
-const LIST_PAGE: usize = 1000;
-
 /// Reads objects from an HTTP(S) server.
 pub struct HttpOrigin {
     client: reqwest::Client,
@@ -131,18 +128,10 @@ impl HttpOrigin {
         start_after: Option<&str>,
         max: usize,
     ) -> Result<ListPage, OriginError> {
-        let mut page = ListPage::default();
-        let mut cursor = start_after.map(str::to_owned);
-        loop {
-            let ask = (max - page.objects.len() + 1).min(LIST_PAGE);
-            let url = format!(
-                "{}?{}",
-                self.base,
-                wire::list_query(prefix, cursor.as_deref(), ask)
-            );
+        let fetch = |query: String| async move {
             let response = self
                 .client
-                .get(url)
+                .get(format!("{}?{query}", self.base))
                 .send()
                 .await
                 .map_err(|e| self.unavailable(e))?;
@@ -152,16 +141,15 @@ impl HttpOrigin {
                     what: "listing (it did not answer an S3 ListObjectsV2 request)",
                 });
             }
-            let body = response.text().await.map_err(|e| self.unavailable(e))?;
-            let (objects, truncated) =
-                wire::parse_list(&body).ok_or_else(|| OriginError::Unsupported {
-                    origin: self.base.clone(),
-                    what: "listing (its answer to ListObjectsV2 was not S3 XML)",
-                })?;
-            if wire::absorb_page(&mut page, &mut cursor, objects, truncated, max) {
-                return Ok(page);
+            response.text().await.map_err(|e| self.unavailable(e))
+        };
+        wire::list_pages(prefix, start_after, max, fetch, || {
+            OriginError::Unsupported {
+                origin: self.base.clone(),
+                what: "listing (its answer to ListObjectsV2 was not S3 XML)",
             }
-        }
+        })
+        .await
     }
 }
 

@@ -118,8 +118,39 @@ pub fn definite_error(origin: &str, key: &str, status: StatusCode) -> Option<Ori
     }
 }
 
+/// Keys asked for per ListObjectsV2 page (S3's own maximum).
+const LIST_PAGE: usize = 1000;
+
+/// A listing of up to `max` objects under `prefix` after `start_after`,
+/// paged through ListObjectsV2: `fetch` GETs the page with the query it is
+/// given and returns the body; `not_a_listing` is the error for a body that
+/// is not S3 XML.
+pub async fn list_pages<E, F, Fut>(
+    prefix: &str,
+    start_after: Option<&str>,
+    max: usize,
+    mut fetch: F,
+    not_a_listing: impl Fn() -> E,
+) -> Result<ListPage, E>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<String, E>>,
+{
+    let mut page = ListPage::default();
+    let mut cursor = start_after.map(str::to_owned);
+    loop {
+        // One more than wanted, so a full page can tell whether more follow.
+        let ask = (max - page.objects.len() + 1).min(LIST_PAGE);
+        let body = fetch(list_query(prefix, cursor.as_deref(), ask)).await?;
+        let (objects, more) = parse_list(&body).ok_or_else(&not_a_listing)?;
+        if absorb_page(&mut page, &mut cursor, objects, more, max) {
+            return Ok(page);
+        }
+    }
+}
+
 /// The query of a ListObjectsV2 request for one page.
-pub fn list_query(prefix: &str, start_after: Option<&str>, max_keys: usize) -> String {
+fn list_query(prefix: &str, start_after: Option<&str>, max_keys: usize) -> String {
     let mut query = url::form_urlencoded::Serializer::new(String::new());
     query
         .append_pair("list-type", "2")
@@ -134,7 +165,7 @@ pub fn list_query(prefix: &str, start_after: Option<&str>, max_keys: usize) -> S
 /// Adds one fetched page of a listing to `page`, which may hold at most
 /// `max` objects, moving `cursor` to its last key. Returns whether `page` is
 /// complete: full (then marked truncated), or the listing has no more.
-pub fn absorb_page(
+fn absorb_page(
     page: &mut ListPage,
     cursor: &mut Option<String>,
     objects: Vec<ObjectMeta>,

@@ -21,9 +21,6 @@ use crate::origin::{ListPage, ObjectMeta, Origin, OriginError, check_length};
 use crate::telemetry::traces;
 use tracing::Instrument;
 
-/// Largest ListObjectsV2 page asked of a worker.
-const LIST_PAGE: usize = 1000;
-
 /// Why one attempt at one worker failed.
 enum AttemptError {
     /// The worker answered for the object: no other worker will say otherwise.
@@ -199,22 +196,15 @@ impl PoolUpstream {
         max: usize,
         arriving: Arc<AtomicBool>,
     ) -> Attempt<ListPage> {
-        let mut page = ListPage::default();
-        let mut cursor = start_after.map(str::to_owned);
-        loop {
-            let ask = (max - page.objects.len() + 1).min(LIST_PAGE);
-            let path = format!(
-                "/{}?{}",
-                self.bucket,
-                wire::list_query(prefix, cursor.as_deref(), ask)
-            );
-            let request = Request::get(path)
+        let (member, arriving) = (&member, &arriving);
+        let fetch = |query: String| async move {
+            let request = Request::get(format!("/{}?{query}", self.bucket))
                 .header(header::HOST, member.address.as_str())
                 .body(Empty::new())
                 .map_err(|e| unsendable(prefix, e))?;
-            let response = self.send(&member, request, &arriving).await?;
+            let response = self.send(member, request, arriving).await?;
             if !response.status().is_success() {
-                return Err(self.status_failure(&member, prefix, response).await);
+                return Err(self.status_failure(member, prefix, response).await);
             }
             let body = response
                 .into_body()
@@ -222,17 +212,15 @@ impl PoolUpstream {
                 .await
                 .map_err(|e| AttemptError::Retryable(format!("{}: body: {e}", member.address)))?
                 .to_bytes();
-            let (objects, truncated) = wire::parse_list(&String::from_utf8_lossy(&body))
-                .ok_or_else(|| {
-                    AttemptError::Retryable(format!(
-                        "{} sent a listing that is not S3 XML",
-                        member.address
-                    ))
-                })?;
-            if wire::absorb_page(&mut page, &mut cursor, objects, truncated, max) {
-                return Ok(page);
-            }
-        }
+            Ok(String::from_utf8_lossy(&body).into_owned())
+        };
+        wire::list_pages(prefix, start_after, max, fetch, || {
+            AttemptError::Retryable(format!(
+                "{} sent a listing that is not S3 XML",
+                member.address
+            ))
+        })
+        .await
     }
 
     /// Runs `attempt` against the candidates for `route` until one answers:
