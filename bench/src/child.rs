@@ -131,6 +131,31 @@ pub struct WorkerSpec<'a> {
     pub read_ahead: Option<u32>,
 }
 
+impl WorkerSpec<'_> {
+    /// The `ferry-proxy worker` arguments it stands for.
+    pub fn args(&self) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "worker",
+            "--origin",
+            self.origin,
+            "--bucket",
+            self.bucket,
+            "--cache-policy",
+            self.cache_policy.as_str(),
+        ]
+        .map(str::to_owned)
+        .into();
+        args.extend([
+            "--cache-size".to_owned(),
+            self.cache_size.bytes().to_string(),
+        ]);
+        if let Some(depth) = self.read_ahead {
+            args.extend(["--read-ahead".to_owned(), depth.to_string()]);
+        }
+        args
+    }
+}
+
 /// Which program runs a proxy.
 #[derive(Clone, Debug)]
 pub enum ProxyProgram {
@@ -181,25 +206,7 @@ impl ChildProcess {
 
     /// Starts a ferry-proxy worker as `worker` describes.
     pub fn ferry_worker(program: &ProxyProgram, worker: &WorkerSpec<'_>) -> anyhow::Result<Self> {
-        let mut args: Vec<String> = [
-            "worker",
-            "--origin",
-            worker.origin,
-            "--bucket",
-            worker.bucket,
-            "--cache-policy",
-            worker.cache_policy.as_str(),
-        ]
-        .map(str::to_owned)
-        .into();
-        args.extend([
-            "--cache-size".to_owned(),
-            worker.cache_size.bytes().to_string(),
-        ]);
-        if let Some(depth) = worker.read_ahead {
-            args.extend(["--read-ahead".to_owned(), depth.to_string()]);
-        }
-        Self::proxy(program, &args)
+        Self::proxy(program, &worker.args())
     }
 
     /// Starts the emulated remote store serving the synthetic data set `query`.

@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use ferry_config::{ByteSize, CachePolicy};
 
-use crate::child::{ChildProcess, MeshIdentity, ProxyProgram};
+use crate::child::{ChildProcess, MeshIdentity, ProxyProgram, WorkerSpec};
 use crate::client::{scrape, scrape_by};
 
 /// What a pool run is made of.
@@ -69,23 +69,15 @@ impl PoolTopology {
 
     /// Starts the workers, then the sidecar over them.
     pub fn start(program: &ProxyProgram, spec: &PoolSpec<'_>) -> anyhow::Result<Self> {
-        let worker_args: Vec<String> = [
-            "worker",
-            "--origin",
-            spec.origin,
-            "--bucket",
-            spec.bucket,
-            "--cache-policy",
-            spec.policy.as_str(),
-        ]
-        .map(str::to_owned)
-        .into_iter()
-        .chain([
-            "--cache-size".to_owned(),
-            spec.worker_cache.bytes().to_string(),
-        ])
-        .chain(spec.identity.iter().flat_map(MeshIdentity::worker_flags))
-        .collect();
+        let mut worker_args = WorkerSpec {
+            origin: spec.origin,
+            bucket: spec.bucket,
+            cache_size: spec.worker_cache,
+            cache_policy: spec.policy,
+            read_ahead: None,
+        }
+        .args();
+        worker_args.extend(spec.identity.iter().flat_map(MeshIdentity::worker_flags));
         let mut workers = Vec::new();
         let mut inbound = Vec::new();
         for _ in 0..spec.workers.max(1) {
