@@ -136,6 +136,15 @@ impl Exposition {
         Ok(Self { families })
     }
 
+    /// Families missing their `# HELP` or `# TYPE` line, by name.
+    pub fn undescribed(&self) -> Vec<&str> {
+        self.families
+            .iter()
+            .filter(|f| f.help.is_none() || f.kind == Kind::Untyped)
+            .map(|f| f.name.as_str())
+            .collect()
+    }
+
     /// The family called `name`.
     pub fn family(&self, name: &str) -> Option<&Family> {
         self.families.iter().find(|f| f.name == name)
@@ -409,6 +418,17 @@ mod tests {
         let median = quantile(&buckets, 0.5).expect("a median");
         assert!((median - 0.15).abs() < 1e-9, "{median}");
         assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn families_without_help_or_type_are_named() {
+        let parsed = Exposition::parse(
+            "# HELP a_total A.\n# TYPE a_total counter\na_total 1\n\
+             # TYPE b_total counter\nb_total 1\n\
+             # HELP c A gauge.\nc 2\n",
+        )
+        .expect("valid");
+        assert_eq!(parsed.undescribed(), ["b_total", "c"]);
     }
 
     #[test]

@@ -6,7 +6,7 @@ mod common;
 
 use common::ProxyProcess;
 use ferry_config::SyntheticSpec;
-use ferry_config::exposition::{Exposition, Kind, quantile};
+use ferry_config::exposition::{Exposition, quantile};
 
 const SPEC: &str = "count=10&size=20KiB&seed=5&dist=fixed";
 
@@ -64,10 +64,11 @@ async fn counters_match_the_workload_and_the_exposition_is_valid() {
         .await
         .expect("text");
     let metrics = Exposition::parse(&text).unwrap_or_else(|e| panic!("invalid exposition: {e}"));
-    for family in &metrics.families {
-        assert!(family.help.is_some(), "{} has no HELP", family.name);
-        assert_ne!(family.kind, Kind::Untyped, "{} has no TYPE", family.name);
-    }
+    assert_eq!(
+        metrics.undescribed(),
+        Vec::<&str>::new(),
+        "families without HELP or TYPE"
+    );
     let outbound = [("dataset", "imagenet"), ("direction", "outbound")];
     assert_eq!(metrics.sum("request_total", &outbound), 26.0);
     let responses = |code: &str| {
@@ -135,10 +136,11 @@ async fn a_sidecar_exports_its_upstream_metrics_with_help() {
         .await
         .expect("text");
     let metrics = Exposition::parse(&text).unwrap_or_else(|e| panic!("invalid exposition: {e}"));
-    for family in &metrics.families {
-        assert!(family.help.is_some(), "{} has no HELP", family.name);
-        assert_ne!(family.kind, Kind::Untyped, "{} has no TYPE", family.name);
-    }
+    assert_eq!(
+        metrics.undescribed(),
+        Vec::<&str>::new(),
+        "families without HELP or TYPE"
+    );
     // Five chunks, and the metadata (a HEAD, the background listing).
     let upstream = metrics.sum("upstream_requests_total", &[("member", pool.as_str())]);
     assert!(upstream >= 5.0, "{upstream}");
