@@ -91,7 +91,7 @@ impl FrontDoor {
         // One configuration for the whole request, even if it changes meanwhile.
         let datasets = self.mesh.datasets();
         let (response, dataset) = self
-            .dispatch(&datasets, &request, peer.as_deref())
+            .dispatch(&datasets, &request, peer.as_deref(), &span)
             .instrument(span.clone())
             .await;
         let metrics: &TrafficMetrics = match &dataset {
@@ -121,6 +121,7 @@ impl FrontDoor {
         datasets: &Datasets,
         request: &Request<B>,
         peer: Option<&SpiffeId>,
+        span: &tracing::Span,
     ) -> (Response<ProxyBody>, Option<Arc<Dataset>>) {
         let uri = request.uri();
         let method = request.method();
@@ -160,10 +161,10 @@ impl FrontDoor {
             Operation::GetBucketLocation { .. } => Ok(xml_response(xml::bucket_location())),
             Operation::ListObjects { v2, .. } => list_objects(dataset, request, *v2).await,
             Operation::GetObject { key, .. } => {
-                get_object(dataset, key, request.headers(), false, self.direction).await
+                get_object(dataset, key, request.headers(), false, self.direction, span).await
             }
             Operation::HeadObject { key, .. } => {
-                get_object(dataset, key, request.headers(), true, self.direction).await
+                get_object(dataset, key, request.headers(), true, self.direction, span).await
             }
             Operation::ListBuckets => Ok(self.list_buckets(datasets)),
         };
@@ -243,6 +244,7 @@ async fn get_object(
     request_headers: &HeaderMap,
     head_only: bool,
     direction: Direction,
+    span: &tracing::Span,
 ) -> Result<Response<ProxyBody>, S3Error> {
     let info = dataset
         .metadata
@@ -269,7 +271,7 @@ async fn get_object(
     let body = if head_only || range.is_empty() {
         ProxyBody::Empty
     } else {
-        body_of(dataset, &info, range.clone(), direction).await?
+        body_of(dataset, &info, range.clone(), direction, span).await?
     };
     let mut response = Response::new(body);
     let headers = response.headers_mut();
@@ -310,6 +312,7 @@ async fn body_of(
     info: &Arc<ObjectInfo>,
     range: Range<u64>,
     direction: Direction,
+    request_span: &tracing::Span,
 ) -> Result<ProxyBody, S3Error> {
     let store = &dataset.chunks;
     let chunk_size = store.chunk_size();
@@ -347,7 +350,6 @@ async fn body_of(
             found
         }
     };
-    let request_span = tracing::Span::current();
     if !request_span.is_disabled() {
         request_span.record("cache.outcome", source.as_str());
     }
