@@ -282,21 +282,24 @@ impl HeadSampler {
 /// false) are traced only as part of a caller's trace, so one read is
 /// never sampled twice over.
 pub fn sampled(headers: &HeaderMap, root_ok: bool) -> Option<Context> {
+    use opentelemetry::trace::TraceContextExt;
     let sampler = SAMPLER.get()?;
-    if let Some(parent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
-        // traceparent: version-traceid-parentid-flags; bit 0 of flags: sampled.
-        let sampled = parent
-            .rsplit('-')
-            .next()
-            .and_then(|flags| u8::from_str_radix(flags, 16).ok())
-            .is_some_and(|flags| flags & 1 == 1);
-        if sampler.parent_based || !root_ok {
-            return sampled.then(|| extract(headers));
+    // The caller's context, parsed once; a malformed traceparent counts as none.
+    let caller = headers
+        .contains_key("traceparent")
+        .then(|| extract(headers))
+        .filter(|cx| cx.span().span_context().is_valid());
+    match caller {
+        Some(caller) if sampler.parent_based || !root_ok => {
+            let sampled = caller.span().span_context().is_sampled();
+            sampled.then_some(caller)
+        }
+        caller => {
+            let coin = root_ok && sampler.ratio > 0.0 && rand::random::<f64>() < sampler.ratio;
+            // A sampler that does not follow parents still keeps the caller's trace.
+            coin.then(|| caller.unwrap_or_else(Context::new))
         }
     }
-    let coin = root_ok && sampler.ratio > 0.0 && rand::random::<f64>() < sampler.ratio;
-    // A sampler that does not follow parents still keeps the caller's trace.
-    coin.then(|| extract(headers))
 }
 
 /// The trace context the W3C `traceparent` header of `headers` carries.
