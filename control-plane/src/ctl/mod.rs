@@ -135,17 +135,22 @@ pub fn targets_from_listing(json: &str) -> anyhow::Result<Vec<Target>> {
         .collect())
 }
 
+/// The proxies named with `--admin`.
+fn named(reach: &Reach) -> Vec<Target> {
+    reach
+        .admins
+        .iter()
+        .map(|admin| Target {
+            admin: admin.clone(),
+            identity: None,
+        })
+        .collect()
+}
+
 /// The proxies to look at: those named, else those the control plane lists.
 async fn targets(reach: &Reach) -> anyhow::Result<Vec<Target>> {
     if !reach.admins.is_empty() {
-        return Ok(reach
-            .admins
-            .iter()
-            .map(|admin| Target {
-                admin: admin.clone(),
-                identity: None,
-            })
-            .collect());
+        return Ok(named(reach));
     }
     let listing = http::get_text(&reach.control_plane_admin, "/proxies", reach.timeout)
         .await
@@ -181,16 +186,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
                 expiry_warning: args.expiry_warning,
                 timeout: args.reach.timeout,
             };
-            let named: Vec<Target> = args
-                .reach
-                .admins
-                .iter()
-                .map(|admin| Target {
-                    admin: admin.clone(),
-                    identity: None,
-                })
-                .collect();
-            let report = check::run(&named, &settings).await;
+            let report = check::run(&named(&args.reach), &settings).await;
             check::print(&report, args.reach.output, &mut std::io::stdout())?;
             Ok(report.ok)
         }
