@@ -32,10 +32,7 @@ fn start() -> ProxyProcess {
 }
 
 fn expected(index: u64) -> Vec<u8> {
-    let spec = spec();
-    let mut bytes = vec![0; spec.object_size(index) as usize];
-    spec.fill(index, 0, &mut bytes);
-    bytes
+    common::synthetic_object(SPEC, index)
 }
 
 #[tokio::test]

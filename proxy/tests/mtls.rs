@@ -20,10 +20,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 
 const SPEC: &str = "count=40&size=30KiB&seed=3";
 fn expected(index: u64) -> Vec<u8> {
-    let spec = SyntheticSpec::from_query(SPEC).expect("spec");
-    let mut bytes = vec![0; spec.object_size(index) as usize];
-    spec.fill(index, 0, &mut bytes);
-    bytes
+    common::synthetic_object(SPEC, index)
 }
 
 fn key_of(index: u64) -> String {

@@ -219,6 +219,15 @@ impl Drop for TempDir {
     }
 }
 
+/// The bytes of object `index` of the synthetic data set `query`
+/// (`count=N&size=...&seed=S`), as a synthetic origin serves them.
+pub fn synthetic_object(query: &str, index: u64) -> Vec<u8> {
+    let spec = ferry_config::SyntheticSpec::from_query(query).expect("synthetic spec");
+    let mut bytes = vec![0; spec.object_size(index) as usize];
+    spec.fill(index, 0, &mut bytes);
+    bytes
+}
+
 /// Deterministic test bytes: object `seed`, `len` bytes.
 pub fn test_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
