@@ -123,6 +123,9 @@ pub fn init(default_service: &str) -> anyhow::Result<Tracing> {
         .with_threads(false)
         .with_tracked_inactivity(false)
         .with_target(false)
+        // Parents come from tracing's span tree; attaching an OpenTelemetry
+        // context on every poll of a traced request bought nothing.
+        .with_context_activation(false)
         .with_filter(
             // Decided once per call site: only Ferry's spans (so the many
             // trace events of hyper and h2 stay as cheap as without tracing).
