@@ -31,8 +31,9 @@ pub struct TelemetryArgs {
     /// Concurrent readers.
     #[arg(long, default_value_t = 32)]
     pub readers: usize,
-    /// Epochs per variant after the one that fills the caches.
-    #[arg(long, default_value_t = 5)]
+    /// Epochs per variant after the one that fills the caches (rounds of
+    /// the paired comparison; one takes about 0.7 s here).
+    #[arg(long, default_value_t = 200)]
     pub epochs: usize,
     /// Scrapes per second in the scraped variant.
     #[arg(long, default_value_t = 10)]
@@ -56,6 +57,10 @@ pub struct Variant {
     pub items_per_second: f64,
     /// Against tracing off, same run.
     pub ratio_to_off: f64,
+    /// Mean of the rounds' ratios to off (each round reads every variant once).
+    pub paired_ratio: f64,
+    /// Half-width of that mean's 95 % confidence interval.
+    pub paired_ci95: f64,
     /// The worker's CPU time per read over the warm epochs, µs (export included).
     pub cpu_us_per_read: Option<f64>,
     /// That against tracing off.
@@ -231,6 +236,7 @@ pub async fn run(args: &TelemetryArgs) -> anyhow::Result<TelemetryReport> {
         items as f64 / seconds.max(1e-9)
     };
     let off = mean(&results[0]);
+    let off_rounds = results[0].clone();
     let mut variants = Vec::new();
     for ((((name, epochs), worker), env), cpu) in VARIANTS
         .iter()
@@ -247,11 +253,14 @@ pub async fn run(args: &TelemetryArgs) -> anyhow::Result<TelemetryReport> {
             _ => (None, None),
         };
         let items_per_second = mean(&epochs);
+        let (paired_ratio, paired_ci95) = paired(&epochs, &off_rounds);
         variants.push(Variant {
             name,
             epochs,
             items_per_second,
             ratio_to_off: items_per_second / off.max(1e-9),
+            paired_ratio,
+            paired_ci95,
             cpu_us_per_read: *cpu,
             cpu_ratio_to_off: cpu.zip(cpu_per_read[0]).map(|(c, o)| c / o.max(1e-9)),
             spans_exported: exported,
@@ -272,6 +281,26 @@ pub async fn run(args: &TelemetryArgs) -> anyhow::Result<TelemetryReport> {
     drop(collector);
     stalled_task.abort();
     Ok(report)
+}
+
+/// Mean and 95 % confidence half-width of `variant`'s throughput against
+/// `off`'s round by round: one epoch is too short to compare on a shared
+/// machine, but the spread of many paired ratios says how far to trust
+/// their mean.
+fn paired(variant: &[EpochStats], off: &[EpochStats]) -> (f64, f64) {
+    let rate = |e: &EpochStats| e.items as f64 / e.seconds.max(1e-9);
+    let ratios: Vec<f64> = variant
+        .iter()
+        .zip(off)
+        .map(|(v, o)| rate(v) / rate(o).max(1e-9))
+        .collect();
+    let n = ratios.len() as f64;
+    if ratios.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mean = ratios.iter().sum::<f64>() / n;
+    let variance = ratios.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, 1.96 * (variance / n).sqrt())
 }
 
 /// Scrapes `/metrics` at `per_second` until `running` turns false.
@@ -302,6 +331,7 @@ fn print(report: &TelemetryReport) {
         "variant",
         "samples/s",
         "vs off",
+        "paired (95% CI)",
         "p50 ms",
         "p99 ms",
         "CPU µs/read",
@@ -317,6 +347,7 @@ fn print(report: &TelemetryReport) {
             variant.name.to_owned(),
             format!("{:.0}", variant.items_per_second),
             format!("{:.3}", variant.ratio_to_off),
+            format!("{:.3} ±{:.3}", variant.paired_ratio, variant.paired_ci95),
             format!("{:.2}", p(|e| e.p50_ms)),
             format!("{:.2}", p(|e| e.p99_ms)),
             variant
