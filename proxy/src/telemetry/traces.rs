@@ -13,8 +13,9 @@
 //! lookup, the chunk fetch and each upstream attempt or origin fetch. A
 //! sampled request's spans go, when finished,
 //! into a bounded queue that a background task exports in batches; when the
-//! queue is full a span is dropped and counted, so the data path never
-//! waits for telemetry.
+//! queue is full a span is dropped and counted, and new requests are not
+//! traced (and counted) until it drains: the data path never waits for
+//! telemetry, nor builds spans that could only be dropped.
 
 use std::time::Duration;
 
@@ -103,7 +104,10 @@ pub fn init(default_service: &str) -> anyhow::Result<Tracing> {
     let task = tokio::spawn(export_loop(exporter, queued, stopped));
     // Requests are sampled on arrival (see `sampled`); the SDK keeps every
     // span of a sampled request.
-    let _ = SAMPLER.set(HeadSampler::from_env());
+    let _ = SAMPLER.set(HeadSampler::from_env(
+        queue.clone(),
+        counter!("trace_spans_dropped_total"),
+    ));
     let provider = SdkTracerProvider::builder()
         .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
             opentelemetry_sdk::trace::Sampler::AlwaysOn,
@@ -156,7 +160,7 @@ fn describe() {
     );
     describe_counter!(
         "trace_spans_dropped_total",
-        "Spans dropped because the export queue was full or an export failed."
+        "Spans dropped, and requests left untraced, because the export queue was full or an export failed."
     );
     describe_counter!(
         "trace_export_failures_total",
@@ -252,12 +256,16 @@ struct HeadSampler {
     ratio: f64,
     /// Whether a caller's `traceparent` decides.
     parent_based: bool,
+    /// The export queue: while it is full, no request is traced.
+    queue: mpsc::Sender<SpanData>,
+    /// Counts the requests left untraced for that.
+    shed: Counter,
 }
 
 static SAMPLER: std::sync::OnceLock<HeadSampler> = std::sync::OnceLock::new();
 
 impl HeadSampler {
-    fn from_env() -> Self {
+    fn from_env(queue: mpsc::Sender<SpanData>, shed: Counter) -> Self {
         let ratio = std::env::var("OTEL_TRACES_SAMPLER_ARG")
             .ok()
             .and_then(|v| v.parse::<f64>().ok())
@@ -275,7 +283,37 @@ impl HeadSampler {
         Self {
             ratio,
             parent_based,
+            queue,
+            shed,
         }
+    }
+
+    /// See [`sampled`].
+    fn decide(&self, headers: &HeaderMap, root_ok: bool) -> Option<Context> {
+        use opentelemetry::trace::TraceContextExt;
+        // The caller's context, parsed once; a malformed traceparent counts as none.
+        let caller = headers
+            .contains_key("traceparent")
+            .then(|| extract(headers))
+            .filter(|cx| cx.span().span_context().is_valid());
+        let traced = match caller {
+            Some(caller) if self.parent_based || !root_ok => {
+                let sampled = caller.span().span_context().is_sampled();
+                sampled.then_some(caller)
+            }
+            caller => {
+                let coin = root_ok && self.ratio > 0.0 && rand::random::<f64>() < self.ratio;
+                // A sampler that does not follow parents still keeps the caller's trace.
+                coin.then(|| caller.unwrap_or_else(Context::new))
+            }
+        }?;
+        // A stalled collector would otherwise cost every request its spans,
+        // built only to be dropped at the full queue.
+        if self.queue.capacity() == 0 {
+            self.shed.increment(1);
+            return None;
+        }
+        Some(traced)
     }
 }
 
@@ -283,26 +321,9 @@ impl HeadSampler {
 /// caller's sampled `traceparent` (when the sampler follows parents), or a
 /// new trace at the sampler's ratio. Requests from other proxies (`root_ok`
 /// false) are traced only as part of a caller's trace, so one read is
-/// never sampled twice over.
+/// never sampled twice over. None while the export queue is full.
 pub fn sampled(headers: &HeaderMap, root_ok: bool) -> Option<Context> {
-    use opentelemetry::trace::TraceContextExt;
-    let sampler = SAMPLER.get()?;
-    // The caller's context, parsed once; a malformed traceparent counts as none.
-    let caller = headers
-        .contains_key("traceparent")
-        .then(|| extract(headers))
-        .filter(|cx| cx.span().span_context().is_valid());
-    match caller {
-        Some(caller) if sampler.parent_based || !root_ok => {
-            let sampled = caller.span().span_context().is_sampled();
-            sampled.then_some(caller)
-        }
-        caller => {
-            let coin = root_ok && sampler.ratio > 0.0 && rand::random::<f64>() < sampler.ratio;
-            // A sampler that does not follow parents still keeps the caller's trace.
-            coin.then(|| caller.unwrap_or_else(Context::new))
-        }
-    }
+    SAMPLER.get()?.decide(headers, root_ok)
 }
 
 /// The trace context the W3C `traceparent` header of `headers` carries.
@@ -349,5 +370,54 @@ impl Injector for HeadersMut<'_> {
         ) {
             self.0.insert(name, value);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    fn sampler(ratio: f64, queue: mpsc::Sender<SpanData>, shed: &Arc<AtomicU64>) -> HeadSampler {
+        HeadSampler {
+            ratio,
+            parent_based: true,
+            queue,
+            shed: Counter::from_arc(shed.clone()),
+        }
+    }
+
+    #[test]
+    fn a_full_export_queue_leaves_requests_untraced_and_counts_them() {
+        let (queue, _queued) = mpsc::channel(1);
+        let shed = Arc::new(AtomicU64::new(0));
+        let sampler = sampler(1.0, queue.clone(), &shed);
+        let headers = HeaderMap::new();
+        assert!(sampler.decide(&headers, true).is_some(), "room: traced");
+        let held = queue.try_reserve().expect("the queue has room for one");
+        assert!(sampler.decide(&headers, true).is_none(), "full: untraced");
+        assert!(sampler.decide(&headers, true).is_none(), "still full");
+        assert_eq!(
+            shed.load(Ordering::Relaxed),
+            2,
+            "each untraced request counted"
+        );
+        drop(held);
+        assert!(
+            sampler.decide(&headers, true).is_some(),
+            "drained: traced again"
+        );
+    }
+
+    #[test]
+    fn an_unsampled_request_is_not_counted_as_shed() {
+        let (queue, _queued) = mpsc::channel(1);
+        let shed = Arc::new(AtomicU64::new(0));
+        let sampler = sampler(0.0, queue.clone(), &shed);
+        let _held = queue.try_reserve().expect("the queue has room for one");
+        assert!(sampler.decide(&HeaderMap::new(), true).is_none());
+        assert_eq!(shed.load(Ordering::Relaxed), 0);
     }
 }
