@@ -20,6 +20,20 @@ pub struct ConfigError {
     pub message: String,
 }
 
+impl ConfigError {
+    /// An error in `file` that no line can be pointed at: one that spans
+    /// entries, or the whole document (`field` empty).
+    pub fn in_file(file: &str, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_owned(),
+            line: None,
+            column: None,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file)?;
@@ -66,13 +80,8 @@ pub fn to_yaml<T: serde::Serialize>(value: &T) -> Result<String, String> {
 /// Reads and parses the YAML file at `path` into `T`.
 pub fn from_yaml_file<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
-        file: file.clone(),
-        line: None,
-        column: None,
-        field: String::new(),
-        message: format!("cannot read the file: {err}"),
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| ConfigError::in_file(&file, "", format!("cannot read the file: {err}")))?;
     from_yaml(&text, &file)
 }
 

@@ -405,13 +405,7 @@ impl PolicyFile {
     /// Checks what spans entries: pools are named once, and every data set
     /// has the origin its workers read. `file` names the source in errors.
     pub fn check(&self, file: &str) -> Result<(), ConfigError> {
-        let error = |field: String, message: String| ConfigError {
-            file: file.to_owned(),
-            line: None,
-            column: None,
-            field,
-            message,
-        };
+        let error = |field: String, message: String| ConfigError::in_file(file, field, message);
         crate::pool::check_unique_names(&self.pools)
             .map_err(|(field, message)| error(field, message))?;
         for (i, dataset) in self.datasets.iter().enumerate() {

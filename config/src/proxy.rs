@@ -100,13 +100,7 @@ impl ProxyConfig {
     /// Checks what spans sections: every data set has what its role needs, and
     /// pools are named uniquely and exist. `file` names the source in errors.
     pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
-        let error = |field: String, message: String| ConfigError {
-            file: file.to_owned(),
-            line: None,
-            column: None,
-            field,
-            message,
-        };
+        let error = |field: String, message: String| ConfigError::in_file(file, field, message);
         crate::pool::check_unique_names(&self.pools)
             .map_err(|(field, message)| error(field, message))?;
         self.identity

@@ -102,13 +102,7 @@ fn parse(
     content: &[u8],
 ) -> Result<PolicyDocument, ConfigError> {
     let file = path.display().to_string();
-    let whole_file = |message: String| ConfigError {
-        file: file.clone(),
-        line: None,
-        column: None,
-        field: String::new(),
-        message,
-    };
+    let whole_file = |message: String| ConfigError::in_file(&file, "", message);
     let namespace = namespace.map_err(whole_file)?;
     let text = std::str::from_utf8(content)
         .map_err(|_| whole_file("the file is not UTF-8 text".into()))?;

@@ -92,13 +92,11 @@ impl Follower {
         let file = format!("ConfigMap {} key {POLICY_KEY}", key.name);
         let text = map.data.as_ref().and_then(|d| d.get(POLICY_KEY));
         let document = match text {
-            None => Err(ConfigError {
-                file: file.clone(),
-                line: None,
-                column: None,
-                field: String::new(),
-                message: format!("the ConfigMap has no {POLICY_KEY} key"),
-            }),
+            None => Err(ConfigError::in_file(
+                &file,
+                "",
+                format!("the ConfigMap has no {POLICY_KEY} key"),
+            )),
             Some(text) => from_yaml::<PolicyFile>(text, &file)
                 .and_then(|policy| policy.check(&file).map(|()| policy))
                 .map(|policy| PolicyDocument {
