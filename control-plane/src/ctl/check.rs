@@ -90,37 +90,23 @@ pub async fn check_control_plane(
     findings: &mut Vec<Finding>,
 ) -> Option<Vec<Target>> {
     let subject = format!("control plane {address}");
-    match super::http::get(address, "/ready", timeout).await {
-        Err(err) => {
-            findings.push(Finding::bad(
-                Severity::Fail,
-                subject,
-                format!("unreachable: {err:#}"),
-                CONTROL_PLANE_ADVICE,
-            ));
-            return None;
-        }
+    let policies = match super::http::get(address, "/ready", timeout).await {
+        Err(err) => Err(format!("unreachable: {err:#}")),
         Ok((status, _)) if !status.is_success() => {
-            findings.push(Finding::bad(
-                Severity::Fail,
-                subject,
-                format!("not ready (/ready answered {status})"),
-                CONTROL_PLANE_ADVICE,
-            ));
-            return None;
+            Err(format!("not ready (/ready answered {status})"))
         }
-        Ok(_) => {}
-    }
-    let policies: serde_json::Value = match super::http::get_text(address, "/policies", timeout)
-        .await
-        .and_then(|text| serde_json::from_str(&text).map_err(anyhow::Error::from))
-    {
+        Ok(_) => super::http::get_text(address, "/policies", timeout)
+            .await
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).map_err(Into::into))
+            .map_err(|err| format!("ready, but /policies failed: {err:#}")),
+    };
+    let policies = match policies {
         Ok(policies) => policies,
-        Err(err) => {
+        Err(problem) => {
             findings.push(Finding::bad(
                 Severity::Fail,
                 subject,
-                format!("ready, but /policies failed: {err:#}"),
+                problem,
                 CONTROL_PLANE_ADVICE,
             ));
             return None;
