@@ -31,6 +31,53 @@ const MAX_ACCOUNTS: usize = 4096;
 /// `namespace/name`.
 type ObjectKey = String;
 
+/// Objects of one kind as their watcher reports them. A relist (at start,
+/// or after 410 Gone) ends by dropping what it did not list, so an object
+/// deleted while the watch was down does not linger.
+struct Relisted<V> {
+    objects: BTreeMap<ObjectKey, V>,
+    /// Keys seen so far in a relist under way.
+    relisting: Option<BTreeSet<ObjectKey>>,
+}
+
+impl<V> Default for Relisted<V> {
+    fn default() -> Self {
+        Self {
+            objects: BTreeMap::new(),
+            relisting: None,
+        }
+    }
+}
+
+impl<V> Relisted<V> {
+    /// A relist starts (`Event::Init`).
+    fn begin(&mut self) {
+        self.relisting = Some(BTreeSet::new());
+    }
+
+    /// An object listed or changed, with what is kept of it (if anything).
+    fn seen(&mut self, key: ObjectKey, value: Option<V>) {
+        if let Some(value) = value {
+            self.objects.insert(key.clone(), value);
+        }
+        if let Some(listed) = &mut self.relisting {
+            listed.insert(key);
+        }
+    }
+
+    /// The relist is complete (`Event::InitDone`).
+    fn end(&mut self) {
+        if let Some(listed) = self.relisting.take() {
+            self.objects.retain(|key, _| listed.contains(key));
+        }
+    }
+
+    /// An object deleted (`Event::Delete`).
+    fn remove(&mut self, key: &ObjectKey) {
+        self.objects.remove(key);
+    }
+}
+
 /// Changes of either watched kind.
 enum Change {
     Service(Box<Event<Service>>),
@@ -51,11 +98,9 @@ pub async fn run(client: Client, store: Arc<PolicyStore>, trust_domain: String) 
         client,
         store,
         trust_domain,
-        services: BTreeMap::new(),
-        slices: BTreeMap::new(),
+        services: Relisted::default(),
+        slices: Relisted::default(),
         accounts: HashMap::new(),
-        listed_services: None,
-        listed_slices: None,
         published: BTreeSet::new(),
     };
     while let Some(change) = changes.next().await {
@@ -73,13 +118,11 @@ struct PoolIndex {
     store: Arc<PolicyStore>,
     trust_domain: String,
     /// Pool Services and the pool each names.
-    services: BTreeMap<ObjectKey, String>,
+    services: Relisted<String>,
     /// Slices: their Service and their ready members.
-    slices: BTreeMap<ObjectKey, (ObjectKey, Vec<MemberSpec>)>,
+    slices: Relisted<(ObjectKey, Vec<MemberSpec>)>,
     /// Service account of each Pod looked up (`namespace/name` → account).
     accounts: HashMap<ObjectKey, String>,
-    listed_services: Option<BTreeSet<ObjectKey>>,
-    listed_slices: Option<BTreeSet<ObjectKey>>,
     /// Pools this source has put in the store.
     published: BTreeSet<String>,
 }
@@ -87,32 +130,20 @@ struct PoolIndex {
 impl PoolIndex {
     fn service(&mut self, event: Event<Service>) {
         match event {
-            Event::Init => self.listed_services = Some(BTreeSet::new()),
+            Event::Init => self.services.begin(),
             Event::InitApply(service) | Event::Apply(service) => {
-                let key = object_key(&service);
-                if let Some(pool) = service.labels().get(POOL_LABEL) {
-                    self.services.insert(key.clone(), pool.clone());
-                }
-                if let Some(listed) = &mut self.listed_services {
-                    listed.insert(key);
-                }
+                let pool = service.labels().get(POOL_LABEL).cloned();
+                self.services.seen(object_key(&service), pool);
             }
-            Event::InitDone => {
-                if let Some(listed) = self.listed_services.take() {
-                    self.services.retain(|key, _| listed.contains(key));
-                }
-            }
-            Event::Delete(service) => {
-                self.services.remove(&object_key(&service));
-            }
+            Event::InitDone => self.services.end(),
+            Event::Delete(service) => self.services.remove(&object_key(&service)),
         }
     }
 
     async fn slice(&mut self, event: Event<EndpointSlice>) {
         match event {
-            Event::Init => self.listed_slices = Some(BTreeSet::new()),
+            Event::Init => self.slices.begin(),
             Event::InitApply(slice) | Event::Apply(slice) => {
-                let key = object_key(&slice);
                 let namespace = slice.namespace().unwrap_or_default();
                 let service = slice
                     .labels()
@@ -120,19 +151,11 @@ impl PoolIndex {
                     .map(|name| format!("{namespace}/{name}"))
                     .unwrap_or_default();
                 let members = self.members(&slice).await;
-                self.slices.insert(key.clone(), (service, members));
-                if let Some(listed) = &mut self.listed_slices {
-                    listed.insert(key);
-                }
+                self.slices
+                    .seen(object_key(&slice), Some((service, members)));
             }
-            Event::InitDone => {
-                if let Some(listed) = self.listed_slices.take() {
-                    self.slices.retain(|key, _| listed.contains(key));
-                }
-            }
-            Event::Delete(slice) => {
-                self.slices.remove(&object_key(&slice));
-            }
+            Event::InitDone => self.slices.end(),
+            Event::Delete(slice) => self.slices.remove(&object_key(&slice)),
         }
     }
 
@@ -214,11 +237,11 @@ impl PoolIndex {
     /// more are removed.
     fn publish(&mut self) {
         let mut pools: BTreeMap<&str, Vec<MemberSpec>> = BTreeMap::new();
-        for pool in self.services.values() {
+        for pool in self.services.objects.values() {
             pools.entry(pool.as_str()).or_default();
         }
-        for (service, members) in self.slices.values() {
-            if let Some(pool) = self.services.get(service) {
+        for (service, members) in self.slices.objects.values() {
+            if let Some(pool) = self.services.objects.get(service) {
                 pools
                     .entry(pool.as_str())
                     .or_default()
