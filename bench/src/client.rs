@@ -12,6 +12,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use ferry_config::exposition::Exposition;
+
 /// Longest a single read may take before it counts as failed.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -157,35 +159,23 @@ pub async fn scrape_by(
     name: &str,
     label: &str,
 ) -> anyhow::Result<Vec<(String, f64)>> {
-    let text = Reader::new(admin).get_text("/metrics").await?;
-    let pattern = format!("{label}=\"");
-    Ok(text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            if series.split('{').next()? != name {
-                return None;
-            }
-            let start = series.find(&pattern)? + pattern.len();
-            let end = series[start..].find('"')? + start;
-            Some((series[start..end].to_owned(), value.parse::<f64>().ok()?))
-        })
+    let metrics = exposition(admin).await?;
+    Ok(metrics
+        .families
+        .iter()
+        .flat_map(|f| &f.samples)
+        .filter(|s| s.name == name)
+        .filter_map(|s| Some((s.label(label)?.to_owned(), s.value)))
         .collect())
 }
 
 /// Sums the samples of `name` in a proxy's /metrics whose labels include all of `labels`.
 pub async fn scrape(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+    Ok(exposition(admin).await?.sum(name, labels))
+}
+
+/// A proxy's (or the control plane's) /metrics, parsed.
+async fn exposition(admin: SocketAddr) -> anyhow::Result<Exposition> {
     let text = Reader::new(admin).get_text("/metrics").await?;
-    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    Ok(text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let metric = series.split('{').next()?;
-            (metric == name && wanted.iter().all(|w| series.contains(w.as_str())))
-                .then(|| value.parse::<f64>().ok())?
-        })
-        .sum())
+    Exposition::parse(&text).map_err(|e| anyhow::anyhow!("/metrics of {admin}: {e}"))
 }
