@@ -98,27 +98,11 @@ async fn a_config_file_starts_the_proxy_and_admin_answers() {
         assert_eq!(response.status(), 200);
         assert_eq!(response.text().await.expect("text").trim(), want);
     }
-    let cache: serde_json::Value = client
-        .get(proxy.admin_url("/cache"))
-        .send()
-        .await
-        .expect("cache")
-        .text()
-        .await
-        .map(|t| serde_json::from_str(&t).expect("json"))
-        .expect("text");
+    let cache = common::get_json(&client, proxy.admin_url("/cache")).await;
     assert_eq!(cache[0]["policy"], "lru");
     assert_eq!(cache[0]["capacity_bytes"], 8 * 1024 * 1024);
     assert_eq!(cache[1]["bucket"], "two");
-    let config: serde_json::Value = client
-        .get(proxy.admin_url("/config"))
-        .send()
-        .await
-        .expect("config")
-        .text()
-        .await
-        .map(|t| serde_json::from_str(&t).expect("json"))
-        .expect("text");
+    let config = common::get_json(&client, proxy.admin_url("/config")).await;
     assert_eq!(
         config["datasets"][1]["origin"],
         "synthetic://?count=7&size=110KiB&seed=0&dist=imagenet&suffix=.jpg"

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::plane::ControlPlane;
-use common::{ProxyProcess, TempDir};
+use common::{ProxyProcess, TempDir, get_json};
 use ferry_config::SyntheticSpec;
 use reqwest::StatusCode;
 
@@ -77,18 +77,6 @@ async fn get(
     status
 }
 
-async fn json(client: &reqwest::Client, url: String) -> serde_json::Value {
-    let text = client
-        .get(url)
-        .send()
-        .await
-        .expect("get")
-        .text()
-        .await
-        .expect("text");
-    serde_json::from_str(&text).expect("json")
-}
-
 /// Polls `check` every 20 ms until it holds or `limit` passes; the time it took.
 async fn wait_until<F, Fut>(limit: Duration, mut check: F) -> Option<Duration>
 where
@@ -121,7 +109,8 @@ async fn policy_files_drive_running_proxies_and_reads_outlive_the_control_plane(
     // The sidecar serves what the files define, read through the worker.
     assert_eq!(get(&client, &sidecar, "imagenet", 1).await, StatusCode::OK);
     let version = |config: &serde_json::Value| config["control_plane"]["version"].as_u64();
-    let before = version(&json(&client, sidecar.admin_url("/config")).await).expect("a version");
+    let before =
+        version(&get_json(&client, sidecar.admin_url("/config")).await).expect("a version");
 
     // A new data set in the file reaches the running sidecar.
     write(
@@ -135,7 +124,7 @@ async fn policy_files_drive_running_proxies_and_reads_outlive_the_control_plane(
     .await
     .expect("the new data set is served");
     eprintln!("policy change applied by the sidecar after {took:?}");
-    let after = version(&json(&client, sidecar.admin_url("/config")).await).expect("a version");
+    let after = version(&get_json(&client, sidecar.admin_url("/config")).await).expect("a version");
     assert!(after > before, "version {before} → {after}");
 
     // A broken file is refused with its location; the last good policy stays.
@@ -145,12 +134,12 @@ async fn policy_files_drive_running_proxies_and_reads_outlive_the_control_plane(
         "datasets:\n  - name: imagenet\n    bucket: imagenet\n    chunk_size: 3 bananas\n",
     );
     let refused = wait_until(Duration::from_secs(10), || async {
-        let report = json(&client, format!("http://{}/policies", plane.admin)).await;
+        let report = get_json(&client, format!("http://{}/policies", plane.admin)).await;
         !report["refused"].as_array().expect("refused").is_empty()
     })
     .await;
     assert!(refused.is_some(), "the broken file is refused");
-    let report = json(&client, format!("http://{}/policies", plane.admin)).await;
+    let report = get_json(&client, format!("http://{}/policies", plane.admin)).await;
     let message = report["refused"][0]["message"].as_str().expect("message");
     assert!(
         message.contains("datasets.yaml:4:") && message.contains("datasets[0].chunk_size"),
@@ -163,7 +152,7 @@ async fn policy_files_drive_running_proxies_and_reads_outlive_the_control_plane(
             "{bucket} still served"
         );
     }
-    let kept = version(&json(&client, sidecar.admin_url("/config")).await).expect("a version");
+    let kept = version(&get_json(&client, sidecar.admin_url("/config")).await).expect("a version");
     assert_eq!(kept, after, "nothing new was published");
 
     // The control plane goes away: reads go on from the last good snapshot.
@@ -206,7 +195,7 @@ async fn policy_files_drive_running_proxies_and_reads_outlive_the_control_plane(
         .await;
         assert!(back.is_some(), "resubscribed");
     }
-    let report = json(&client, format!("http://{}/policies", plane.admin)).await;
+    let report = get_json(&client, format!("http://{}/policies", plane.admin)).await;
     assert_eq!(
         report["refused"].as_array().map(Vec::len),
         Some(1),
@@ -280,7 +269,7 @@ async fn a_worker_leaving_the_pool_finishes_what_it_started_and_gets_nothing_new
     write(&policies, "pools.yaml", &pools_yaml(&staying));
     let staying_address = staying.inbound.expect("inbound").to_string();
     let switched = wait_until(Duration::from_secs(10), || async {
-        let pools = json(&client, sidecar.admin_url("/pools")).await;
+        let pools = get_json(&client, sidecar.admin_url("/pools")).await;
         let members = &pools[0]["members"];
         members.as_array().map(Vec::len) == Some(1)
             && members[0]["address"] == staying_address.as_str()

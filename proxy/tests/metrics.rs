@@ -6,7 +6,7 @@ mod common;
 
 use common::ProxyProcess;
 use ferry_config::SyntheticSpec;
-use ferry_config::exposition::{Exposition, quantile};
+use ferry_config::exposition::quantile;
 
 const SPEC: &str = "count=10&size=20KiB&seed=5&dist=fixed";
 
@@ -57,18 +57,7 @@ async fn counters_match_the_workload_and_the_exposition_is_valid() {
         assert_eq!(head.status().as_u16(), 200);
     }
 
-    let text = reqwest::get(worker.admin_url("/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text");
-    let metrics = Exposition::parse(&text).unwrap_or_else(|e| panic!("invalid exposition: {e}"));
-    assert_eq!(
-        metrics.undescribed(),
-        Vec::<&str>::new(),
-        "families without HELP or TYPE"
-    );
+    let metrics = common::described_metrics(&worker.admin_url("/metrics")).await;
     let outbound = [("dataset", "imagenet"), ("direction", "outbound")];
     assert_eq!(metrics.sum("request_total", &outbound), 26.0);
     let responses = |code: &str| {
@@ -129,18 +118,7 @@ async fn a_sidecar_exports_its_upstream_metrics_with_help() {
             .status();
         assert_eq!(status.as_u16(), 200);
     }
-    let text = reqwest::get(sidecar.admin_url("/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text");
-    let metrics = Exposition::parse(&text).unwrap_or_else(|e| panic!("invalid exposition: {e}"));
-    assert_eq!(
-        metrics.undescribed(),
-        Vec::<&str>::new(),
-        "families without HELP or TYPE"
-    );
+    let metrics = common::described_metrics(&sidecar.admin_url("/metrics")).await;
     // Five chunks, and the metadata (a HEAD, the background listing).
     let upstream = metrics.sum("upstream_requests_total", &[("member", pool.as_str())]);
     assert!(upstream >= 5.0, "{upstream}");

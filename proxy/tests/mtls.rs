@@ -103,17 +103,7 @@ async fn allowed_identities_read_over_mtls_and_others_are_denied_by_name() {
             .await
             >= 1.0
     );
-    let identity: serde_json::Value = serde_json::from_str(
-        &client
-            .get(trainer.admin_url("/identity"))
-            .send()
-            .await
-            .expect("get")
-            .text()
-            .await
-            .expect("text"),
-    )
-    .expect("json");
+    let identity = common::get_json(&client, trainer.admin_url("/identity")).await;
     assert_eq!(
         identity["spiffe_id"],
         "spiffe://cluster.local/ns/train/sa/job"
@@ -484,15 +474,7 @@ async fn certificates_are_renewed_under_load_without_a_failed_read() {
     let identity = |address: String| {
         let client = client.clone();
         async move {
-            let text = client
-                .get(address)
-                .send()
-                .await
-                .expect("get")
-                .text()
-                .await
-                .expect("text");
-            let value: serde_json::Value = serde_json::from_str(&text).expect("json");
+            let value = common::get_json(&client, address).await;
             value["issued_at"].as_u64().expect("issued_at")
         }
     };

@@ -22,6 +22,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+use ferry_config::exposition::Exposition;
+
 /// How long a process gets to say it is ready.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -139,23 +141,43 @@ impl Drop for ProxyProcess {
 
 /// Sums the samples of `name` in Prometheus text whose labels include `labels`.
 pub fn sum_samples(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, label_text) = match series.split_once('{') {
-                Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            if metric != name {
-                return None;
-            }
-            let all = labels
-                .iter()
-                .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")));
-            all.then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
+    parse_exposition(text).sum(name, labels)
+}
+
+/// GETs `url` and parses its body as JSON; a test fails on any error.
+pub async fn get_json(client: &reqwest::Client, url: String) -> serde_json::Value {
+    let text = client
+        .get(url)
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text");
+    serde_json::from_str(&text).expect("json")
+}
+
+/// Prometheus text parsed; a test fails on invalid text.
+pub fn parse_exposition(text: &str) -> Exposition {
+    Exposition::parse(text).unwrap_or_else(|e| panic!("invalid exposition: {e}"))
+}
+
+/// Scrapes the `/metrics` at `url`, failing the test unless it is valid and
+/// every family has its HELP and TYPE.
+pub async fn described_metrics(url: &str) -> Exposition {
+    let text = reqwest::get(url)
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text");
+    let metrics = parse_exposition(&text);
+    assert_eq!(
+        metrics.undescribed(),
+        Vec::<&str>::new(),
+        "families without HELP or TYPE"
+    );
+    metrics
 }
 
 /// The first line a child writes, skipping notices that it is still waiting
