@@ -157,6 +157,20 @@ impl SpiffePattern {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// The trust domain it matches in.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// The one namespace whose workloads it can match
+    /// (`.../ns/<namespace>/sa/...` with the namespace spelled out).
+    pub fn namespace(&self) -> Option<&str> {
+        match self.segments.as_slice() {
+            [Some(ns), Some(namespace), Some(sa), _] if ns == "ns" && sa == "sa" => Some(namespace),
+            _ => None,
+        }
+    }
 }
 
 impl FromStr for SpiffePattern {

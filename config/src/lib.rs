@@ -12,6 +12,7 @@ pub mod proxy;
 pub mod snapshot;
 pub mod synthetic;
 pub mod telemetry;
+pub mod tenancy;
 pub mod units;
 
 pub use control_plane::ControlPlaneConfig;
@@ -22,10 +23,11 @@ pub use load::{ConfigError, from_yaml, from_yaml_file, to_yaml};
 pub use origin::OriginSpec;
 pub use policy::{
     CachePolicy, CacheSpec, DatasetPolicy, Datasets, PolicyFile, PoolDownPolicy, RoleCaches,
-    S3Options,
+    S3Options, check_namespace_name,
 };
 pub use pool::{BalanceSpec, HedgeSpec, MemberSpec, PoolSpec};
 pub use proxy::{DiskCacheSpec, Limits, ProxyConfig, Role};
 pub use snapshot::{ProxySnapshot, WatchEvent};
 pub use synthetic::{SizeDistribution, SyntheticSpec};
+pub use tenancy::{OriginPrefix, TenantSpec, off_limits_to_tenants};
 pub use units::{ByteSize, HumanDuration, MetadataTtl};

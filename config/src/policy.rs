@@ -11,6 +11,7 @@ use crate::identity::SpiffePattern;
 use crate::load::ConfigError;
 use crate::origin::OriginSpec;
 use crate::pool::PoolSpec;
+use crate::tenancy::TenantSpec;
 use crate::units::{ByteSize, MetadataTtl};
 
 /// Default chunk size: the unit of caching and of fetches from upstream.
@@ -44,6 +45,11 @@ pub struct DatasetPolicy {
     /// Identities a worker serves this data set to (exact SPIFFE IDs or
     /// patterns with `*` segments); empty means any workload of the trust domain.
     pub allow: Vec<SpiffePattern>,
+    /// The namespace that owns this data set: a worker serves it only to
+    /// identities of that namespace (and of them, only those `allow` names).
+    /// The control plane sets it on a namespace's own data sets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// Settings for an `s3://` origin.
     #[serde(skip_serializing_if = "S3Options::is_unset")]
     pub s3: S3Options,
@@ -227,6 +233,8 @@ struct RawDatasetPolicy {
     #[serde(default)]
     allow: Vec<SpiffePattern>,
     #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
     s3: Option<S3Options>,
     #[serde(default = "default_chunk_size", deserialize_with = "chunk_size")]
     chunk_size: ByteSize,
@@ -278,6 +286,7 @@ impl TryFrom<RawDatasetPolicy> for DatasetPolicy {
             pool: raw.pool,
             on_pool_down: raw.on_pool_down,
             allow: raw.allow,
+            namespace: raw.namespace,
             s3: raw.s3.unwrap_or_default(),
             chunk_size: raw.chunk_size,
             metadata_ttl: raw.metadata_ttl,
@@ -333,6 +342,24 @@ pub fn check_bucket_name(name: &str) -> Result<(), String> {
         Err(format!(
             "'{name}' is not a valid bucket name: use 3 to 63 lowercase letters, digits, \
              '-' or '.', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+/// Checks a Kubernetes namespace name (an RFC 1123 label).
+pub fn check_namespace_name(name: &str) -> Result<(), String> {
+    let valid = (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{name}' is not a namespace name: use 1 to 63 lowercase letters, digits or '-', \
+             starting and ending with a letter or digit"
         ))
     }
 }
@@ -399,6 +426,10 @@ pub struct PolicyFile {
     /// Worker pools, by name.
     #[serde(default)]
     pub pools: Vec<PoolSpec>,
+    /// The mesh admin's table of what each namespace's own policies may
+    /// use (only in the mesh-wide policies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<TenantSpec>,
 }
 
 impl PolicyFile {
@@ -408,7 +439,26 @@ impl PolicyFile {
         let error = |field: String, message: String| ConfigError::in_file(file, field, message);
         crate::pool::check_unique_names(&self.pools)
             .map_err(|(field, message)| error(field, message))?;
+        for (i, tenant) in self.tenants.iter().enumerate() {
+            if let Err(message) = check_namespace_name(&tenant.namespace) {
+                return Err(error(format!("tenants[{i}].namespace"), message));
+            }
+            if self.tenants[..i]
+                .iter()
+                .any(|t| t.namespace == tenant.namespace)
+            {
+                return Err(error(
+                    format!("tenants[{i}].namespace"),
+                    format!("namespace '{}' is listed twice", tenant.namespace),
+                ));
+            }
+        }
         for (i, dataset) in self.datasets.iter().enumerate() {
+            if let Some(namespace) = &dataset.namespace
+                && let Err(message) = check_namespace_name(namespace)
+            {
+                return Err(error(format!("datasets[{i}].namespace"), message));
+            }
             if dataset.origin.is_none() {
                 return Err(error(
                     format!("datasets[{i}].origin"),

@@ -17,7 +17,9 @@ use crate::units::{ByteSize, HumanDuration, parse_duration};
 pub struct PoolSpec {
     /// The pool's name, used by data sets and in metrics.
     pub name: String,
-    /// Its workers.
+    /// Its workers. None is a valid state (a discovered pool whose workers
+    /// are not ready yet): its data sets answer 503 naming the pool, or read
+    /// the origin where their policy says so.
     pub members: Vec<MemberSpec>,
     /// Identity every worker must present (unless a member names its own);
     /// absent means any workload of the trust domain.
@@ -226,12 +228,6 @@ impl TryFrom<RawPool> for PoolSpec {
     fn try_from(raw: RawPool) -> Result<Self, String> {
         if raw.name.is_empty() {
             return Err("a pool needs a name".to_owned());
-        }
-        if raw.members.is_empty() {
-            return Err(format!(
-                "pool '{}' has no members: list at least one worker",
-                raw.name
-            ));
         }
         let mut seen = HashSet::new();
         for member in &raw.members {

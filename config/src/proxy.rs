@@ -162,6 +162,9 @@ pub struct Limits {
     pub metadata_entries: usize,
     /// Objects listed per data set kept in the listing cache.
     pub listing_entries: usize,
+    /// How long a data set the control plane removed keeps its caches (not
+    /// served), so that it comes back warm if the removal was a flap.
+    pub removed_dataset_grace: HumanDuration,
 }
 
 impl Default for Limits {
@@ -173,6 +176,7 @@ impl Default for Limits {
             upstream_timeout: HumanDuration(Duration::from_secs(30)),
             metadata_entries: 2_000_000,
             listing_entries: 2_000_000,
+            removed_dataset_grace: HumanDuration(Duration::from_secs(300)),
         }
     }
 }
