@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use ferry_config::{Role, WatchEvent};
 use ferry_proxy::identity::Identity;
-use ferry_proxy::mesh::watch::{WatchClient, WatchStream};
+use ferry_proxy::mesh::watch::{Line, WatchClient, WatchStream};
 
 use crate::child::{ChildProcess, ControlPlane, ProxyArgs};
 use crate::client::{Reader, list_all, scrape};
@@ -203,7 +203,9 @@ async fn measure(
             async move {
                 let mut stream = client.open().await?;
                 match stream.next().await? {
-                    Some(WatchEvent::Snapshot(snapshot)) => Ok((stream, snapshot.version)),
+                    Some(Line::Event(WatchEvent::Snapshot(snapshot))) => {
+                        Ok((stream, snapshot.version))
+                    }
                     other => anyhow::bail!("the first watch line was {other:?}"),
                 }
             }
@@ -278,8 +280,8 @@ async fn follow(
     index: usize,
     arrivals: mpsc::Sender<(usize, u64, Instant)>,
 ) {
-    while let Ok(Some(event)) = stream.next().await {
-        if let WatchEvent::Snapshot(snapshot) = event
+    while let Ok(Some(line)) = stream.next().await {
+        if let Line::Event(WatchEvent::Snapshot(snapshot)) = line
             && arrivals
                 .send((index, snapshot.version, Instant::now()))
                 .await

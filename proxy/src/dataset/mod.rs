@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context;
 
@@ -149,10 +150,18 @@ fn random_seed() -> u64 {
     std::collections::hash_map::RandomState::new().hash_one(0x5EED_u64)
 }
 
+/// A removed data set, kept (not served) until `until`.
+#[derive(Clone)]
+struct Retired {
+    dataset: Arc<Dataset>,
+    until: Instant,
+}
+
 /// The data sets by bucket, and the pools they read from.
 pub struct Datasets {
     by_bucket: HashMap<String, Arc<Dataset>>,
     ordered: Vec<Arc<Dataset>>,
+    retired: Vec<Retired>,
     pools: Vec<Arc<Pool>>,
     budget: Arc<FetchBudget>,
     unknown_outbound: TrafficMetrics,
@@ -189,7 +198,28 @@ impl Datasets {
             Some(previous) => previous.budget.clone(),
             None => FetchBudget::new(config.limits.inflight_memory.bytes()),
         };
-        let timeout = config.limits.upstream_timeout.0;
+        let origins = origin::OriginSettings {
+            timeout: config.limits.upstream_timeout.0,
+            control_plane_host: config
+                .identity
+                .control_plane
+                .as_deref()
+                .and_then(|url| url.parse::<http::Uri>().ok())
+                .and_then(|uri| uri.host().map(|h| h.trim_matches(['[', ']']).to_owned())),
+        };
+        let now = Instant::now();
+        let grace = config.limits.removed_dataset_grace.0;
+        // Data sets removed a short while ago, kept so a flap of the
+        // control plane's configuration does not empty their caches.
+        let mut retired: Vec<Retired> = previous
+            .map(|prev| {
+                prev.retired
+                    .iter()
+                    .filter(|r| r.until > now)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
         let pools: HashMap<&str, Arc<Pool>> = match config.role {
             Role::Sidecar => config
                 .pools
@@ -220,8 +250,14 @@ impl Datasets {
         let mut built = Vec::new();
         for policy in config.datasets.iter() {
             let name = &policy.name;
-            let old =
-                previous.and_then(|prev| prev.ordered.iter().find(|d| &d.policy.name == name));
+            let old = previous
+                .and_then(|prev| prev.ordered.iter().find(|d| &d.policy.name == name))
+                .or_else(|| {
+                    retired
+                        .iter()
+                        .map(|r| &r.dataset)
+                        .find(|d| &d.policy.name == name)
+                });
             if let Some(old) = old
                 && same_but_allow(&old.policy, policy)
                 && same_pool(old, config, policy, &pools)
@@ -234,7 +270,7 @@ impl Datasets {
                 continue;
             }
             let upstream: Arc<dyn Origin> = match config.role {
-                Role::Worker => origin::from_policy(policy, timeout)
+                Role::Worker => origin::from_policy(policy, &origins)
                     .with_context(|| format!("data set '{name}'"))?,
                 Role::Sidecar => {
                     let spec = policy.pool_in(&config.pools).map_err(anyhow::Error::msg)?;
@@ -243,7 +279,7 @@ impl Datasets {
                     })?;
                     let fallback = match policy.on_pool_down {
                         PoolDownPolicy::Origin => {
-                            Some(origin::from_policy(policy, timeout).with_context(|| {
+                            Some(origin::from_policy(policy, &origins).with_context(|| {
                                 format!("data set '{name}': the fallback origin")
                             })?)
                         }
@@ -300,7 +336,51 @@ impl Datasets {
         }
         let mut pools: Vec<Arc<Pool>> = pools.into_values().collect();
         pools.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Self::index(built, pools, budget))
+        retired.retain(|r| !built.iter().any(|d| d.policy.name == r.dataset.policy.name));
+        if let Some(previous) = previous
+            && !grace.is_zero()
+        {
+            for gone in previous
+                .ordered
+                .iter()
+                .filter(|old| !built.iter().any(|d| d.policy.name == old.policy.name))
+            {
+                tracing::info!(dataset = %gone.policy.name, ?grace, "data set removed; its caches are kept for the grace period");
+                retired.push(Retired {
+                    dataset: Arc::clone(gone),
+                    until: now + grace,
+                });
+            }
+        }
+        let mut datasets = Self::index(built, pools, budget);
+        datasets.retired = retired;
+        Ok(datasets)
+    }
+
+    /// These data sets less the removed ones whose grace period is over;
+    /// `None` when there is none to drop.
+    pub fn without_expired(&self) -> Option<Self> {
+        let now = Instant::now();
+        if self.retired.iter().all(|r| r.until > now) {
+            return None;
+        }
+        let mut datasets = Self::index(
+            self.ordered.clone(),
+            self.pools.clone(),
+            self.budget.clone(),
+        );
+        datasets.retired = self
+            .retired
+            .iter()
+            .filter(|r| r.until > now)
+            .cloned()
+            .collect();
+        Some(datasets)
+    }
+
+    /// Names of the removed data sets whose caches are still kept.
+    pub fn retired(&self) -> impl Iterator<Item = &str> {
+        self.retired.iter().map(|r| r.dataset.policy.name.as_str())
     }
 
     /// Indexes built data sets.
@@ -317,6 +397,7 @@ impl Datasets {
         Self {
             by_bucket,
             ordered,
+            retired: Vec::new(),
             pools,
             budget,
             unknown_outbound: TrafficMetrics::new("unknown", Direction::Outbound),

@@ -29,6 +29,8 @@ pub struct ControlPlaneStatus {
     pub applied_at: Option<u64>,
     /// Why the last snapshot could not be applied, if it could not.
     pub last_error: Option<String>,
+    /// The version of that snapshot, when it could be read.
+    pub refused_version: Option<u64>,
 }
 
 /// The configuration in force and the data sets built from it.
@@ -112,10 +114,7 @@ impl Mesh {
             let datasets = match built {
                 Ok(datasets) => datasets,
                 Err(err) => {
-                    self.metrics.rejected.increment(1);
-                    let message = format!("{err:#}");
-                    self.lock_status().last_error = Some(message.clone());
-                    tracing::error!(version = snapshot.version, error = %message, "configuration from the control plane refused; keeping the one in force");
+                    self.refused(Some(snapshot.version), format!("{err:#}"));
                     return Err(err);
                 }
             };
@@ -127,6 +126,9 @@ impl Mesh {
             );
         }
         self.snapshot.store(Arc::new(Some(snapshot.clone())));
+        if let Some(datasets) = self.datasets.load().without_expired() {
+            self.datasets.store(Arc::new(datasets));
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -134,9 +136,28 @@ impl Mesh {
         status.version = Some(snapshot.version);
         status.applied_at = Some(now);
         status.last_error = None;
+        status.refused_version = None;
         self.metrics.version.set(snapshot.version as f64);
         self.metrics.last_update.set(now as f64);
         Ok(())
+    }
+
+    /// Records a snapshot that was not put in force (`version` if it could
+    /// be read): counted, logged and shown in `/config`.
+    pub fn refused(&self, version: Option<u64>, message: String) {
+        self.metrics.rejected.increment(1);
+        tracing::error!(?version, error = %message, "configuration from the control plane refused; keeping the one in force");
+        let mut status = self.lock_status();
+        status.last_error = Some(message);
+        status.refused_version = version;
+    }
+
+    /// Drops the caches of removed data sets whose grace period is over.
+    pub fn prune(&self) {
+        let _one_at_a_time = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(datasets) = self.datasets.load().without_expired() {
+            self.datasets.store(Arc::new(datasets));
+        }
     }
 
     fn lock_status(&self) -> std::sync::MutexGuard<'_, ControlPlaneStatus> {

@@ -105,10 +105,21 @@ async fn follow(
 ) -> anyhow::Result<()> {
     let mut stream = client.open().await?;
     mesh.set_connected(true);
-    while let Some(event) = stream.next().await? {
+    while let Some(line) = stream.next().await? {
         *heard = true;
-        let WatchEvent::Snapshot(snapshot) = event else {
-            continue; // heartbeat
+        let snapshot = match line {
+            Line::Event(WatchEvent::Snapshot(snapshot)) => snapshot,
+            Line::Event(WatchEvent::Heartbeat { .. }) => {
+                mesh.prune();
+                continue;
+            }
+            Line::Unreadable { version, error } => {
+                mesh.refused(
+                    version,
+                    format!("the control plane's snapshot is unreadable: {error}"),
+                );
+                continue;
+            }
         };
         if let Err(err) = identity.trust_published(&snapshot.trust_bundle) {
             tracing::error!(error = %format!("{err:#}"), "the published trust bundle is unusable; keeping the anchors in force");
@@ -226,6 +237,32 @@ impl WatchClient {
     }
 }
 
+/// One line of a watch.
+#[derive(Debug)]
+pub enum Line {
+    /// A snapshot or a heartbeat.
+    Event(WatchEvent),
+    /// A line this proxy cannot read (a newer control plane, or a bug): it
+    /// is refused like a snapshot that does not validate.
+    Unreadable {
+        /// Its version, if that much can be read.
+        version: Option<u64>,
+        /// Why it cannot be read.
+        error: String,
+    },
+}
+
+/// The `version` field of a watch line that does not parse as an event.
+fn version_of(line: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Versioned {
+        version: u64,
+    }
+    serde_json::from_slice::<Versioned>(line)
+        .ok()
+        .map(|v| v.version)
+}
+
 /// An open watch, read one event at a time.
 pub struct WatchStream {
     body: hyper::body::Incoming,
@@ -233,16 +270,19 @@ pub struct WatchStream {
 }
 
 impl WatchStream {
-    /// The next event; `None` when the control plane ended the stream. An
-    /// unreadable line is skipped; silence past the heartbeat is an error.
-    pub async fn next(&mut self) -> anyhow::Result<Option<WatchEvent>> {
+    /// The next line; `None` when the control plane ended the stream.
+    /// Silence past the heartbeat is an error.
+    pub async fn next(&mut self) -> anyhow::Result<Option<Line>> {
         loop {
-            while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
                 let line = self.pending.split_to(end + 1);
-                match serde_json::from_slice(&line[..end]) {
-                    Ok(event) => return Ok(Some(event)),
-                    Err(err) => tracing::error!(%err, "unreadable watch line; skipped"),
-                }
+                return Ok(Some(match serde_json::from_slice(&line[..end]) {
+                    Ok(event) => Line::Event(event),
+                    Err(err) => Line::Unreadable {
+                        version: version_of(&line[..end]),
+                        error: err.to_string(),
+                    },
+                }));
             }
             anyhow::ensure!(
                 self.pending.len() <= MAX_LINE,

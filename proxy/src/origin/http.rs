@@ -17,15 +17,73 @@ pub struct HttpOrigin {
     base: String,
 }
 
+/// Addresses a namespace's HTTP origin never connects to, whatever its host
+/// name resolves to: the machine itself, link-local ones (cloud metadata
+/// services answer there), and the control plane's. The mesh admin who wants
+/// a namespace to reach such an address names the IP in the namespace's
+/// allowed prefix; IP literals are not resolved, so they are not filtered.
+pub struct TenantResolver {
+    /// The control plane's host, resolved at each lookup (its address may move).
+    control_plane_host: Option<String>,
+}
+
+impl TenantResolver {
+    /// A resolver that also keeps away from `control_plane_host`'s addresses.
+    pub fn new(control_plane_host: Option<String>) -> Self {
+        Self { control_plane_host }
+    }
+}
+
+impl reqwest::dns::Resolve for TenantResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        let control_plane = self.control_plane_host.clone();
+        Box::pin(async move {
+            let found: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let mut denied: Vec<std::net::IpAddr> = Vec::new();
+            if let Some(control_plane) = control_plane
+                && let Ok(addresses) = tokio::net::lookup_host((control_plane.as_str(), 0)).await
+            {
+                denied.extend(addresses.map(|a| a.ip()));
+            }
+            let allowed: Vec<std::net::SocketAddr> = found
+                .iter()
+                .filter(|a| {
+                    !ferry_config::off_limits_to_tenants(a.ip()) && !denied.contains(&a.ip())
+                })
+                .copied()
+                .collect();
+            if allowed.is_empty() {
+                return Err(format!(
+                    "{host} resolves only to addresses a namespace's origin may not reach \
+                     ({found:?}: loopback, link-local or the control plane's)"
+                )
+                .into());
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
 impl HttpOrigin {
-    /// An origin for `base` (a key is appended to it); `timeout` bounds each request.
-    pub fn new(base: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
+    /// An origin for `base` (a key is appended to it); `timeout` bounds each
+    /// request; `tenant`, for a namespace's data set, keeps its connections
+    /// off the addresses it must not reach.
+    pub fn new(
+        base: &str,
+        timeout: Duration,
+        tenant: Option<TenantResolver>,
+    ) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .build()?;
+            .tcp_nodelay(true);
+        if let Some(resolver) = tenant {
+            builder = builder.dns_resolver(std::sync::Arc::new(resolver));
+        }
+        let client = builder.build()?;
         let mut base = base.to_owned();
         if !base.ends_with('/') {
             base.push('/');
@@ -179,6 +237,22 @@ impl Origin for HttpOrigin {
     ) -> BoxFuture<'a, Result<ListPage, OriginError>> {
         Box::pin(self.list_inner(prefix, start_after, max))
     }
+
+    fn check_key<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), OriginError>> {
+        // A URL resolves `.` and `..` segments: such a key would read
+        // outside the base, and no object has that name anyway.
+        let escapes = key
+            .split('/')
+            .any(|segment| segment == "." || segment == "..");
+        Box::pin(std::future::ready(if escapes {
+            Err(OriginError::InvalidKey {
+                key: key.to_owned(),
+                why: "'.' and '..' path segments are not allowed",
+            })
+        } else {
+            Ok(())
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -187,7 +261,8 @@ mod tests {
 
     #[test]
     fn keys_are_appended_to_the_base() {
-        let origin = HttpOrigin::new("http://h/base", Duration::from_secs(1)).expect("origin");
+        let origin =
+            HttpOrigin::new("http://h/base", Duration::from_secs(1), None).expect("origin");
         assert_eq!(origin.url_of("a b/c?d#e"), "http://h/base/a%20b/c%3Fd%23e");
     }
 }

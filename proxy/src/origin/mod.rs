@@ -18,7 +18,7 @@ use futures::future::BoxFuture;
 use ferry_config::{DatasetPolicy, OriginSpec};
 
 pub use file::FileOrigin;
-pub use http::HttpOrigin;
+pub use http::{HttpOrigin, TenantResolver};
 pub use s3::S3Origin;
 pub use synthetic::SyntheticOrigin;
 
@@ -141,20 +141,38 @@ pub trait Origin: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<ListPage, OriginError>>;
 }
 
-/// Builds the origin a data set policy names.
+/// What every origin of a proxy is built with.
+#[derive(Clone, Debug)]
+pub struct OriginSettings {
+    /// Deadline of one request to an HTTP or S3 origin.
+    pub timeout: std::time::Duration,
+    /// The control plane's host, which a namespace's origins never reach.
+    pub control_plane_host: Option<String>,
+}
+
+/// Builds the origin a data set policy names. A namespace's data set
+/// (`namespace` set) never reads a file, and its HTTP origin never connects
+/// to loopback, link-local or control-plane addresses by name.
 pub fn from_policy(
     policy: &DatasetPolicy,
-    http_timeout: std::time::Duration,
+    settings: &OriginSettings,
 ) -> anyhow::Result<Arc<dyn Origin>> {
     let spec = policy
         .origin
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("no origin is configured"))?;
+    let tenant = policy.namespace.as_ref();
     Ok(match spec {
+        OriginSpec::File { .. } if tenant.is_some() => anyhow::bail!(
+            "origin {spec} is refused: a namespace's data set never reads the worker's files"
+        ),
         OriginSpec::File { root } => Arc::new(FileOrigin::new(root)?),
-        OriginSpec::Http { base } => Arc::new(HttpOrigin::new(base, http_timeout)?),
+        OriginSpec::Http { base } => {
+            let guard = tenant.map(|_| TenantResolver::new(settings.control_plane_host.clone()));
+            Arc::new(HttpOrigin::new(base, settings.timeout, guard)?)
+        }
         OriginSpec::S3 { bucket, prefix } => {
-            Arc::new(S3Origin::new(bucket, prefix, &policy.s3, http_timeout)?)
+            Arc::new(S3Origin::new(bucket, prefix, &policy.s3, settings.timeout)?)
         }
         OriginSpec::Synthetic(spec) => Arc::new(SyntheticOrigin::new(spec.clone())),
     })

@@ -33,6 +33,10 @@ const MAX_KEYS: usize = 1000;
 
 /// Serves the S3 API for a set of data sets.
 pub struct FrontDoor {
+    /// What the proxy still waits for before it serves (`None`: nothing).
+    waiting: std::sync::Mutex<Option<&'static str>>,
+    /// Whether `waiting` is `None`, read without the lock on every request.
+    serving: std::sync::atomic::AtomicBool,
     mesh: Arc<Mesh>,
     domains: Vec<String>,
     started: SystemTime,
@@ -47,6 +51,8 @@ impl FrontDoor {
     /// listener; `domains` are virtual-host suffixes.
     pub fn new(mesh: Arc<Mesh>, domains: Vec<String>, direction: Direction) -> Self {
         Self {
+            waiting: std::sync::Mutex::new(None),
+            serving: std::sync::atomic::AtomicBool::new(true),
             mesh,
             domains,
             started: SystemTime::now(),
@@ -62,6 +68,16 @@ impl FrontDoor {
         self
     }
 
+    /// Until [`FrontDoor::wait_for`]`(None)`, answers every request with a
+    /// 503 saying that the proxy waits for `what` (rather than leaving
+    /// clients hanging on a connection nobody answers).
+    pub fn wait_for(&self, what: Option<&'static str>) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        *waiting = what;
+        self.serving
+            .store(what.is_none(), std::sync::atomic::Ordering::Release);
+    }
+
     /// Answers one request; failures are S3 error responses, never panics.
     /// `peer` is the caller's verified identity (mutual TLS only).
     pub async fn handle<B>(
@@ -69,6 +85,14 @@ impl FrontDoor {
         request: Request<B>,
         peer: Option<Arc<SpiffeId>>,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        if !self.serving.load(std::sync::atomic::Ordering::Acquire)
+            && let Some(what) = *self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+        {
+            let error = S3Error::unavailable(format!(
+                "ferry-proxy is starting: it waits for {what}; retry shortly"
+            ));
+            return Ok(error.into_response(request.method(), request.uri().path()));
+        }
         let started = Instant::now();
         // Only a sampled request has spans: the rest cost a coin toss.
         let span = match traces::sampled(request.headers(), self.direction == Direction::Outbound) {
@@ -173,14 +197,20 @@ impl FrontDoor {
     }
 
     /// Whether `peer` may read `dataset`: always without authorization; with
-    /// it, when a pattern of the data set's `allow` list (or, if it has none,
-    /// any workload of the trust domain) matches.
+    /// it, when the peer is of the data set's namespace (if a namespace owns
+    /// it) and a pattern of its `allow` list (or, if it has none, any
+    /// workload of the trust domain) matches.
     fn authorized(&self, dataset: &Dataset, peer: Option<&SpiffeId>) -> Result<(), S3Error> {
         let Some(trust_domain) = &self.authorize else {
             return Ok(());
         };
         let name = &dataset.policy.name;
         let allowed = peer.is_some_and(|peer| {
+            if let Some(owner) = &dataset.policy.namespace
+                && peer.namespace() != Some(owner.as_str())
+            {
+                return false;
+            }
             if dataset.policy.allow.is_empty() {
                 SpiffePattern::any_workload(trust_domain).matches(peer)
             } else {
@@ -197,8 +227,14 @@ impl FrontDoor {
         counter!("inbound_authz_denied_total", "dataset" => name.clone()).increment(1);
         let who = peer.map_or_else(|| "an unidentified peer".to_owned(), |p| p.to_string());
         tracing::info!(identity = %who, dataset = %name, "denied access to a data set");
+        let owner = dataset
+            .policy
+            .namespace
+            .as_ref()
+            .map(|n| format!(" (it belongs to namespace '{n}')"))
+            .unwrap_or_default();
         Err(S3Error::access_denied(format!(
-            "identity {who} is not allowed to read data set '{name}'"
+            "identity {who} is not allowed to read data set '{name}'{owner}"
         )))
     }
 

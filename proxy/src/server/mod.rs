@@ -170,13 +170,25 @@ pub async fn start_announcing(
         "admin",
         move |request, peer: Peer| admin_for_loop.clone().handle(request, peer.address),
     ));
+    // Bound already, so clients that come early get a 503 saying what the
+    // proxy waits for instead of a connection nobody answers.
+    let front_door = door.clone();
+    let front = tokio::spawn(listeners.clone().serve(
+        front_listener,
+        Plain,
+        max_connections,
+        "outbound",
+        move |request, _peer| door.clone().handle(request, None),
+    ));
     if let Some(identity) = awaiting_certificate {
         waiting(admin_addr);
+        front_door.wait_for(Some("its first certificate from the control plane"));
         if let Err(err) = identity.obtain_first().await {
             let _ = stop_tx.send(true);
             return Err(err);
         }
         if watch_spec.watch {
+            front_door.wait_for(Some("its first configuration from the control plane"));
             // Serve once the control plane's configuration is in force, so
             // the first request sees the data sets the mesh defines.
             let mut first = crate::mesh::watch::spawn(
@@ -189,14 +201,8 @@ pub async fn start_announcing(
             )?;
             let _ = first.wait_for(|applied| *applied).await;
         }
+        front_door.wait_for(None);
     }
-    let front = tokio::spawn(listeners.clone().serve(
-        front_listener,
-        Plain,
-        max_connections,
-        "outbound",
-        move |request, _peer| door.clone().handle(request, None),
-    ));
     let inbound_task = inbound_listener.map(|listener| {
         let listeners = listeners.clone();
         let serve = move |request, peer: Peer| inbound_door.clone().handle(request, peer.identity);
