@@ -134,15 +134,24 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
         let prometheus = crate::api_metrics::install_recorder();
         crate::describe_metrics();
         let running = crate::server::start(config, prometheus).await?;
-        println!(
-            "{}",
-            serde_json::json!({
-                "event": "ready",
-                "listen": running.listen.to_string(),
-                "admin": running.admin.to_string(),
-                "trust_bundle": running.trust_bundle.display().to_string(),
-            })
-        );
+        let announcement = serde_json::json!({
+            "event": "ready",
+            "listen": running.listen.to_string(),
+            "admin": running.admin.to_string(),
+            "trust_bundle": running.trust_bundle.display().to_string(),
+        });
+        if let Some(what) = crate::server::waiting_for(&running.store) {
+            // Where it listens, already: its admin port says what it waits for.
+            let mut waiting = announcement.clone();
+            waiting["event"] = "waiting".into();
+            waiting["for"] = what.into();
+            println!("{waiting}");
+        }
+        let store = running.store.clone();
+        tokio::spawn(async move {
+            store.synced().await;
+            println!("{announcement}");
+        });
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -126,17 +125,9 @@ pub async fn start(
         .with_context(|| format!("cannot listen on admin address {}", config.admin))?;
     let listen = api.local_addr()?;
     let admin_addr = admin.local_addr()?;
-    let ready = Arc::new(AtomicBool::new(false));
     let proxies = watches.proxies();
     tokio::spawn(serve_api(api, acceptor, service, watches));
-    tokio::spawn(serve_admin(
-        admin,
-        prometheus,
-        ready.clone(),
-        store.clone(),
-        proxies,
-    ));
-    ready.store(true, Ordering::Release);
+    tokio::spawn(serve_admin(admin, prometheus, store.clone(), proxies));
     Ok(RunningControlPlane {
         listen,
         admin: admin_addr,
@@ -210,7 +201,6 @@ async fn serve_api(
 async fn serve_admin(
     listener: TcpListener,
     prometheus: Option<PrometheusHandle>,
-    ready: Arc<AtomicBool>,
     store: Arc<PolicyStore>,
     proxies: Arc<ProxyRegistry>,
 ) {
@@ -220,22 +210,23 @@ async fn serve_admin(
             continue;
         };
         let prometheus = prometheus.clone();
-        let ready = ready.clone();
         let store = store.clone();
         let proxies = proxies.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                 let prometheus = prometheus.clone();
-                let ready = ready.clone();
                 let store = store.clone();
                 let proxies = proxies.clone();
                 async move {
                     Ok::<_, Infallible>(match request.uri().path() {
                         "/live" => text(StatusCode::OK, "live\n"),
-                        "/ready" if ready.load(Ordering::Acquire) => {
-                            text(StatusCode::OK, "ready\n")
-                        }
-                        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+                        "/ready" => match waiting_for(&store) {
+                            None => text(StatusCode::OK, "ready\n"),
+                            Some(what) => owned_text(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                format!("not ready: {what}\n"),
+                            ),
+                        },
                         "/metrics" => match prometheus.as_ref() {
                             Some(handle) => {
                                 handle.run_upkeep();
@@ -281,37 +272,51 @@ fn policies_report(store: &PolicyStore) -> serde_json::Value {
     let discovered: Vec<serde_json::Value> = current
         .state
         .discovered_pools
-        .values()
-        .map(|pool| {
+        .iter()
+        .map(|(key, pool)| {
             serde_json::json!({
                 "pool": pool.name,
+                "namespace": key.namespace,
                 "members": pool.members.iter().map(|m| &m.address).collect::<Vec<_>>(),
             })
         })
         .collect();
-    // Every pool with its size, and the data sets whose pool is unknown
-    // (sidecars leave those out until it appears).
-    let all_pools: Vec<ferry_config::PoolSpec> = current
+    // Every pool with its scope and size, and the data sets whose pool is
+    // unknown in their scope (sidecars leave those out until it appears).
+    let scoped_pools: Vec<(Option<&str>, &ferry_config::PoolSpec)> = current
         .state
         .documents
         .values()
-        .flat_map(|d| d.policy.pools.iter().cloned())
-        .chain(current.state.discovered_pools.values().cloned())
+        .flat_map(|d| d.policy.pools.iter().map(|p| (d.namespace.as_deref(), p)))
+        .chain(
+            current
+                .state
+                .discovered_pools
+                .iter()
+                .map(|(k, p)| (k.namespace.as_deref(), p)),
+        )
         .collect();
-    let pools: Vec<serde_json::Value> = all_pools
+    let pools: Vec<serde_json::Value> = scoped_pools
         .iter()
-        .map(|pool| serde_json::json!({ "pool": pool.name, "members": pool.members.len() }))
+        .map(|(namespace, pool)| {
+            serde_json::json!({ "pool": pool.name, "namespace": namespace, "members": pool.members.len() })
+        })
         .collect();
     let unresolved: Vec<serde_json::Value> = current
         .state
         .documents
         .iter()
         .flat_map(|(key, document)| {
+            let usable: Vec<ferry_config::PoolSpec> = scoped_pools
+                .iter()
+                .filter(|(scope, _)| scope.is_none() || *scope == document.namespace.as_deref())
+                .map(|(_, pool)| (*pool).clone())
+                .collect();
             document
                 .policy
                 .datasets
                 .iter()
-                .filter(|d| d.pool_in(&all_pools).is_err())
+                .filter(move |d| d.pool_in(&usable).is_err())
                 .map(move |d| {
                     serde_json::json!({
                         "document": key.to_string(),
@@ -328,6 +333,7 @@ fn policies_report(store: &PolicyStore) -> serde_json::Value {
         .collect();
     serde_json::json!({
         "version": current.version,
+        "ready": waiting_for(store).is_none(),
         "documents": documents,
         "discovered_pools": discovered,
         "pools": pools,
@@ -342,6 +348,22 @@ fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
+    response
+}
+
+/// What the control plane still waits for before it is ready (every
+/// source listed once), if anything.
+pub fn waiting_for(store: &PolicyStore) -> Option<String> {
+    let pending = store.unsynced();
+    (!pending.is_empty()).then(|| {
+        let names: Vec<&str> = pending.into_iter().collect();
+        format!("waiting for the first full list of {}", names.join(", "))
+    })
+}
+
+fn owned_text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
     response
 }
 

@@ -103,6 +103,15 @@ impl WatchService {
         if request.method() != Method::GET {
             return whole(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into());
         }
+        if let Some(what) = crate::server::waiting_for(&self.store) {
+            // A snapshot before every source has listed would be missing
+            // what the cluster holds: proxies keep their last good one and
+            // come back.
+            return whole(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the control plane is not ready: {what}\n"),
+            );
+        }
         let Some(peer) = peer else {
             return whole(
                 StatusCode::UNAUTHORIZED,

@@ -5,7 +5,10 @@
 //! last good one in force.
 
 mod store;
+pub mod tenancy;
 mod view;
 
-pub use store::{DocumentKey, PolicyDocument, PolicyStore, Published, Refusal};
+pub use store::{
+    DocumentKey, MeshState, PolicyDocument, PolicyStore, PoolKey, Published, Refusal, SourceSync,
+};
 pub use view::ViewKey;

@@ -1,6 +1,6 @@
 //! Accepted documents, refusals, versions, publication.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -55,13 +55,32 @@ impl fmt::Display for Refusal {
     }
 }
 
+/// A worker pool's name in its scope: mesh-wide (`namespace: None`) or one
+/// namespace's own.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PoolKey {
+    /// `None`: usable by every sidecar; else only by that namespace's.
+    pub namespace: Option<String>,
+    /// The pool's name, as data sets name it.
+    pub name: String,
+}
+
+impl fmt::Display for PoolKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(namespace) => write!(f, "{namespace}/{}", self.name),
+            None => write!(f, "{} (mesh-wide)", self.name),
+        }
+    }
+}
+
 /// Everything accepted, at one version.
 #[derive(Clone, Debug, Default)]
 pub struct MeshState {
     /// Accepted documents.
     pub documents: BTreeMap<DocumentKey, PolicyDocument>,
-    /// Pools discovered from Kubernetes Services, by name.
-    pub discovered_pools: BTreeMap<String, PoolSpec>,
+    /// Pools discovered from Kubernetes Services, by scope and name.
+    pub discovered_pools: BTreeMap<PoolKey, PoolSpec>,
     /// PEM trust anchors.
     pub trust_bundle: Vec<String>,
     /// The mesh's trust domain.
@@ -80,6 +99,11 @@ pub struct Published {
 }
 
 impl Published {
+    /// What proxies of `key` are streamed at this version.
+    pub fn snapshot_for(&self, key: &ViewKey) -> ferry_config::ProxySnapshot {
+        super::view::snapshot(&self.state, self.version, key)
+    }
+
     /// The watch line for proxies of `key`, rendered once per version.
     pub fn line_for(&self, key: &ViewKey) -> Bytes {
         let mut rendered = self.rendered.lock().unwrap_or_else(|p| p.into_inner());
@@ -96,6 +120,10 @@ struct Inner {
     state: MeshState,
     version: u64,
     refusals: BTreeMap<DocumentKey, Refusal>,
+    /// Well-formed content refused because it clashed with another document
+    /// or overstepped its namespace: retried after every change, since what
+    /// stood in its way may be gone.
+    held: BTreeMap<DocumentKey, PolicyDocument>,
     /// Documents accepted by this run or an earlier one (saved in `saved_to`):
     /// a document refused on sight falls back to its version here, so a
     /// restart with a broken file or ConfigMap changes nothing either.
@@ -106,6 +134,9 @@ struct Inner {
 /// The last good documents as saved on disk.
 #[derive(Default, Deserialize, Serialize)]
 struct Saved {
+    /// The last version published, so the next run starts above it.
+    #[serde(default)]
+    version: u64,
     documents: Vec<SavedDocument>,
 }
 
@@ -124,6 +155,30 @@ const SOURCES: [&str; 2] = ["file", "configmap"];
 pub struct PolicyStore {
     inner: Mutex<Inner>,
     published: watch::Sender<Arc<Published>>,
+    /// Bumped whenever the refusals change, for sources that report them.
+    refusals_changed: watch::Sender<u64>,
+    /// Sources that have not listed everything once yet.
+    unsynced: watch::Sender<BTreeSet<&'static str>>,
+}
+
+/// A source's promise to list once; [`SourceSync::listed`] keeps it.
+#[must_use = "a source that never says it listed keeps the control plane unready"]
+pub struct SourceSync {
+    store: Arc<PolicyStore>,
+    name: &'static str,
+}
+
+impl SourceSync {
+    /// The source has listed (and applied) everything once.
+    pub fn listed(self) {
+        self.store.unsynced.send_if_modified(|pending| {
+            let removed = pending.remove(self.name);
+            if removed && pending.is_empty() {
+                tracing::info!("every source has listed once: serving watches");
+            }
+            removed
+        });
+    }
 }
 
 impl PolicyStore {
@@ -134,32 +189,67 @@ impl PolicyStore {
         trust_bundle: Vec<String>,
         saved_to: Option<PathBuf>,
     ) -> Arc<Self> {
-        let last_good = saved_to.as_deref().map(load_saved).unwrap_or_default();
+        let saved = saved_to.as_deref().map(load_saved).unwrap_or_default();
+        let last_good = saved_documents(saved.documents);
+        let version = next_version(saved.version);
         let state = MeshState {
             trust_bundle,
             trust_domain: trust_domain.to_owned(),
             ..MeshState::default()
         };
+        // Exported from the start: 0 refused is an answer, not a gap.
+        gauge!("policy_documents_refused").set(0.0);
+        gauge!("config_version").set(version as f64);
         let first = Arc::new(Published {
-            version: 1,
+            version,
             state: Arc::new(state.clone()),
             rendered: Mutex::new(HashMap::new()),
         });
         Arc::new(Self {
             inner: Mutex::new(Inner {
                 state,
-                version: 1,
+                version,
                 refusals: BTreeMap::new(),
+                held: BTreeMap::new(),
                 last_good,
                 saved_to,
             }),
             published: watch::Sender::new(first),
+            refusals_changed: watch::Sender::new(0),
+            unsynced: watch::Sender::new(BTreeSet::new()),
         })
+    }
+
+    /// Registers a source that must list once before watches are served.
+    pub fn expect_source(self: &Arc<Self>, name: &'static str) -> SourceSync {
+        self.unsynced.send_modify(|pending| {
+            pending.insert(name);
+        });
+        SourceSync {
+            store: self.clone(),
+            name,
+        }
+    }
+
+    /// The sources still to list once (empty: ready).
+    pub fn unsynced(&self) -> BTreeSet<&'static str> {
+        self.unsynced.borrow().clone()
+    }
+
+    /// Waits until every registered source has listed once.
+    pub async fn synced(&self) {
+        let mut pending = self.unsynced.subscribe();
+        let _ = pending.wait_for(BTreeSet::is_empty).await;
     }
 
     /// Follows every published version.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Published>> {
         self.published.subscribe()
+    }
+
+    /// Follows changes of the refusals (their content is [`PolicyStore::refusals`]).
+    pub fn subscribe_refusals(&self) -> watch::Receiver<u64> {
+        self.refusals_changed.subscribe()
     }
 
     /// The version in force.
@@ -173,38 +263,47 @@ impl PolicyStore {
     }
 
     /// Takes `document` as the content of `key` (a parse error is passed in
-    /// as `Err`). A document that is malformed or clashes with another is
-    /// refused and the last good content of `key` stays in force.
+    /// as `Err`). A document that is malformed, clashes with another or
+    /// oversteps its namespace is refused, and the last good content of
+    /// `key` stays in force where it still fits.
     pub fn put(
         &self,
         key: DocumentKey,
         document: Result<PolicyDocument, ConfigError>,
     ) -> Result<(), Refusal> {
         let mut inner = self.lock();
-        let document = match document {
-            Ok(document) => document,
+        let before = inner.refusals.clone();
+        let outcome = match document {
             Err(err) => {
+                inner.held.remove(&key);
                 let refusal = refuse(&mut inner, key, err.to_string());
                 self.restore_last_good(&mut inner, &refusal.key);
-                return Err(refusal);
+                Err(refusal)
             }
+            Ok(document) => match admissible(&inner.state, &key, &document) {
+                Err(message) => {
+                    inner.held.insert(key.clone(), document);
+                    let refusal = refuse(&mut inner, key, message);
+                    self.restore_last_good(&mut inner, &refusal.key);
+                    Err(refusal)
+                }
+                Ok(()) => {
+                    inner.held.remove(&key);
+                    inner.refusals.remove(&key);
+                    if inner.state.documents.get(&key) != Some(&document) {
+                        inner.state.documents.insert(key.clone(), document.clone());
+                        inner.last_good.insert(key.clone(), document);
+                        tracing::info!(document = %key, "policy accepted");
+                        settle(&mut inner);
+                        self.publish(&mut inner);
+                        save(&inner);
+                    }
+                    Ok(())
+                }
+            },
         };
-        if let Err(message) = clashes(&inner.state, &key, &document) {
-            let refusal = refuse(&mut inner, key, message);
-            self.restore_last_good(&mut inner, &refusal.key);
-            return Err(refusal);
-        }
-        inner.refusals.remove(&key);
-        gauge!("policy_documents_refused").set(inner.refusals.len() as f64);
-        if inner.state.documents.get(&key) == Some(&document) {
-            return Ok(());
-        }
-        inner.state.documents.insert(key.clone(), document.clone());
-        inner.last_good.insert(key.clone(), document);
-        tracing::info!(document = %key, "policy accepted");
-        save(&inner);
-        self.publish(&mut inner);
-        Ok(())
+        self.refusals_updated(&inner, &before);
+        outcome
     }
 
     /// Puts the last good version of `key` in force, if none is and one was
@@ -216,9 +315,10 @@ impl PolicyStore {
         let Some(document) = inner.last_good.get(key).cloned() else {
             return;
         };
-        if clashes(&inner.state, key, &document).is_ok() {
+        if admissible(&inner.state, key, &document).is_ok() {
             tracing::warn!(document = %key, "using its last good version, saved earlier");
             inner.state.documents.insert(key.clone(), document);
+            settle(inner);
             self.publish(inner);
         }
     }
@@ -226,45 +326,40 @@ impl PolicyStore {
     /// Forgets `key` (its file or ConfigMap was deleted).
     pub fn remove(&self, key: &DocumentKey) {
         let mut inner = self.lock();
-        let refused = inner.refusals.remove(key).is_some();
-        if refused {
-            gauge!("policy_documents_refused").set(inner.refusals.len() as f64);
-        }
+        let before = inner.refusals.clone();
+        inner.refusals.remove(key);
+        inner.held.remove(key);
         inner.last_good.remove(key);
         if inner.state.documents.remove(key).is_some() {
             tracing::info!(document = %key, "policy removed");
-            save(&inner);
+            settle(&mut inner);
             self.publish(&mut inner);
+            save(&inner);
         }
+        self.refusals_updated(&inner, &before);
     }
 
-    /// Keys of the accepted documents from `source`.
+    /// Keys of the accepted or refused documents from `source`.
     pub fn keys(&self, source: &str) -> Vec<DocumentKey> {
         let inner = self.lock();
-        inner
+        let mut keys: Vec<DocumentKey> = inner
             .state
             .documents
             .keys()
             .chain(inner.refusals.keys())
             .filter(|k| k.source == source)
             .cloned()
-            .collect()
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
     }
 
-    /// Sets a discovered pool (`None` removes it).
-    pub fn set_discovered_pool(&self, name: &str, pool: Option<PoolSpec>) {
+    /// Sets the members of the discovered pools: exactly `pools`.
+    pub fn set_discovered_pools(&self, pools: BTreeMap<PoolKey, PoolSpec>) {
         let mut inner = self.lock();
-        let changed = match pool {
-            Some(pool) => {
-                inner
-                    .state
-                    .discovered_pools
-                    .insert(name.to_owned(), pool.clone())
-                    != Some(pool)
-            }
-            None => inner.state.discovered_pools.remove(name).is_some(),
-        };
-        if changed {
+        if inner.state.discovered_pools != pools {
+            inner.state.discovered_pools = pools;
             self.publish(&mut inner);
         }
     }
@@ -279,7 +374,7 @@ impl PolicyStore {
     }
 
     fn publish(&self, inner: &mut Inner) {
-        inner.version += 1;
+        inner.version = next_version(inner.version);
         gauge!("config_version").set(inner.version as f64);
         let published = Arc::new(Published {
             version: inner.version,
@@ -289,29 +384,104 @@ impl PolicyStore {
         self.published.send_replace(published);
     }
 
+    fn refusals_updated(&self, inner: &Inner, before: &BTreeMap<DocumentKey, Refusal>) {
+        if inner.refusals != *before {
+            gauge!("policy_documents_refused").set(inner.refusals.len() as f64);
+            self.refusals_changed.send_modify(|n| *n += 1);
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-fn load_saved(path: &Path) -> BTreeMap<DocumentKey, PolicyDocument> {
+/// The version after `previous`: higher, and at least the wall clock in
+/// milliseconds, so a restarted control plane (or another replica) never
+/// streams a version lower than one proxies already hold.
+fn next_version(previous: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    (previous + 1).max(now)
+}
+
+/// Brings the documents in force back in line after a change: a namespace's
+/// document the mesh admin no longer allows is withdrawn (and held), and a
+/// held document that fits now is accepted.
+fn settle(inner: &mut Inner) {
+    // Each round accepts or withdraws at least one document, so this ends.
+    for _ in 0..=inner.state.documents.len() + inner.held.len() {
+        let overstepping: Vec<(DocumentKey, String)> = inner
+            .state
+            .documents
+            .iter()
+            .filter_map(|(key, document)| {
+                super::tenancy::check(document, &inner.state)
+                    .err()
+                    .map(|why| (key.clone(), why))
+            })
+            .collect();
+        let mut changed = false;
+        for (key, why) in overstepping {
+            if let Some(document) = inner.state.documents.remove(&key) {
+                tracing::warn!(document = %key, "withdrawn: the mesh admin no longer allows it");
+                inner.held.entry(key.clone()).or_insert(document);
+                refuse(inner, key, why);
+                changed = true;
+            }
+        }
+        let fitting: Vec<(DocumentKey, PolicyDocument)> = inner
+            .held
+            .iter()
+            .filter(|(key, document)| admissible(&inner.state, key, document).is_ok())
+            .map(|(key, document)| (key.clone(), document.clone()))
+            .collect();
+        // One at a time: two held documents may fit alone but clash together.
+        if let Some((key, document)) = fitting.into_iter().next() {
+            tracing::info!(document = %key, "policy accepted: what stood in its way is gone");
+            inner.held.remove(&key);
+            inner.refusals.remove(&key);
+            inner.last_good.insert(key.clone(), document.clone());
+            inner.state.documents.insert(key, document);
+            changed = true;
+        }
+        if !changed {
+            return;
+        }
+    }
+}
+
+/// Whether `document` can be the content of `key` next to the others in force.
+fn admissible(
+    state: &MeshState,
+    key: &DocumentKey,
+    document: &PolicyDocument,
+) -> Result<(), String> {
+    clashes(state, key, document)?;
+    super::tenancy::check(document, state)
+}
+
+fn load_saved(path: &Path) -> Saved {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return BTreeMap::new(),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Saved::default(),
         Err(err) => {
             tracing::error!(path = %path.display(), %err, "cannot read the saved policies");
-            return BTreeMap::new();
+            return Saved::default();
         }
     };
-    let saved: Saved = match from_yaml(&text, &path.display().to_string()) {
+    match from_yaml(&text, &path.display().to_string()) {
         Ok(saved) => saved,
         Err(err) => {
             tracing::error!(%err, "the saved policies are unreadable; starting without them");
-            return BTreeMap::new();
+            Saved::default()
         }
-    };
-    saved
-        .documents
+    }
+}
+
+fn saved_documents(documents: Vec<SavedDocument>) -> BTreeMap<DocumentKey, PolicyDocument> {
+    documents
         .into_iter()
         .filter_map(|d| {
             let source = SOURCES.into_iter().find(|s| *s == d.source)?;
@@ -336,6 +506,7 @@ fn save(inner: &Inner) {
         return;
     };
     let saved = Saved {
+        version: inner.version,
         documents: inner
             .last_good
             .iter()
@@ -361,15 +532,16 @@ fn save(inner: &Inner) {
 
 fn refuse(inner: &mut Inner, key: DocumentKey, message: String) -> Refusal {
     let refusal = Refusal { key, message };
-    tracing::error!(%refusal, "policy refused; the last good version stays in force");
-    counter!("policy_refused_total", "source" => refusal.key.source).increment(1);
+    if inner.refusals.get(&refusal.key) != Some(&refusal) {
+        tracing::error!(%refusal, "policy refused; the last good version stays in force where it fits");
+        counter!("policy_refused_total", "source" => refusal.key.source).increment(1);
+    }
     inner.refusals.insert(refusal.key.clone(), refusal.clone());
-    gauge!("policy_documents_refused").set(inner.refusals.len() as f64);
     refusal
 }
 
 /// Names that must be unique across the mesh: a data set's name and bucket
-/// (workers serve every data set), a pool's name.
+/// (workers serve every data set), and a pool's name within its scope.
 fn clashes(state: &MeshState, key: &DocumentKey, document: &PolicyDocument) -> Result<(), String> {
     for (other_key, other) in state.documents.iter().filter(|(k, _)| *k != key) {
         for dataset in document.policy.datasets.iter() {
@@ -386,6 +558,9 @@ fn clashes(state: &MeshState, key: &DocumentKey, document: &PolicyDocument) -> R
                 ));
             }
         }
+        if other.namespace != document.namespace {
+            continue;
+        }
         for pool in &document.policy.pools {
             if other.policy.pools.iter().any(|p| p.name == pool.name) {
                 return Err(format!(
@@ -396,7 +571,11 @@ fn clashes(state: &MeshState, key: &DocumentKey, document: &PolicyDocument) -> R
         }
     }
     for pool in &document.policy.pools {
-        if state.discovered_pools.contains_key(&pool.name) {
+        let key = PoolKey {
+            namespace: document.namespace.clone(),
+            name: pool.name.clone(),
+        };
+        if state.discovered_pools.contains_key(&key) {
             return Err(format!(
                 "pool '{}' is already discovered from a Service labelled ferry.dev/cache-pool",
                 pool.name
@@ -480,7 +659,82 @@ mod tests {
         let same_pool =
             document("pools:\n  - { name: workers, members: [{ address: \"w9:4143\" }] }\n");
         assert!(store.put(key("c.yaml"), Ok(same_pool)).is_err());
+        assert_eq!(store.refusals().len(), 2);
+        // What stood in their way goes: both are accepted, no edit needed.
         store.remove(&key("a.yaml"));
-        assert!(store.current().state.documents.is_empty());
+        let documents: Vec<String> = store
+            .current()
+            .state
+            .documents
+            .keys()
+            .map(|k| k.name.clone())
+            .collect();
+        assert_eq!(documents, ["b.yaml", "c.yaml"]);
+        assert!(store.refusals().is_empty());
+    }
+
+    #[test]
+    fn versions_grow_across_restarts_even_when_the_clock_does_not() {
+        let dir = std::env::temp_dir().join(format!("ferry-versions-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let saved = dir.join("policies.yaml");
+        let store = PolicyStore::new("cluster.local", Vec::new(), Some(saved.clone()));
+        store
+            .put(key("a.yaml"), Ok(document(GOOD)))
+            .expect("accepted");
+        let before = store.current().version;
+        // A version far ahead of this machine's clock (another replica's, or
+        // a clock set back since): the next run still goes above it.
+        let ahead = before + 3_600_000;
+        let text = std::fs::read_to_string(&saved).expect("saved");
+        std::fs::write(
+            &saved,
+            text.replace(&format!("version: {before}"), &format!("version: {ahead}")),
+        )
+        .expect("rewrite");
+        let restarted = PolicyStore::new("cluster.local", Vec::new(), Some(saved));
+        assert!(restarted.current().version > ahead);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_namespace_document_waits_for_its_allowance_and_leaves_with_it() {
+        let store = PolicyStore::new("cluster.local", Vec::new(), None);
+        let job = DocumentKey {
+            source: "configmap",
+            name: "train/job".into(),
+        };
+        let mesh = DocumentKey {
+            source: "configmap",
+            name: "ferry-system/mesh".into(),
+        };
+        let laion = PolicyDocument {
+            namespace: Some("train".into()),
+            policy: from_yaml(
+                "datasets:\n  - { name: laion, bucket: laion, origin: \"s3://d/train/l/\" }\n",
+                "job",
+            )
+            .expect("policy"),
+        };
+        let tenants = |origins: &str| {
+            document(&format!(
+                "tenants:\n  - {{ namespace: train, origins: [{origins}] }}\n"
+            ))
+        };
+        assert!(
+            store.put(job.clone(), Ok(laion)).is_err(),
+            "no allowance yet"
+        );
+        store
+            .put(mesh.clone(), Ok(tenants("\"s3://d/train/\"")))
+            .expect("tenants");
+        assert!(
+            store.current().state.documents.contains_key(&job),
+            "accepted once allowed"
+        );
+        store.put(mesh, Ok(tenants(""))).expect("tenants");
+        assert!(!store.current().state.documents.contains_key(&job));
+        let refusal = store.refusals().pop().expect("refused again");
+        assert!(refusal.message.contains("no origins"), "{refusal}");
     }
 }

@@ -1,6 +1,8 @@
 //! What one proxy gets: its data sets, the pools they read from, the bundle.
 
-use ferry_config::{PoolSpec, ProxySnapshot, Role, SpiffePattern};
+use ferry_config::{
+    DatasetPolicy, Datasets, PoolSpec, ProxyConfig, ProxySnapshot, Role, SpiffePattern,
+};
 
 use super::store::MeshState;
 
@@ -16,16 +18,21 @@ pub struct ViewKey {
 /// The snapshot proxies of `key` get from `state` at `version`.
 ///
 /// Sidecars get the mesh-wide data sets and their own namespace's, and the
-/// pools those read from; a data set whose pool is not (yet) known is left
-/// out until it is. Workers get every data set and no pools. A namespace's
-/// data set with no `allow` list is readable by that namespace only.
+/// pools they may use: mesh-wide ones and their namespace's (a namespace's
+/// pool named like a mesh-wide one is not used: mesh-wide names win). A data
+/// set whose pool is not (yet) known is left out until it is. Workers get
+/// every data set, each namespace's marked with it, and no pools. A
+/// namespace's data set with no `allow` list is readable by that namespace
+/// only. Nothing a proxy would refuse is streamed: what fails the proxies'
+/// own validation is withheld and logged.
 pub fn snapshot(state: &MeshState, version: u64, key: &ViewKey) -> ProxySnapshot {
-    let pools: Vec<PoolSpec> = state
-        .documents
-        .values()
-        .flat_map(|d| d.policy.pools.iter().cloned())
-        .chain(state.discovered_pools.values().cloned())
-        .collect();
+    let (pools, mesh_pools) = match key.role {
+        Role::Sidecar => (
+            usable_pools(state, Some(&key.namespace)),
+            usable_pools(state, None),
+        ),
+        Role::Worker => (Vec::new(), Vec::new()),
+    };
     let mut datasets = Vec::new();
     for document in state.documents.values() {
         let visible = match (&key.role, &document.namespace) {
@@ -36,30 +43,97 @@ pub fn snapshot(state: &MeshState, version: u64, key: &ViewKey) -> ProxySnapshot
             continue;
         }
         for dataset in document.policy.datasets.iter() {
-            if key.role == Role::Sidecar && dataset.pool_in(&pools).is_err() {
-                continue;
-            }
             let mut dataset = dataset.clone();
-            if let Some(namespace) = &document.namespace
-                && dataset.allow.is_empty()
-            {
-                let own = format!("spiffe://{}/ns/{namespace}/sa/*", state.trust_domain);
-                dataset.allow = own.parse::<SpiffePattern>().into_iter().collect();
+            if key.role == Role::Sidecar {
+                // Named outright, so a namespace's own pools never make a
+                // mesh-wide data set's choice ambiguous.
+                let choices = match document.namespace {
+                    None => mesh_pools.as_slice(),
+                    Some(_) => pools.as_slice(),
+                };
+                match dataset.pool_in(choices) {
+                    Ok(pool) => dataset.pool = Some(pool.name.clone()),
+                    Err(_) => continue,
+                }
+            }
+            if let Some(namespace) = &document.namespace {
+                dataset.namespace = Some(namespace.clone());
+                if dataset.allow.is_empty() {
+                    let own = format!("spiffe://{}/ns/{namespace}/sa/*", state.trust_domain);
+                    dataset.allow = own.parse::<SpiffePattern>().into_iter().collect();
+                }
             }
             datasets.push(dataset);
         }
     }
-    let mut pools = match key.role {
-        Role::Sidecar => pools,
-        Role::Worker => Vec::new(),
-    };
-    pools.sort_by(|a, b| a.name.cmp(&b.name));
-    ProxySnapshot {
-        version,
-        datasets,
-        pools,
-        trust_bundle: state.trust_bundle.clone(),
+    withhold_refusable(
+        ProxySnapshot {
+            version,
+            datasets,
+            pools,
+            trust_bundle: state.trust_bundle.clone(),
+        },
+        key,
+    )
+}
+
+/// The pools a sidecar of `namespace` may use, by name: mesh-wide first
+/// (policy documents, then discovered), then its namespace's whose names are
+/// not taken. Without a namespace, the mesh-wide ones alone.
+fn usable_pools(state: &MeshState, namespace: Option<&str>) -> Vec<PoolSpec> {
+    let mut pools: Vec<PoolSpec> = Vec::new();
+    let scopes = std::iter::once(None).chain(namespace.map(Some));
+    for scope in scopes {
+        let documents = state
+            .documents
+            .values()
+            .filter(|d| d.namespace.as_deref() == scope)
+            .flat_map(|d| d.policy.pools.iter());
+        let discovered = state
+            .discovered_pools
+            .iter()
+            .filter(|(k, _)| k.namespace.as_deref() == scope)
+            .map(|(_, pool)| pool);
+        for pool in documents.chain(discovered) {
+            if !pools.iter().any(|p| p.name == pool.name) {
+                pools.push(pool.clone());
+            }
+        }
     }
+    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    pools
+}
+
+/// `snapshot` less any data set the proxies' own validation would refuse,
+/// so one bad entry never makes a proxy refuse the whole snapshot.
+fn withhold_refusable(mut snapshot: ProxySnapshot, key: &ViewKey) -> ProxySnapshot {
+    let pools = snapshot.pools.clone();
+    let config = |datasets: Vec<DatasetPolicy>| ProxyConfig {
+        role: key.role,
+        pools: pools.clone(),
+        datasets: Datasets(datasets),
+        ..ProxyConfig::default()
+    };
+    if config(Vec::new()).validate("snapshot").is_err() {
+        tracing::error!(
+            ?key,
+            "the pools of a snapshot do not validate; streaming it without pools"
+        );
+        snapshot.pools.clear();
+    }
+    let datasets = std::mem::take(&mut snapshot.datasets);
+    for dataset in datasets {
+        match config(vec![dataset.clone()]).validate("snapshot") {
+            Ok(()) => snapshot.datasets.push(dataset),
+            Err(err) => tracing::error!(
+                ?key,
+                dataset = %dataset.name,
+                %err,
+                "withheld from a snapshot: the proxy would refuse it"
+            ),
+        }
+    }
+    snapshot
 }
 
 #[cfg(test)]

@@ -8,30 +8,44 @@ use kube::{Client, Resource, ResourceExt};
 
 /// Reason of the Event for a refused policy.
 pub const INVALID_POLICY: &str = "InvalidPolicy";
+/// Reason of the Event for a pool Service that cannot be used as written.
+pub const INVALID_POOL: &str = "InvalidPool";
 /// Who reports.
 const COMPONENT: &str = "ferry-control-plane";
 
-/// Posts a Warning Event with `reason` and `message` about `object`.
-pub async fn warn<K>(client: &Client, object: &K, reason: &str, message: &str)
+/// A reference to `object` for an Event's `involvedObject`.
+pub fn reference<K>(object: &K) -> ObjectReference
 where
     K: Resource<DynamicType = ()>,
 {
-    let namespace = object.namespace().unwrap_or_else(|| "default".to_owned());
+    ObjectReference {
+        api_version: Some(K::api_version(&()).into_owned()),
+        kind: Some(K::kind(&()).into_owned()),
+        name: Some(object.name_any()),
+        namespace: object.namespace(),
+        uid: object.uid(),
+        resource_version: object.resource_version(),
+        ..ObjectReference::default()
+    }
+}
+
+/// Posts a Warning Event with `reason` and `message` about `object`.
+pub async fn warn(client: &Client, object: &ObjectReference, reason: &str, message: &str) {
+    let namespace = object
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned());
+    let name = object.name.clone().unwrap_or_default();
     let now = k8s_openapi::jiff::Timestamp::now();
     let event = Event {
         metadata: ObjectMeta {
-            generate_name: Some(format!("{}.", object.name_any())),
+            generate_name: Some(format!("{name}.")),
             namespace: Some(namespace.clone()),
             ..ObjectMeta::default()
         },
         involved_object: ObjectReference {
-            api_version: Some(K::api_version(&()).into_owned()),
-            kind: Some(K::kind(&()).into_owned()),
-            name: Some(object.name_any()),
             namespace: Some(namespace.clone()),
-            uid: object.uid(),
-            resource_version: object.resource_version(),
-            ..ObjectReference::default()
+            ..object.clone()
         },
         reason: Some(reason.to_owned()),
         // The API server refuses longer messages.
@@ -50,6 +64,6 @@ where
     };
     let api: Api<Event> = Api::namespaced(client.clone(), &namespace);
     if let Err(err) = api.create(&PostParams::default(), &event).await {
-        tracing::warn!(%err, object = %object.name_any(), "cannot post a Kubernetes Event");
+        tracing::warn!(%err, object = %name, "cannot post a Kubernetes Event");
     }
 }

@@ -1,12 +1,13 @@
 //! The Kubernetes source (`--kubernetes`): policy ConfigMaps, worker pools
 //! from Services and their EndpointSlices, and TokenReview for certificates.
 //!
-//! Scoping: a ConfigMap labelled `ferry.dev/policy: "true"` in the control
-//! plane's own namespace applies to the whole mesh; one in any other
-//! namespace applies to that namespace's sidecars (workers serve every data
-//! set, so names and buckets are unique across the mesh). RBAC needed:
-//! list/watch configmaps, services, endpointslices; get pods; create events
-//! and tokenreviews (`charts/ferry/templates/control-plane-rbac.yaml`).
+//! Scoping (DESIGN.md, "Tenancy and trust"): a ConfigMap labelled
+//! `ferry.dev/policy: "true"` or a pool Service in the control plane's own
+//! namespace is the mesh admin's and applies to the whole mesh; one in any
+//! other namespace applies to that namespace's sidecars, and its data sets
+//! may read only the origins the mesh admin's `tenants` table allows it.
+//! RBAC needed: list/watch configmaps, services, endpointslices; get pods;
+//! create events and tokenreviews (`charts/ferry/templates/control-plane-rbac.yaml`).
 
 mod events;
 mod policies;
@@ -19,6 +20,7 @@ use kube::Client;
 
 use crate::policy::PolicyStore;
 
+pub use pools::WORKER_IDENTITY_ANNOTATION;
 pub use tokenreview::TokenReviewValidator;
 
 /// Label of policy ConfigMaps.
@@ -30,12 +32,23 @@ pub const POOL_LABEL: &str = "ferry.dev/cache-pool";
 /// Audience of the tokens proxies present for certificates.
 pub const TOKEN_AUDIENCE: &str = "ferry.dev/identity";
 
-/// Follows the cluster into `store` in the background.
+/// Follows the cluster into `store` in the background. The store counts
+/// the source as listed once policies and pools have each been listed and
+/// applied whole.
 pub fn start(client: Client, store: Arc<PolicyStore>, own_namespace: &str, trust_domain: &str) {
+    let policies_listed = store.expect_source("kubernetes policy ConfigMaps");
+    let pools_listed = store.expect_source("kubernetes pool Services");
     tokio::spawn(policies::run(
         client.clone(),
         store.clone(),
         own_namespace.to_owned(),
+        policies_listed,
     ));
-    tokio::spawn(pools::run(client, store, trust_domain.to_owned()));
+    tokio::spawn(pools::run(
+        client,
+        store,
+        own_namespace.to_owned(),
+        trust_domain.to_owned(),
+        pools_listed,
+    ));
 }

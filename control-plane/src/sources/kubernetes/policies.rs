@@ -1,12 +1,13 @@
 //! Policy ConfigMaps (`ferry.dev/policy: "true"`, key `policy.yaml`) into
-//! the store. A refused one gets an `InvalidPolicy` Event; its last good
-//! version stays in force.
+//! the store. A refused one gets an `InvalidPolicy` Event — also when it is
+//! refused later, because the mesh admin withdrew what it relied on; its
+//! last good version stays in force where it still fits.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt};
@@ -15,31 +16,44 @@ use ferry_config::{ConfigError, PolicyFile, from_yaml};
 
 use super::events::{self, INVALID_POLICY};
 use super::{POLICY_KEY, POLICY_LABEL};
-use crate::policy::{DocumentKey, PolicyDocument, PolicyStore};
+use crate::policy::{DocumentKey, PolicyDocument, PolicyStore, SourceSync};
 
 /// Source name in document keys and metrics.
 const SOURCE: &str = "configmap";
 
-/// Follows policy ConfigMaps of every namespace until the process ends.
-pub async fn run(client: Client, store: Arc<PolicyStore>, own_namespace: String) {
+/// Follows policy ConfigMaps of every namespace until the process ends;
+/// `sync` is kept once the first list is applied.
+pub async fn run(client: Client, store: Arc<PolicyStore>, own_namespace: String, sync: SourceSync) {
     let api: Api<ConfigMap> = Api::all(client.clone());
     let selector = format!("{POLICY_LABEL}=true");
     let stream =
         watcher::watcher(api, watcher::Config::default().labels(&selector)).default_backoff();
     let mut stream = std::pin::pin!(stream);
+    let mut refusals = store.subscribe_refusals();
     let mut follower = Follower {
         client,
         store,
         own_namespace,
-        listed: None,
+        relist: None,
+        references: HashMap::new(),
         reported: HashMap::new(),
+        sync: Some(sync),
     };
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(event) => follower.handle(event).await,
-            // The watcher retries with backoff (and relists after 410 Gone).
-            Err(err) => tracing::warn!(%err, "watching policy ConfigMaps"),
+    loop {
+        tokio::select! {
+            event = stream.next() => match event {
+                Some(Ok(event)) => follower.handle(event),
+                // The watcher retries with backoff (and relists after 410 Gone).
+                Some(Err(err)) => tracing::warn!(%err, "watching policy ConfigMaps"),
+                None => return,
+            },
+            changed = refusals.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
         }
+        follower.report().await;
     }
 }
 
@@ -47,51 +61,54 @@ struct Follower {
     client: Client,
     store: Arc<PolicyStore>,
     own_namespace: String,
-    /// ConfigMaps seen during a (re)list, to forget the ones that are gone.
-    listed: Option<BTreeSet<DocumentKey>>,
-    /// Content last reported as refused, per ConfigMap: one Event per bad
-    /// version, not one per relist.
+    /// ConfigMaps of a (re)list under way: applied together when it ends.
+    relist: Option<Vec<ConfigMap>>,
+    /// What each ConfigMap's Events refer to.
+    references: HashMap<DocumentKey, ObjectReference>,
+    /// The refusal last reported per ConfigMap: one Event per refusal, not
+    /// one per relist.
     reported: HashMap<DocumentKey, String>,
+    sync: Option<SourceSync>,
 }
 
 impl Follower {
-    async fn handle(&mut self, event: Event<ConfigMap>) {
+    fn handle(&mut self, event: Event<ConfigMap>) {
         match event {
-            Event::Init => self.listed = Some(BTreeSet::new()),
-            Event::InitApply(map) => {
-                let key = self.apply(&map).await;
-                if let Some(listed) = &mut self.listed {
-                    listed.insert(key);
-                }
-            }
+            Event::Init => self.relist = Some(Vec::new()),
+            Event::InitApply(map) => match &mut self.relist {
+                Some(listed) => listed.push(map),
+                None => self.apply(&map),
+            },
             Event::InitDone => {
-                if let Some(listed) = self.listed.take() {
-                    for key in self.store.keys(SOURCE) {
-                        if !listed.contains(&key) {
-                            self.store.remove(&key);
-                            self.reported.remove(&key);
-                        }
+                let mut listed = self.relist.take().unwrap_or_default();
+                // The mesh admin's first: a namespace's document is judged by
+                // the tenants table, which must be in force before it.
+                listed.sort_by_key(|map| map.namespace().as_deref() != Some(&self.own_namespace));
+                let mut seen = BTreeSet::new();
+                for map in &listed {
+                    self.apply(map);
+                    seen.insert(key_of(map));
+                }
+                for key in self.store.keys(SOURCE) {
+                    if !seen.contains(&key) {
+                        self.forget(&key);
                     }
                 }
+                if let Some(sync) = self.sync.take() {
+                    sync.listed();
+                }
             }
-            Event::Apply(map) => {
-                self.apply(&map).await;
-            }
-            Event::Delete(map) => {
-                let key = key_of(&map);
-                self.store.remove(&key);
-                self.reported.remove(&key);
-            }
+            Event::Apply(map) => self.apply(&map),
+            Event::Delete(map) => self.forget(&key_of(&map)),
         }
     }
 
-    async fn apply(&mut self, map: &ConfigMap) -> DocumentKey {
+    fn apply(&mut self, map: &ConfigMap) {
         let key = key_of(map);
         let namespace = map.namespace().unwrap_or_default();
         let scope = (namespace != self.own_namespace).then_some(namespace);
         let file = format!("ConfigMap {} key {POLICY_KEY}", key.name);
-        let text = map.data.as_ref().and_then(|d| d.get(POLICY_KEY));
-        let document = match text {
+        let document = match map.data.as_ref().and_then(|d| d.get(POLICY_KEY)) {
             None => Err(ConfigError::in_file(
                 &file,
                 "",
@@ -104,19 +121,37 @@ impl Follower {
                     policy,
                 }),
         };
-        match self.store.put(key.clone(), document) {
-            Ok(()) => {
-                self.reported.remove(&key);
+        self.references.insert(key.clone(), events::reference(map));
+        // A refusal is reported by `report`, with the ones settling causes.
+        let _ = self.store.put(key, document);
+    }
+
+    fn forget(&mut self, key: &DocumentKey) {
+        self.store.remove(key);
+        self.references.remove(key);
+        self.reported.remove(key);
+    }
+
+    /// Posts an `InvalidPolicy` Event for each ConfigMap refused since the
+    /// last report, for whatever reason.
+    async fn report(&mut self) {
+        let refusals: Vec<_> = self
+            .store
+            .refusals()
+            .into_iter()
+            .filter(|r| r.key.source == SOURCE)
+            .collect();
+        self.reported
+            .retain(|key, _| refusals.iter().any(|r| &r.key == key));
+        for refusal in refusals {
+            if self.reported.get(&refusal.key) == Some(&refusal.message) {
+                continue;
             }
-            Err(refusal) => {
-                let content = text.cloned().unwrap_or_default();
-                if self.reported.get(&key) != Some(&content) {
-                    events::warn(&self.client, map, INVALID_POLICY, &refusal.message).await;
-                    self.reported.insert(key.clone(), content);
-                }
+            if let Some(reference) = self.references.get(&refusal.key) {
+                events::warn(&self.client, reference, INVALID_POLICY, &refusal.message).await;
             }
+            self.reported.insert(refusal.key, refusal.message);
         }
-        key
     }
 }
 
