@@ -1,6 +1,6 @@
 //! `ferryctl check` against admin endpoints that answer with canned mesh
 //! states the real processes are slow to reach: a pool without workers, an
-//! ejected worker, an empty pool at a sidecar.
+//! ejected worker, an empty pool at a sidecar, a refused snapshot.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -120,13 +120,26 @@ async fn an_ejected_worker_and_an_empty_pool_at_a_sidecar_are_reported() {
          upstream_member_ejected{{pool=\"workers\",member=\"10.0.0.8:4143\"}} 0\n",
         now + 20 * 3600 + 30
     );
-    let sidecar = serve(vec![("/ready", "ready\n".into()), ("/metrics", metrics)]).await;
+    let config = r#"{"role":"sidecar","control_plane":{"connected":true,"version":4,
+        "applied_at":1,"last_error":"the control plane's snapshot is unreadable: unknown field `shard`",
+        "refused_version":5}}"#;
+    let sidecar = serve(vec![
+        ("/ready", "ready\n".into()),
+        ("/metrics", metrics),
+        ("/config", config.into()),
+    ])
+    .await;
     let target = Target {
         admin: sidecar.to_string(),
         identity: None,
     };
     let report = check::run(&[target], &settings(None)).await;
     assert!(!report.ok, "an empty pool fails");
+    assert!(has(
+        &report,
+        Severity::Fail,
+        "refused the control plane's snapshot version 5: the control plane's snapshot is unreadable"
+    ));
     assert!(has(&report, Severity::Ok, "certificate valid for 20h"));
     assert!(has(&report, Severity::Ok, "configuration version 4"));
     assert!(has(

@@ -428,9 +428,11 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
         // Machine-readable lines on stdout: tests and the bench read the
         // bound addresses from them (ports may have been 0). A proxy that
         // waits for its first certificate says so first: its admin answers
-        // meanwhile, with /ready false.
-        let proxy = server::start_announcing(config, Some(prometheus), |admin| {
-            println!("{{\"event\":\"waiting\",\"for\":\"certificate\",\"admin\":\"{admin}\"}}");
+        // meanwhile, with /ready false, and its front door with 503.
+        let proxy = server::start_announcing(config, Some(prometheus), |admin, listen| {
+            println!(
+                "{{\"event\":\"waiting\",\"for\":\"certificate\",\"admin\":\"{admin}\",\"listen\":\"{listen}\"}}"
+            );
         })
         .await?;
         let inbound = proxy.inbound.map_or("null".to_owned(), |a| format!("\"{a}\""));

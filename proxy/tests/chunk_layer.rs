@@ -272,3 +272,42 @@ async fn an_unreachable_origin_is_a_503_naming_it() {
         .await;
     assert_eq!(failures, 1.0);
 }
+
+#[tokio::test]
+async fn an_http_origin_is_never_read_outside_its_base() {
+    let origin = TestOrigin::start(vec![
+        ("base/a.bin", test_bytes(5, 1000)),
+        ("secret.txt", b"TOP-SECRET-CONTENT".to_vec()),
+    ])
+    .await;
+    let base = format!("{}base/", origin.url());
+    let proxy = ProxyProcess::start(&["worker", "--origin", &base, "--bucket", "data"]);
+    let ok = reqwest::get(proxy.url("/data/a.bin")).await.expect("get");
+    assert_eq!(ok.status(), StatusCode::OK);
+    // A URL resolves `..`: such keys would read beside the base. Sent as
+    // written (no client normalisation), on a raw connection.
+    for path in [
+        "/data/../secret.txt",
+        "/data/x/../../secret.txt",
+        "/data/%2e%2e/secret.txt",
+        "/data/./a.bin",
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(proxy.listen)
+            .await
+            .expect("connect");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("read");
+        assert!(
+            !answer.contains("TOP-SECRET-CONTENT"),
+            "{path} leaked: {answer}"
+        );
+        assert!(
+            answer.starts_with("HTTP/1.1 403") && answer.contains("<Code>AccessDenied</Code>"),
+            "{path} is refused: {answer}"
+        );
+    }
+    assert_eq!(origin.state.gets_of("secret.txt"), 0, "never asked for");
+}

@@ -116,6 +116,54 @@ async fn allowed_identities_read_over_mtls_and_others_are_denied_by_name() {
     );
 }
 
+/// Defense in depth for tenancy: a worker serves a namespace's data set to
+/// that namespace alone, even where its `allow` list says more.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_namespace_data_set_is_served_to_that_namespace_only() {
+    let dir = TempDir::new("mtls-tenant");
+    let plane = ControlPlane::start(dir.path(), &[]);
+    let config = dir.path().join("worker.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "role: worker\nlisten: 127.0.0.1:0\nadmin: 127.0.0.1:0\ninbound: 127.0.0.1:0\n\
+             identity: {{ mode: control-plane, control_plane: \"{}\", token: worker-token, \
+             trust_bundle: \"{}\", watch: false }}\n\
+             datasets:\n  - {{ name: imagenet, bucket: imagenet, origin: \"synthetic://?{SPEC}\", \
+             namespace: train, allow: [\"spiffe://cluster.local/ns/*/sa/*\"] }}\n",
+            plane.url,
+            plane.bundle.display()
+        ),
+    )
+    .expect("config");
+    let worker = ProxyProcess::start(&["--config", config.to_str().expect("path")]);
+    let trainer = sidecar(&plane, "train-token", &[&worker], &[]);
+    let intruder = sidecar(&plane, "other-token", &[&worker], &[]);
+    let client = reqwest::Client::new();
+    let body = client
+        .get(trainer.url(&format!("/imagenet/{}", key_of(2))))
+        .send()
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("body");
+    assert!(body[..] == expected(2)[..], "train reads its own data set");
+    let denied = client
+        .get(intruder.url(&format!("/imagenet/{}", key_of(2))))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+    let text = denied.text().await.expect("text");
+    assert!(
+        text.contains("<Code>AccessDenied</Code>")
+            && text.contains("spiffe://cluster.local/ns/other/sa/intruder")
+            && text.contains("belongs to namespace &apos;train&apos;"),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_with_another_identity_is_a_failed_attempt_naming_both() {
     let dir = TempDir::new("mtls-mismatch");
@@ -583,6 +631,24 @@ async fn ready_is_false_until_the_first_certificate_is_held() {
     };
     assert_eq!(get("/live").await, StatusCode::OK);
     assert_eq!(get("/ready").await, StatusCode::SERVICE_UNAVAILABLE);
+    // The front door answers at once, saying what it waits for, rather
+    // than holding the client on a connection nobody serves.
+    let listen = waiting["listen"].as_str().expect("listen");
+    let early = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client")
+        .get(format!("http://{listen}/imagenet/00000001.jpg"))
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    assert_eq!(early.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = early.text().await.expect("body");
+    assert!(
+        body.contains("<Code>ServiceUnavailable</Code>")
+            && body.contains("waits for its first certificate"),
+        "{body}"
+    );
     open.store(true, std::sync::atomic::Ordering::SeqCst);
     let ready = lines
         .recv_timeout(Duration::from_secs(20))

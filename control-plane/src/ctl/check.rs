@@ -208,7 +208,8 @@ pub async fn check_proxy(target: &Target, settings: &CheckSettings, findings: &m
             Severity::Fail,
             subject.clone(),
             format!("not ready (/ready answered {status})"),
-            "A proxy is ready once it holds its first certificate and, when it watches the              control plane, its first configuration: its logs say which it is waiting for.",
+            "A proxy is ready once it holds its first certificate and, when it watches the \
+             control plane, its first configuration: its logs say which it is waiting for.",
         )),
         Err(err) => findings.push(Finding::bad(
             Severity::Fail,
@@ -260,6 +261,7 @@ pub async fn check_proxy(target: &Target, settings: &CheckSettings, findings: &m
             ));
         }
         let version = metrics.sum("config_version", &[]);
+        refused_snapshot(target, settings, &subject, findings).await;
         if metrics.sum("control_plane_connected", &[]) < 1.0 {
             findings.push(Finding::bad(
                 Severity::Fail,
@@ -309,6 +311,37 @@ pub async fn check_proxy(target: &Target, settings: &CheckSettings, findings: &m
             ),
             "It gets no chunks until a probe succeeds; its share goes to the next workers. \
              Look at that worker's /ready and logs.",
+        ));
+    }
+}
+
+/// A failure when the proxy refused the control plane's last snapshot (its
+/// `/config` says why); it then serves the one before.
+async fn refused_snapshot(
+    target: &Target,
+    settings: &CheckSettings,
+    subject: &str,
+    findings: &mut Vec<Finding>,
+) {
+    let Ok(text) = super::http::get_text(&target.admin, "/config", settings.timeout).await else {
+        return; // unreachable or not ready: reported above
+    };
+    let Ok(config) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return;
+    };
+    let status = &config["control_plane"];
+    if let Some(error) = status["last_error"].as_str() {
+        let version = status["refused_version"].as_u64().map_or_else(
+            || "a snapshot".to_owned(),
+            |v| format!("snapshot version {v}"),
+        );
+        findings.push(Finding::bad(
+            Severity::Fail,
+            subject.to_owned(),
+            format!("refused the control plane's {version}: {error}"),
+            "It keeps serving the configuration before. A control plane never streams what its \
+             proxies would refuse, so this proxy is likely older or newer than the control \
+             plane: run matching versions, and look at the proxy's logs.",
         ));
     }
 }

@@ -287,4 +287,77 @@ mod tests {
         );
         assert_eq!(mesh.status().version, Some(3));
     }
+
+    #[test]
+    fn a_removed_data_set_comes_back_warm_within_its_grace_period() {
+        let snapshot = |version: u64, names: &[&str]| {
+            ProxySnapshot {
+            version,
+            datasets: names
+                .iter()
+                .map(|n| {
+                    config(&format!(
+                        "datasets:\n  - {{ name: {n}, bucket: {n}, origin: \"synthetic://?count=1\" }}\n"
+                    ))
+                    .datasets[0]
+                    .clone()
+                })
+                .collect(),
+            ..ProxySnapshot::default()
+        }
+        };
+        let mesh = Mesh::new(config("role: worker\n"), None).expect("mesh");
+        mesh.apply(&snapshot(2, &["set-a", "set-b"]))
+            .expect("applies");
+        let before = mesh.datasets().get("set-a").cloned().expect("a");
+        mesh.apply(&snapshot(3, &["set-b"])).expect("applies");
+        assert!(
+            mesh.datasets().get("set-a").is_none(),
+            "not served once removed"
+        );
+        assert_eq!(mesh.datasets().retired().collect::<Vec<_>>(), ["set-a"]);
+        mesh.prune();
+        assert_eq!(
+            mesh.datasets().retired().count(),
+            1,
+            "kept through its grace"
+        );
+        mesh.apply(&snapshot(4, &["set-a", "set-b"]))
+            .expect("applies");
+        let after = mesh.datasets().get("set-a").cloned().expect("a");
+        assert!(
+            Arc::ptr_eq(&before.chunks, &after.chunks),
+            "the same caches came back"
+        );
+        assert_eq!(mesh.datasets().retired().count(), 0);
+
+        let forgetful = Mesh::new(
+            config("role: worker\nlimits: { removed_dataset_grace: 0s }\n"),
+            None,
+        )
+        .expect("mesh");
+        forgetful.apply(&snapshot(2, &["set-a"])).expect("applies");
+        forgetful.apply(&snapshot(3, &[])).expect("applies");
+        assert_eq!(
+            forgetful.datasets().retired().count(),
+            0,
+            "no grace: dropped at once"
+        );
+    }
+
+    #[test]
+    fn a_refused_snapshot_is_counted_and_shown_until_one_applies() {
+        let mesh = Mesh::new(config("role: worker\n"), None).expect("mesh");
+        mesh.refused(Some(9), "unreadable".into());
+        let status = mesh.status();
+        assert_eq!(status.refused_version, Some(9));
+        assert_eq!(status.last_error.as_deref(), Some("unreadable"));
+        mesh.apply(&ProxySnapshot {
+            version: 10,
+            ..ProxySnapshot::default()
+        })
+        .expect("applies");
+        assert_eq!(mesh.status().refused_version, None);
+        assert_eq!(mesh.status().last_error, None);
+    }
 }

@@ -305,3 +305,17 @@ impl WatchStream {
 fn jitter(delay: Duration) -> Duration {
     delay.mul_f64(rand::random_range(0.8..1.2))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_line_still_names_its_version_when_it_can() {
+        assert_eq!(
+            version_of(br#"{"type":"snapshot","version":12,"datasets":[{"oops":1}]}"#),
+            Some(12)
+        );
+        assert_eq!(version_of(b"not json"), None);
+    }
+}

@@ -74,15 +74,16 @@ pub async fn start(
     config: ProxyConfig,
     prometheus: Option<PrometheusHandle>,
 ) -> anyhow::Result<RunningProxy> {
-    start_announcing(config, prometheus, |_| {}).await
+    start_announcing(config, prometheus, |_, _| {}).await
 }
 
-/// [`start`], calling `waiting(admin address)` when the admin listener
-/// serves but the first certificate is still to come.
+/// [`start`], calling `waiting(admin address, front door address)` when the
+/// admin listener serves (and the front door answers 503) but the first
+/// certificate is still to come.
 pub async fn start_announcing(
     config: ProxyConfig,
     prometheus: Option<PrometheusHandle>,
-    waiting: impl FnOnce(SocketAddr),
+    waiting: impl FnOnce(SocketAddr, SocketAddr),
 ) -> anyhow::Result<RunningProxy> {
     let identity = match config.identity.mode {
         IdentityMode::ControlPlane => Some(Identity::new(&config.identity)?),
@@ -181,7 +182,7 @@ pub async fn start_announcing(
         move |request, _peer| door.clone().handle(request, None),
     ));
     if let Some(identity) = awaiting_certificate {
-        waiting(admin_addr);
+        waiting(admin_addr, listen);
         front_door.wait_for(Some("its first certificate from the control plane"));
         if let Err(err) = identity.obtain_first().await {
             let _ = stop_tx.send(true);

@@ -30,6 +30,13 @@ impl ControlPlane {
     /// Starts one keeping its CA in `dir/state`, with more flags `extra`
     /// (`--listen ADDR` among them replaces the default port 0).
     pub fn start(dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with(dir, extra, TOKENS, &[])
+    }
+
+    /// [`ControlPlane::start`] knowing bootstrap `tokens` (YAML) and with
+    /// more environment variables; `--admin ADDR` in `extra` replaces port 0
+    /// too. Returns once it is ready (every source listed once).
+    pub fn start_with(dir: &Path, extra: &[&str], tokens_yaml: &str, env: &[(&str, &str)]) -> Self {
         let binary =
             Path::new(env!("CARGO_BIN_EXE_ferry-proxy")).with_file_name("ferry-control-plane");
         assert!(
@@ -39,7 +46,7 @@ impl ControlPlane {
         );
         let state = dir.join("state");
         let tokens = dir.join("tokens.yaml");
-        std::fs::write(&tokens, TOKENS).expect("tokens");
+        std::fs::write(&tokens, tokens_yaml).expect("tokens");
         let mut child = Command::new(binary)
             .args([
                 "--state-dir",
@@ -52,9 +59,14 @@ impl ControlPlane {
             } else {
                 &["--listen", "127.0.0.1:0"][..]
             })
-            .args(["--admin", "127.0.0.1:0"])
+            .args(if extra.contains(&"--admin") {
+                &[][..]
+            } else {
+                &["--admin", "127.0.0.1:0"][..]
+            })
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -76,9 +88,15 @@ impl ControlPlane {
         });
         let line = read_first_line(
             child.stdout.take().expect("stdout"),
-            Duration::from_secs(30),
-        )
-        .expect("control plane ready line");
+            Duration::from_secs(60),
+        );
+        let Some(line) = line else {
+            let _ = child.kill();
+            panic!(
+                "the control plane never got ready: {}",
+                stderr.lock().expect("lock")
+            );
+        };
         let ready: serde_json::Value = serde_json::from_str(&line).expect("json");
         Self {
             url: format!("https://{}", ready["listen"].as_str().expect("listen")),
