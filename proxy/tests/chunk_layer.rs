@@ -311,3 +311,40 @@ async fn an_http_origin_is_never_read_outside_its_base() {
     }
     assert_eq!(origin.state.gets_of("secret.txt"), 0, "never asked for");
 }
+
+/// A namespace's HTTP origin never reaches the machine by a name: what the
+/// name resolves to is checked at connection time. An IP literal is what
+/// the mesh admin wrote in the namespace's allowance, and is used as is.
+#[tokio::test]
+async fn a_namespace_http_origin_does_not_reach_loopback_by_name() {
+    let origin = TestOrigin::start(vec![("a.bin", test_bytes(6, 1000))]).await;
+    let dir = common::TempDir::new("tenant-origin");
+    let config = dir.path().join("worker.yaml");
+    let port = origin.addr.port();
+    std::fs::write(
+        &config,
+        format!(
+            "role: worker\nlisten: 127.0.0.1:0\nadmin: 127.0.0.1:0\ninbound: 127.0.0.1:0\n\
+             datasets:\n  \
+             - {{ name: by-name, bucket: by-name, origin: \"http://localhost:{port}/\", namespace: train }}\n  \
+             - {{ name: by-ip, bucket: by-ip, origin: \"http://127.0.0.1:{port}/\", namespace: train }}\n  \
+             - {{ name: mesh-wide, bucket: mesh-wide, origin: \"http://localhost:{port}/\" }}\n"
+        ),
+    )
+    .expect("config");
+    let proxy = ProxyProcess::start(&["--config", config.to_str().expect("path")]);
+    let refused = reqwest::get(proxy.url("/by-name/a.bin"))
+        .await
+        .expect("get");
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let text = refused.text().await.expect("text");
+    assert!(text.contains("may not reach"), "{text}");
+    for allowed in ["/by-ip/a.bin", "/mesh-wide/a.bin"] {
+        let response = reqwest::get(proxy.url(allowed)).await.expect("get");
+        assert_eq!(response.status(), StatusCode::OK, "{allowed}");
+        assert_eq!(
+            response.bytes().await.expect("body")[..],
+            test_bytes(6, 1000)[..]
+        );
+    }
+}

@@ -1,8 +1,8 @@
-//! A Kubernetes API server for tests: the list/watch wire protocol
-//! (resourceVersion, ADDED/MODIFIED/DELETED, bookmarks, 410 Gone) for
-//! ConfigMaps, Services and EndpointSlices, Pod reads, Event creation and
-//! TokenReview — enough to drive the real kube-rs client.
-#![allow(dead_code)]
+//! A Kubernetes API server for the one thing a real one cannot do on
+//! demand: expire a watch (410 Gone) so the client must relist. It speaks
+//! the list/watch wire protocol (resourceVersion, ADDED/MODIFIED/DELETED,
+//! bookmarks, 410 Gone) for ConfigMaps and Services — enough to drive the
+//! real kube-rs client; everything else is tested against kube-apiserver.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -19,19 +19,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Collections the fake lists and watches, by URL path.
-const COLLECTIONS: [(&str, &str, &str); 3] = [
+const COLLECTIONS: [(&str, &str, &str); 2] = [
     ("/api/v1/configmaps", "v1", "ConfigMap"),
     ("/api/v1/services", "v1", "Service"),
-    (
-        "/apis/discovery.k8s.io/v1/endpointslices",
-        "discovery.k8s.io/v1",
-        "EndpointSlice",
-    ),
 ];
 
 #[derive(Default)]
@@ -49,23 +44,14 @@ struct Collection {
 struct World {
     version: u64,
     collections: HashMap<&'static str, Collection>,
-    pods: HashMap<(String, String), Value>,
-    /// Token → the TokenReview status to answer.
-    reviews: HashMap<String, Value>,
-    /// Requests received: TokenReviews and Events posted.
-    pub posted_reviews: Vec<Value>,
-    pub posted_events: Vec<Value>,
     lists: HashMap<&'static str, usize>,
     gone_served: usize,
-    /// Every request as (method, path, whether it was a watch).
-    requests: Vec<(Method, String, bool)>,
 }
 
 /// The running fake.
 #[derive(Clone)]
 pub struct FakeKube {
     world: Arc<Mutex<World>>,
-    changed: Arc<Notify>,
     /// Its URL.
     pub url: String,
 }
@@ -80,7 +66,6 @@ impl FakeKube {
                 version: 100,
                 ..World::default()
             })),
-            changed: Arc::new(Notify::new()),
             url: format!("http://{address}"),
         };
         let serving = fake.clone();
@@ -158,33 +143,6 @@ impl FakeKube {
         collection.expire_next_watch = true;
     }
 
-    /// Adds a Pod (for service-account lookups).
-    pub fn add_pod(&self, namespace: &str, name: &str, account: &str) {
-        self.lock().pods.insert(
-            (namespace.to_owned(), name.to_owned()),
-            json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": { "name": name, "namespace": namespace, "uid": format!("pod-{name}") },
-                "spec": { "serviceAccountName": account, "containers": [] },
-            }),
-        );
-    }
-
-    /// What a TokenReview of `token` answers (its `status`).
-    pub fn review(&self, token: &str, status: Value) {
-        self.lock().reviews.insert(token.to_owned(), status);
-    }
-
-    /// Events posted so far.
-    pub fn events(&self) -> Vec<Value> {
-        self.lock().posted_events.clone()
-    }
-
-    /// TokenReviews received so far.
-    pub fn reviews(&self) -> Vec<Value> {
-        self.lock().posted_reviews.clone()
-    }
-
     /// Times `path` was listed, and 410 answers given.
     pub fn lists(&self, path: &'static str) -> (usize, usize) {
         let world = self.lock();
@@ -194,38 +152,10 @@ impl FakeKube {
         )
     }
 
-    /// Waits until an Event is posted that `matches`, or `limit` passes.
-    pub async fn wait_for_event(
-        &self,
-        limit: std::time::Duration,
-        matches: impl Fn(&Value) -> bool,
-    ) -> Option<Value> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let notified = self.changed.notified();
-            if let Some(found) = self.events().into_iter().find(|e| matches(e)) {
-                return Some(found);
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return None;
-            }
-        }
-    }
-
-    /// Every request so far: method, path, and whether it asked to watch.
-    pub fn requests(&self) -> Vec<(Method, String, bool)> {
-        self.lock().requests.clone()
-    }
-
     async fn answer(&self, request: Request<hyper::body::Incoming>) -> Response<Body> {
         let path = request.uri().path().to_owned();
         let query = parse_query(request.uri().query().unwrap_or(""));
-        let method = request.method().clone();
-        let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
-        self.lock()
-            .requests
-            .push((method.clone(), path.clone(), watching));
-        if method == Method::GET
+        if request.method() == Method::GET
             && let Some(&(collection, api_version, kind)) =
                 COLLECTIONS.iter().find(|(p, _, _)| *p == path)
         {
@@ -239,54 +169,11 @@ impl FakeKube {
             }
             return self.list(collection, api_version, kind, selector.as_deref());
         }
-        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        match (method, segments.as_slice()) {
-            (Method::GET, ["api", "v1", "namespaces", namespace, "pods", name]) => {
-                let pod = self
-                    .lock()
-                    .pods
-                    .get(&((*namespace).to_owned(), (*name).to_owned()))
-                    .cloned();
-                match pod {
-                    Some(pod) => json_response(StatusCode::OK, &pod),
-                    None => status(StatusCode::NOT_FOUND, "NotFound", "pod not found"),
-                }
-            }
-            (Method::POST, ["api", "v1", "namespaces", namespace, "events"]) => {
-                let mut event = read_json(request).await;
-                let generated = format!(
-                    "{}{}",
-                    event["metadata"]["generateName"]
-                        .as_str()
-                        .unwrap_or("event."),
-                    self.lock().posted_events.len()
-                );
-                event["metadata"]["name"] = json!(generated);
-                event["metadata"]["namespace"] = json!(namespace);
-                self.lock().posted_events.push(event.clone());
-                self.changed.notify_waiters();
-                json_response(StatusCode::CREATED, &event)
-            }
-            (Method::POST, ["apis", "authentication.k8s.io", "v1", "tokenreviews"]) => {
-                let mut review = read_json(request).await;
-                let token = review["spec"]["token"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                let answer =
-                    self.lock().reviews.get(&token).cloned().unwrap_or_else(
-                        || json!({ "authenticated": false, "error": "unknown token" }),
-                    );
-                self.lock().posted_reviews.push(review.clone());
-                review["status"] = answer;
-                json_response(StatusCode::CREATED, &review)
-            }
-            _ => status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!("no route for {path}"),
-            ),
-        }
+        status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("no route for {path}"),
+        )
     }
 
     fn list(
@@ -422,16 +309,6 @@ fn parse_query(query: &str) -> HashMap<String, String> {
     url::form_urlencoded::parse(query.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
-}
-
-async fn read_json(request: Request<hyper::body::Incoming>) -> Value {
-    let body = request
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    serde_json::from_slice(&body).expect("request JSON")
 }
 
 fn json_response(code: StatusCode, value: &Value) -> Response<Body> {

@@ -102,6 +102,19 @@ impl HttpOrigin {
         OriginError::unavailable(&self.base, detail)
     }
 
+    /// A failed request, with its causes: reqwest's own message ("error
+    /// sending request") says nothing of why.
+    fn failed(&self, err: &reqwest::Error) -> OriginError {
+        let mut detail = err.to_string();
+        let mut cause = std::error::Error::source(err);
+        while let Some(inner) = cause {
+            detail.push_str(": ");
+            detail.push_str(&inner.to_string());
+            cause = inner.source();
+        }
+        self.unavailable(detail)
+    }
+
     fn status_error(&self, key: &str, status: StatusCode) -> OriginError {
         wire::definite_error(&self.base, key, status)
             .unwrap_or_else(|| self.unavailable(format!("HTTP {status} for '{key}'")))
@@ -113,7 +126,7 @@ impl HttpOrigin {
             .head(self.url_of(key))
             .send()
             .await
-            .map_err(|e| self.unavailable(e))?;
+            .map_err(|e| self.failed(&e))?;
         if !response.status().is_success() {
             return Err(self.status_error(key, response.status()));
         }
@@ -142,7 +155,7 @@ impl HttpOrigin {
             crate::telemetry::traces::inject(&span, &mut headers);
             request = request.headers(headers);
         }
-        let mut response = request.send().await.map_err(|e| self.unavailable(e))?;
+        let mut response = request.send().await.map_err(|e| self.failed(&e))?;
         match response.status() {
             StatusCode::PARTIAL_CONTENT => {
                 if !wire::content_range_starts_at(response.headers(), range.start) {
@@ -170,7 +183,7 @@ impl HttpOrigin {
             });
         }
         let mut buf = BytesMut::with_capacity(want);
-        while let Some(piece) = response.chunk().await.map_err(|e| self.unavailable(e))? {
+        while let Some(piece) = response.chunk().await.map_err(|e| self.failed(&e))? {
             if buf.len() + piece.len() > want {
                 return Err(self.unavailable(format!("sent more bytes than asked for '{key}'")));
             }
@@ -192,14 +205,14 @@ impl HttpOrigin {
                 .get(format!("{}?{query}", self.base))
                 .send()
                 .await
-                .map_err(|e| self.unavailable(e))?;
+                .map_err(|e| self.failed(&e))?;
             if !response.status().is_success() {
                 return Err(OriginError::Unsupported {
                     origin: self.base.clone(),
                     what: "listing (it did not answer an S3 ListObjectsV2 request)",
                 });
             }
-            response.text().await.map_err(|e| self.unavailable(e))
+            response.text().await.map_err(|e| self.failed(&e))
         };
         wire::list_pages(prefix, start_after, max, fetch, || {
             OriginError::Unsupported {
