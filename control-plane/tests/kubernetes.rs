@@ -294,6 +294,21 @@ fn sidecar_pool(published: &Published, namespace: &str, pool: &str) -> Vec<Strin
 
 const WORKER: &str = "spiffe://cluster.local/ns/ferry-system/sa/worker";
 
+/// The mesh pool `cache-workers`: Service `workers`, with the Pod whose uid
+/// is `worker_0` ready at 192.0.2.1.
+async fn mesh_pool(client: &kube::Client, worker_0: &str, annotations: Value) {
+    let endpoints = [Endpoint::ready("192.0.2.1", Some(("worker-0", worker_0)))];
+    kube_env::pool(
+        client,
+        OWN,
+        "workers",
+        "cache-workers",
+        annotations,
+        &endpoints,
+    )
+    .await;
+}
+
 /// Defect 2: a Service in any namespace joined the mesh-wide pool.
 #[tokio::test]
 async fn a_namespace_service_never_joins_a_mesh_wide_pool() {
@@ -306,19 +321,18 @@ async fn a_namespace_service_never_joins_a_mesh_wide_pool() {
     let w0 = kube_env::pod(&client, OWN, "worker-0", "worker").await;
     let w1 = kube_env::pod(&client, OWN, "worker-1", "worker").await;
     let job = kube_env::pod(&client, "train", "job-0", "job").await;
-    apply(
-        &client,
-        kube_env::pool_service(OWN, "workers", "cache-workers", json!({})),
-    )
-    .await;
     // The slices carry only kubernetes.io/service-name, as the controller makes them.
     let mesh_endpoints = [
         Endpoint::ready("192.0.2.1", Some(("worker-0", w0.as_str()))),
         Endpoint::ready("192.0.2.2", Some(("worker-1", w1.as_str()))),
     ];
-    apply(
+    kube_env::pool(
         &client,
-        kube_env::slice(OWN, "workers-v4", "workers", "IPv4", 4143, &mesh_endpoints),
+        OWN,
+        "workers",
+        "cache-workers",
+        json!({}),
+        &mesh_endpoints,
     )
     .await;
     // Dual stack: the same Pods again over IPv6, and an FQDN slice: neither adds a member.
@@ -351,24 +365,17 @@ async fn a_namespace_service_never_joins_a_mesh_wide_pool() {
     .await;
     // The rogue: train's Service with the mesh pool's name, one endpoint with
     // no Pod and one of train's own Pods.
-    apply(
+    let rogue = [
+        Endpoint::ready("192.0.2.66", None),
+        Endpoint::ready("192.0.2.67", Some(("job-0", job.as_str()))),
+    ];
+    kube_env::pool(
         &client,
-        kube_env::pool_service("train", "rogue", "cache-workers", json!({})),
-    )
-    .await;
-    apply(
-        &client,
-        kube_env::slice(
-            "train",
-            "rogue-abc",
-            "rogue",
-            "IPv4",
-            4143,
-            &[
-                Endpoint::ready("192.0.2.66", None),
-                Endpoint::ready("192.0.2.67", Some(("job-0", job.as_str()))),
-            ],
-        ),
+        "train",
+        "rogue",
+        "cache-workers",
+        json!({}),
+        &rogue,
     )
     .await;
     let store = start(client.clone());
@@ -399,28 +406,9 @@ async fn a_namespace_service_never_joins_a_mesh_wide_pool() {
     }
 
     // A pool Service that names its workers' identity admits members with no Pod.
-    apply(
-        &client,
-        kube_env::pool_service(
-            "train",
-            "own",
-            "train-pool",
-            json!({ "ferry.dev/worker-identity": "spiffe://cluster.local/ns/train/sa/job" }),
-        ),
-    )
-    .await;
-    apply(
-        &client,
-        kube_env::slice(
-            "train",
-            "own-abc",
-            "own",
-            "IPv4",
-            4143,
-            &[Endpoint::ready("192.0.2.70", None)],
-        ),
-    )
-    .await;
+    let identity = json!({ "ferry.dev/worker-identity": "spiffe://cluster.local/ns/train/sa/job" });
+    let no_pod = [Endpoint::ready("192.0.2.70", None)];
+    kube_env::pool(&client, "train", "own", "train-pool", identity, &no_pod).await;
     let state = published(&store, |p| {
         !members(p, Some("train"), "train-pool").is_empty()
     })
@@ -451,7 +439,7 @@ async fn a_namespace_service_never_joins_a_mesh_wide_pool() {
         &client,
         kube_env::slice(
             OWN,
-            "workers-v4",
+            "workers-a",
             "workers",
             "IPv4",
             4143,
@@ -482,40 +470,12 @@ async fn an_empty_pool_is_streamed_as_a_valid_state() {
     let client = env.client().await;
     kube_env::namespace(&client, OWN, &["worker"]).await;
     let w0 = kube_env::pod(&client, OWN, "worker-0", "worker").await;
-    apply(
-        &client,
-        kube_env::pool_service(OWN, "workers", "cache-workers", json!({})),
-    )
-    .await;
-    apply(
-        &client,
-        kube_env::slice(
-            OWN,
-            "workers-a",
-            "workers",
-            "IPv4",
-            4143,
-            &[Endpoint::ready(
-                "192.0.2.1",
-                Some(("worker-0", w0.as_str())),
-            )],
-        ),
-    )
-    .await;
-    apply(
-        &client,
-        kube_env::pool_service(OWN, "spare", "spare-pool", json!({})),
-    )
-    .await;
+    mesh_pool(&client, &w0, json!({})).await;
     let unready = Endpoint {
         ready: false,
         ..Endpoint::ready("192.0.2.9", Some(("worker-0", w0.as_str())))
     };
-    apply(
-        &client,
-        kube_env::slice(OWN, "spare-a", "spare", "IPv4", 4143, &[unready]),
-    )
-    .await;
+    kube_env::pool(&client, OWN, "spare", "spare-pool", json!({}), &[unready]).await;
     let policy = "datasets:\n  - { name: imagenet, bucket: imagenet, origin: \"s3://d/i/\", pool: cache-workers }\n  \
                   - { name: laion, bucket: laion, origin: \"s3://d/l/\", pool: spare-pool }\n";
     apply(&client, policy_map(OWN, "mesh", policy)).await;
@@ -617,26 +577,7 @@ async fn the_store_is_synced_only_with_every_list_applied() {
         policy_map(OWN, "mesh", &dataset("imagenet", "s3://d/i/")),
     )
     .await;
-    apply(
-        &client,
-        kube_env::pool_service(OWN, "workers", "cache-workers", json!({})),
-    )
-    .await;
-    apply(
-        &client,
-        kube_env::slice(
-            OWN,
-            "workers-a",
-            "workers",
-            "IPv4",
-            4143,
-            &[Endpoint::ready(
-                "192.0.2.1",
-                Some(("worker-0", w0.as_str())),
-            )],
-        ),
-    )
-    .await;
+    mesh_pool(&client, &w0, json!({})).await;
     let relay = kube_env::Relay::start(&env.url, Duration::from_millis(400)).await;
     let slow = env.kubeconfig_with("slow", kube_env::ADMIN_TOKEN, Some(&relay.url));
     let store = start(kube_env::client_from(&slow).await);
@@ -734,29 +675,10 @@ async fn the_chart_rbac_grants_exactly_what_the_source_uses() {
     let w0 = kube_env::pod(&admin, OWN, "worker-0", "worker").await;
     apply(&admin, policy_map(OWN, "mesh", TENANTS)).await;
     apply(&admin, policy_map("train", "bad", "datasets: 7\n")).await;
-    apply(
+    mesh_pool(
         &admin,
-        kube_env::pool_service(
-            OWN,
-            "workers",
-            "cache-workers",
-            json!({ "ferry.dev/worker-identity": "nobody" }),
-        ),
-    )
-    .await;
-    apply(
-        &admin,
-        kube_env::slice(
-            OWN,
-            "workers-a",
-            "workers",
-            "IPv4",
-            4143,
-            &[Endpoint::ready(
-                "192.0.2.1",
-                Some(("worker-0", w0.as_str())),
-            )],
-        ),
+        &w0,
+        json!({ "ferry.dev/worker-identity": "nobody" }),
     )
     .await;
     let token = kube_env::token(

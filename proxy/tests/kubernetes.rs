@@ -118,22 +118,36 @@ async fn json_at(url: String) -> Value {
     }
 }
 
+/// How one read went.
+#[derive(Debug, PartialEq)]
+enum Read {
+    Right,
+    Wrong,
+    Failed,
+}
+
+/// Reads object `index` through the front door at `base` and checks it.
+async fn read_one(client: &reqwest::Client, base: &str, index: u64) -> Read {
+    let url = format!("{base}/imagenet/{}", key_of(index));
+    match client.get(url).send().await {
+        Ok(r) if r.status().is_success() => match r.bytes().await {
+            Ok(body) if body[..] == common::synthetic_object(SPEC, index)[..] => Read::Right,
+            Ok(_) => Read::Wrong,
+            Err(_) => Read::Failed,
+        },
+        _ => Read::Failed,
+    }
+}
+
 /// Reads every object of the data set through `sidecar`; the number of
 /// reads that failed or had other bytes than the origin's.
 async fn read_all(client: &reqwest::Client, sidecar: &ProxyProcess) -> (usize, usize) {
     let (mut failed, mut wrong) = (0, 0);
     for index in 0..40 {
-        let response = client
-            .get(sidecar.url(&format!("/imagenet/{}", key_of(index))))
-            .send()
-            .await;
-        match response {
-            Ok(r) if r.status().is_success() => match r.bytes().await {
-                Ok(body) if body[..] == common::synthetic_object(SPEC, index)[..] => {}
-                Ok(_) => wrong += 1,
-                Err(_) => failed += 1,
-            },
-            _ => failed += 1,
+        match read_one(client, &sidecar.url(""), index).await {
+            Read::Right => {}
+            Read::Wrong => wrong += 1,
+            Read::Failed => failed += 1,
         }
     }
     (failed, wrong)
@@ -250,21 +264,13 @@ async fn scenario() {
             "imagenet",
         ],
     );
-    apply(
+    kube_env::pool(
         &admin,
-        kube_env::pool_service("train", "rogue", "cache-workers", json!({})),
-    )
-    .await;
-    apply(
-        &admin,
-        kube_env::slice(
-            "train",
-            "rogue-a",
-            "rogue",
-            "IPv4",
-            4143,
-            &[Endpoint::ready("192.0.2.66", Some(("job-0", job.as_str())))],
-        ),
+        "train",
+        "rogue",
+        "cache-workers",
+        json!({}),
+        &[Endpoint::ready("192.0.2.66", Some(("job-0", job.as_str())))],
     )
     .await;
     until(
@@ -342,20 +348,11 @@ async fn scenario() {
 
     // Defect 3: a pool with no ready endpoint leaves the rest working, and a
     // sidecar started meanwhile becomes ready.
-    apply(
-        &admin,
-        kube_env::pool_service(OWN, "spare", "spare-pool", json!({})),
-    )
-    .await;
     let unready = Endpoint {
         ready: false,
         ..Endpoint::ready("192.0.2.20", Some(("worker-0", w0.as_str())))
     };
-    apply(
-        &admin,
-        kube_env::slice(OWN, "spare-a", "spare", "IPv4", 4143, &[unready]),
-    )
-    .await;
+    kube_env::pool(&admin, OWN, "spare", "spare-pool", json!({}), &[unready]).await;
     until("the sidecar holds the empty pool", || async {
         json_at(train.admin_url("/pools"))
             .await
@@ -520,17 +517,10 @@ async fn keep_reading(
     let (mut reads, mut failed, mut wrong) = (0, 0, 0);
     let mut index = 0u64;
     while started.elapsed() < length {
-        let response = client
-            .get(format!("{base}/imagenet/{}", key_of(index)))
-            .send()
-            .await;
-        match response {
-            Ok(r) if r.status().is_success() => match r.bytes().await {
-                Ok(body) if body[..] == common::synthetic_object(SPEC, index)[..] => {}
-                Ok(_) => wrong += 1,
-                Err(_) => failed += 1,
-            },
-            _ => failed += 1,
+        match read_one(&client, &base, index).await {
+            Read::Right => {}
+            Read::Wrong => wrong += 1,
+            Read::Failed => failed += 1,
         }
         reads += 1;
         index = (index + 1) % 40;

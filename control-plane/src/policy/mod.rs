@@ -12,3 +12,18 @@ pub use store::{
     DocumentKey, MeshState, PolicyDocument, PolicyStore, PoolKey, Published, Refusal, SourceSync,
 };
 pub use view::ViewKey;
+
+/// What the policy modules' tests build documents with.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::PolicyDocument;
+    use ferry_config::{PolicyFile, from_yaml};
+
+    /// A document of `namespace` (`None`: the mesh admin's) from YAML.
+    pub fn document(namespace: Option<&str>, yaml: &str) -> PolicyDocument {
+        PolicyDocument {
+            namespace: namespace.map(str::to_owned),
+            policy: from_yaml::<PolicyFile>(yaml, "test.yaml").expect("policy"),
+        }
+    }
+}

@@ -596,6 +596,14 @@ mod tests {
         }
     }
 
+    /// A fresh directory and the saved-policies file in it.
+    fn saved_file(label: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("{label}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let saved = dir.join("policies.yaml");
+        (dir, saved)
+    }
+
     fn key(name: &str) -> DocumentKey {
         DocumentKey {
             source: "file",
@@ -618,9 +626,7 @@ mod tests {
 
     #[test]
     fn a_refused_document_keeps_the_last_good_one_even_across_restarts() {
-        let dir = std::env::temp_dir().join(format!("ferry-store-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let saved = dir.join("policies.yaml");
+        let (dir, saved) = saved_file("ferry-store");
         let store = PolicyStore::new("cluster.local", Vec::new(), Some(saved.clone()));
         store
             .put(key("a.yaml"), Ok(document(GOOD)))
@@ -675,9 +681,7 @@ mod tests {
 
     #[test]
     fn versions_grow_across_restarts_even_when_the_clock_does_not() {
-        let dir = std::env::temp_dir().join(format!("ferry-versions-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let saved = dir.join("policies.yaml");
+        let (dir, saved) = saved_file("ferry-versions");
         let store = PolicyStore::new("cluster.local", Vec::new(), Some(saved.clone()));
         store
             .put(key("a.yaml"), Ok(document(GOOD)))

@@ -95,14 +95,7 @@ pub fn check(document: &PolicyDocument, state: &MeshState) -> Result<(), String>
 mod tests {
     use super::*;
     use crate::policy::DocumentKey;
-    use ferry_config::{PolicyFile, from_yaml};
-
-    fn document(namespace: Option<&str>, yaml: &str) -> PolicyDocument {
-        PolicyDocument {
-            namespace: namespace.map(str::to_owned),
-            policy: from_yaml::<PolicyFile>(yaml, "test.yaml").expect("policy"),
-        }
-    }
+    use crate::policy::testing::document;
 
     fn state(tenants: &str) -> MeshState {
         let mut state = MeshState {

@@ -139,15 +139,8 @@ fn withhold_refusable(mut snapshot: ProxySnapshot, key: &ViewKey) -> ProxySnapsh
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{DocumentKey, PolicyDocument};
-    use ferry_config::{PolicyFile, from_yaml};
-
-    fn document(namespace: Option<&str>, yaml: &str) -> PolicyDocument {
-        PolicyDocument {
-            namespace: namespace.map(str::to_owned),
-            policy: from_yaml::<PolicyFile>(yaml, "test.yaml").expect("policy"),
-        }
-    }
+    use crate::policy::DocumentKey;
+    use crate::policy::testing::document;
 
     fn state() -> MeshState {
         let mut state = MeshState {

@@ -254,6 +254,25 @@ pub fn pool_service(namespace: &str, name: &str, pool: &str, annotations: Value)
     })
 }
 
+/// A pool Service `service` of pool `pool` (with `annotations`) and one
+/// IPv4 slice of its `endpoints` on port 4143, named `<service>-a`.
+pub async fn pool(
+    client: &Client,
+    namespace: &str,
+    service: &str,
+    pool: &str,
+    annotations: Value,
+    endpoints: &[Endpoint<'_>],
+) {
+    apply(client, pool_service(namespace, service, pool, annotations)).await;
+    let name = format!("{service}-a");
+    apply(
+        client,
+        slice(namespace, &name, service, "IPv4", 4143, endpoints),
+    )
+    .await;
+}
+
 /// One endpoint of a slice.
 pub struct Endpoint<'a> {
     /// Its address (the API server refuses loopback: use 192.0.2.x).
