@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::injection::InjectionConfig;
 use crate::units::HumanDuration;
 
 /// Default proxy API listener (identity certify, watches).
@@ -48,6 +49,12 @@ pub struct ControlPlaneConfig {
     pub namespace: String,
     /// A watch with nothing new gets a heartbeat line this often.
     pub watch_heartbeat: HumanDuration,
+    /// Kubernetes source: the issuer is kept in this Secret of the control
+    /// plane's namespace (`tls.crt`, `tls.key`), created by the first replica
+    /// that finds none.
+    pub ca_secret: Option<String>,
+    /// The sidecar injection webhook.
+    pub injection: InjectionConfig,
 }
 
 impl Default for ControlPlaneConfig {
@@ -71,6 +78,8 @@ impl Default for ControlPlaneConfig {
             kubernetes: false,
             namespace: "ferry-system".to_owned(),
             watch_heartbeat: HumanDuration(Duration::from_secs(10)),
+            ca_secret: None,
+            injection: InjectionConfig::default(),
         }
     }
 }

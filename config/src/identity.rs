@@ -253,6 +253,9 @@ pub struct IdentitySpec {
     pub token: Option<String>,
     /// PEM file of trust anchors: verifies the control plane and every peer.
     pub trust_bundle: Option<PathBuf>,
+    /// The trust anchors themselves, PEM (instead of a file: an injected
+    /// sidecar gets them in an environment variable).
+    pub trust_bundle_pem: Option<String>,
     /// The mesh's trust domain.
     pub trust_domain: String,
     /// Deadline of a TLS handshake on the inbound listener.
@@ -274,6 +277,7 @@ impl Default for IdentitySpec {
             token_file: None,
             token: None,
             trust_bundle: None,
+            trust_bundle_pem: None,
             trust_domain: "cluster.local".to_owned(),
             handshake_timeout: HumanDuration(Duration::from_secs(10)),
             max_handshakes: 256,
@@ -305,10 +309,10 @@ impl IdentitySpec {
                     "control-plane mode needs a token_file (or token)".into(),
                 ));
             }
-            if self.trust_bundle.is_none() {
+            if self.trust_bundle.is_none() && self.trust_bundle_pem.is_none() {
                 return Err((
                     "identity.trust_bundle",
-                    "control-plane mode needs a trust_bundle PEM file".into(),
+                    "control-plane mode needs a trust_bundle PEM file (or trust_bundle_pem)".into(),
                 ));
             }
         }

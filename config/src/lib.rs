@@ -4,6 +4,7 @@
 pub mod control_plane;
 pub mod exposition;
 pub mod identity;
+pub mod injection;
 pub mod load;
 pub mod origin;
 pub mod policy;
@@ -19,6 +20,7 @@ pub use control_plane::ControlPlaneConfig;
 pub use identity::{
     BootstrapToken, BootstrapTokens, IdentityMode, IdentitySpec, SpiffeId, SpiffePattern,
 };
+pub use injection::{InjectionConfig, LogLevel, NativeSidecars, PodSettings, Quantity};
 pub use load::{ConfigError, from_yaml, from_yaml_file, to_yaml};
 pub use origin::OriginSpec;
 pub use policy::{

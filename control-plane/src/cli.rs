@@ -63,6 +63,28 @@ pub struct Cli {
     /// Heartbeat of quiet watches, e.g. 10s.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub watch_heartbeat: Option<std::time::Duration>,
+    /// Keep the CA in this Secret of the control plane's namespace, created
+    /// by the first replica that finds none (needs --kubernetes).
+    #[arg(long)]
+    pub ca_secret: Option<String>,
+    /// Serve the sidecar injection webhook (needs --kubernetes).
+    #[arg(long)]
+    pub inject: bool,
+    /// The webhook's HTTPS listener (default 0.0.0.0:8443).
+    #[arg(long)]
+    pub webhook_listen: Option<SocketAddr>,
+    /// The MutatingWebhookConfiguration whose caBundle is kept equal to the trust bundle.
+    #[arg(long)]
+    pub webhook_configuration: Option<String>,
+    /// Image of the injected ferry-proxy container.
+    #[arg(long)]
+    pub sidecar_image: Option<String>,
+    /// The control plane's Service name (webhook certificate, sidecars' URL).
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Native sidecars in injected pods: auto (from the API server's version), always or never.
+    #[arg(long)]
+    pub native_sidecars: Option<ferry_config::NativeSidecars>,
 }
 
 impl Cli {
@@ -111,6 +133,26 @@ impl Cli {
         if let Some(namespace) = self.namespace {
             config.namespace = namespace;
         }
+        if self.ca_secret.is_some() {
+            config.ca_secret = self.ca_secret;
+        }
+        let injection = &mut config.injection;
+        injection.enabled |= self.inject;
+        if let Some(listen) = self.webhook_listen {
+            injection.listen = listen;
+        }
+        if let Some(name) = self.webhook_configuration {
+            injection.webhook_configuration = name;
+        }
+        if let Some(image) = self.sidecar_image {
+            injection.image = image;
+        }
+        if let Some(service) = self.service {
+            injection.service = service;
+        }
+        if let Some(native) = self.native_sidecars {
+            injection.native_sidecars = native;
+        }
         if let Some(heartbeat) = self.watch_heartbeat {
             anyhow::ensure!(
                 heartbeat >= std::time::Duration::from_millis(100),
@@ -139,6 +181,7 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
             "listen": running.listen.to_string(),
             "admin": running.admin.to_string(),
             "trust_bundle": running.trust_bundle.display().to_string(),
+            "webhook": running.webhook.map(|a| a.to_string()),
         });
         if let Some(what) = crate::server::waiting_for(&running.store) {
             // Where it listens, already: its admin port says what it waits for.

@@ -1,11 +1,13 @@
-//! Ferry's control plane. It runs the identity service (the mesh CA); the
-//! discovery, policy and injection services join it as siblings.
+//! Ferry's control plane: the identity service (the mesh CA), policies and
+//! pools from files or Kubernetes streamed to proxies, and the sidecar
+//! injection webhook.
 
 pub mod api_certificate;
 pub mod api_metrics;
 pub mod cli;
 pub mod ctl;
 pub mod identity;
+pub mod inject;
 pub mod policy;
 pub mod server;
 pub mod sources;
@@ -35,6 +37,19 @@ pub fn describe_metrics() {
         "Documents whose latest content is refused (their last good version stays)."
     );
     metrics::describe_gauge!("watch_streams", "Proxies watching now.");
+    metrics::describe_counter!(
+        "injection_total",
+        "Pods the injection webhook decided on, by result (injected, skipped, denied) and reason."
+    );
+    metrics::describe_histogram!(
+        "injection_latency_seconds",
+        metrics::Unit::Seconds,
+        "Time to decide on and patch one AdmissionReview, by result."
+    );
+    metrics::describe_counter!(
+        "webhook_ca_bundle_patched_total",
+        "Webhooks whose caBundle the control plane set to the trust bundle."
+    );
     metrics::describe_counter!(
         "identity_certificates_refused_total",
         "Certify requests refused, by reason (bad_token, bad_csr, bad_request, unavailable, signing)."

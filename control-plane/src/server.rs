@@ -21,7 +21,7 @@ use rustls_pki_types::pem::PemObject;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use ferry_config::{ControlPlaneConfig, SpiffeId};
+use ferry_config::{ControlPlaneConfig, NativeSidecars, SpiffeId};
 
 use crate::api_certificate::ApiCertificate;
 use crate::identity::{AnyOf, CertificateAuthority, FileTokens, IdentityService, TokenValidator};
@@ -38,6 +38,8 @@ pub struct RunningControlPlane {
     pub listen: SocketAddr,
     /// The admin endpoints.
     pub admin: SocketAddr,
+    /// The injection webhook, when it runs.
+    pub webhook: Option<SocketAddr>,
     /// The trust bundle file proxies should be given.
     pub trust_bundle: std::path::PathBuf,
     /// The policies it serves.
@@ -49,7 +51,6 @@ pub async fn start(
     config: ControlPlaneConfig,
     prometheus: Option<PrometheusHandle>,
 ) -> anyhow::Result<RunningControlPlane> {
-    let ca = Arc::new(CertificateAuthority::open(&config)?);
     let kubernetes =
         if config.kubernetes {
             Some(kube::Client::try_default().await.context(
@@ -58,6 +59,22 @@ pub async fn start(
         } else {
             None
         };
+    let issuer = match (&config.ca_secret, &kubernetes) {
+        (Some(name), Some(client)) => Some(
+            crate::identity::ca_secret::load_or_create(
+                client.clone(),
+                &config.namespace,
+                name,
+                &config.trust_domain,
+            )
+            .await?,
+        ),
+        (Some(_), None) => {
+            anyhow::bail!("--ca-secret keeps the CA in Kubernetes: it needs --kubernetes")
+        }
+        (None, _) => None,
+    };
+    let ca = Arc::new(CertificateAuthority::open_with(&config, issuer)?);
     let file_tokens: Option<Arc<dyn TokenValidator>> = match &config.tokens {
         Some(path) => Some(Arc::new(FileTokens::load(path)?)),
         None => None,
@@ -99,7 +116,11 @@ pub async fn start(
         ca.anchors_pem().to_vec(),
         Some(config.state_dir.join("policies.yaml")),
     );
-    let service = Arc::new(IdentityService::new(ca, tokens, &config.trust_domain));
+    let service = Arc::new(IdentityService::new(
+        ca.clone(),
+        tokens,
+        &config.trust_domain,
+    ));
     let watches = Arc::new(WatchService::new(
         store.clone(),
         &config.trust_domain,
@@ -108,15 +129,20 @@ pub async fn start(
     if let Some(dir) = &config.config_dir {
         crate::sources::file::start(dir, store.clone())?;
     }
-    if let Some(client) = kubernetes {
+    if let Some(client) = &kubernetes {
         crate::sources::kubernetes::start(
-            client,
+            client.clone(),
             store.clone(),
             &config.namespace,
             &config.trust_domain,
         );
     }
 
+    let webhook = match (&config.injection.enabled, &kubernetes) {
+        (true, Some(client)) => Some(start_webhook(&config, client, &ca, &store).await?),
+        (true, None) => anyhow::bail!("the injection webhook needs --kubernetes"),
+        (false, _) => None,
+    };
     let api = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -131,9 +157,96 @@ pub async fn start(
     Ok(RunningControlPlane {
         listen,
         admin: admin_addr,
+        webhook,
         trust_bundle: config.state_dir.join("bundle.pem"),
         store,
     })
+}
+
+/// Starts the injection webhook: namespaces followed, the sidecar's shape
+/// decided (native or not), a certificate for the Service's names, the
+/// listener, and the keeper of the webhook configuration's `caBundle`.
+async fn start_webhook(
+    config: &ControlPlaneConfig,
+    client: &kube::Client,
+    ca: &Arc<CertificateAuthority>,
+    store: &Arc<PolicyStore>,
+) -> anyhow::Result<SocketAddr> {
+    let injection = &config.injection;
+    let namespaces = crate::inject::follow_namespaces(client.clone(), store);
+    let native = match injection.native_sidecars {
+        NativeSidecars::Always => true,
+        NativeSidecars::Never => false,
+        NativeSidecars::Auto => {
+            let version = client
+                .apiserver_version()
+                .await
+                .context("native sidecars: auto needs the API server's /version")?;
+            let number = |text: &str| {
+                text.trim_end_matches(|c: char| !c.is_ascii_digit())
+                    .parse::<u32>()
+                    .unwrap_or(0)
+            };
+            let (major, minor) = (number(&version.major), number(&version.minor));
+            tracing::info!(
+                major,
+                minor,
+                native = (major, minor) >= (1, 29),
+                "API server version"
+            );
+            (major, minor) >= (1, 29)
+        }
+    };
+    let service = format!("{}.{}.svc", injection.service, config.namespace);
+    let control_plane_url = injection
+        .control_plane_url
+        .clone()
+        .unwrap_or_else(|| format!("https://{service}:{}", config.listen.port()));
+    let template = crate::inject::SidecarTemplate {
+        image: injection.image.clone(),
+        image_pull_policy: injection.image_pull_policy.clone(),
+        control_plane_url,
+        control_plane_namespace: config.namespace.clone(),
+        trust_bundle: ca.bundle_pem(),
+        native,
+    };
+    let injector = Arc::new(crate::inject::Injector::new(
+        template,
+        injection.defaults.clone(),
+        &config.namespace,
+        Box::new(namespaces),
+    ));
+    let mut names = vec![service.clone(), format!("{service}.cluster.local")];
+    names.extend(config.server_names.iter().cloned());
+    let identity = SpiffeId::workload(
+        &config.trust_domain,
+        &config.namespace,
+        "ferry-control-plane",
+    )
+    .map_err(anyhow::Error::msg)?;
+    let certificate = ApiCertificate::start(ca.clone(), names, identity)?;
+    let mut tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_cert_resolver(certificate);
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let listener = TcpListener::bind(injection.listen)
+        .await
+        .with_context(|| format!("cannot listen on webhook address {}", injection.listen))?;
+    let address = listener.local_addr()?;
+    tokio::spawn(crate::inject::serve(
+        listener,
+        TlsAcceptor::from(Arc::new(tls)),
+        injector,
+    ));
+    if !injection.webhook_configuration.is_empty() {
+        tokio::spawn(crate::inject::keep_ca_bundle(
+            client.clone(),
+            injection.webhook_configuration.clone(),
+            ca.bundle_pem(),
+        ));
+    }
+    tracing::info!(%address, native, "injection webhook serving");
+    Ok(address)
 }
 
 async fn serve_api(

@@ -39,6 +39,9 @@ pub enum RoleCommand {
     Worker(WorkerArgs),
     /// Sidecar: serves the app from memory and reads misses from a worker pool.
     Sidecar(SidecarArgs),
+    /// Wait until the proxy beside this container is ready, then optionally
+    /// run a command (and stop the proxy when it exits).
+    Await(crate::readiness::AwaitArgs),
 }
 
 /// Flags both roles take.
@@ -92,6 +95,10 @@ pub struct CommonArgs {
     /// PEM trust anchors for the control plane and peers.
     #[arg(long)]
     pub trust_bundle: Option<PathBuf>,
+    /// The trust anchors as PEM text (an injected sidecar gets them in
+    /// FERRY_TRUST_BUNDLE), instead of --trust-bundle.
+    #[arg(long, env = "FERRY_TRUST_BUNDLE", hide_env_values = true)]
+    pub trust_bundle_pem: Option<String>,
     /// The mesh's trust domain.
     #[arg(long)]
     pub trust_domain: Option<String>,
@@ -186,6 +193,9 @@ impl Cli {
                 config.role = Role::Sidecar;
                 args.apply(&mut config)?;
             }
+            Some(RoleCommand::Await(_)) => {
+                anyhow::bail!("`ferry-proxy await` waits for a proxy; it runs none")
+            }
             None if self.config.is_none() => anyhow::bail!(
                 "give a role (`ferry-proxy worker --origin URL --bucket NAME` or \
                  `ferry-proxy sidecar --pool ADDR,... --bucket NAME`) or --config FILE"
@@ -275,6 +285,9 @@ impl CommonArgs {
         }
         if self.trust_bundle.is_some() {
             identity.trust_bundle.clone_from(&self.trust_bundle);
+        }
+        if self.trust_bundle_pem.is_some() {
+            identity.trust_bundle_pem.clone_from(&self.trust_bundle_pem);
         }
         if let Some(domain) = &self.trust_domain {
             identity.trust_domain.clone_from(domain);

@@ -13,6 +13,7 @@ pub mod mesh;
 pub mod metadata;
 pub mod origin;
 pub mod outbound;
+pub mod readiness;
 pub mod runtime;
 pub mod s3;
 pub mod server;

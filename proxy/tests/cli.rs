@@ -147,3 +147,60 @@ async fn a_config_file_starts_the_proxy_and_admin_answers() {
         .expect("shutdown");
     assert_eq!(shutdown.status(), 200);
 }
+
+/// `ferry-proxy await --shutdown -- CMD`, as a Job's container runs it on a
+/// cluster without native sidecars: CMD runs once the proxy is ready, its
+/// exit status is await's, and the proxy is stopped so the pod completes.
+#[test]
+fn await_runs_the_command_once_ready_then_stops_the_proxy() {
+    let mut proxy = ProxyProcess::start(&[
+        "worker",
+        "--origin",
+        "synthetic://?count=3",
+        "--bucket",
+        "imagenet",
+    ]);
+    let admin = proxy.admin.to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_ferry-proxy"))
+        .args([
+            "await",
+            "--admin",
+            &admin,
+            "--shutdown",
+            "--",
+            "sh",
+            "-c",
+            "echo trained; exit 3",
+        ])
+        .output()
+        .expect("run ferry-proxy await");
+    assert_eq!(output.status.code(), Some(3), "the command's exit status");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "trained\n");
+    let stopped = proxy.wait();
+    assert!(
+        stopped.success(),
+        "the proxy was shut down cleanly: {stopped}"
+    );
+}
+
+#[test]
+fn await_gives_up_with_a_message_when_no_proxy_gets_ready() {
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = unused.local_addr().expect("address").to_string();
+    drop(unused);
+    let output = Command::new(env!("CARGO_BIN_EXE_ferry-proxy"))
+        .args([
+            "await",
+            "--admin",
+            &address,
+            "--timeout",
+            "300ms",
+            "--",
+            "true",
+        ])
+        .output()
+        .expect("run ferry-proxy await");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not ready after 300ms"), "{stderr}");
+}

@@ -58,21 +58,37 @@ impl CertificateAuthority {
     /// Opens the CA `config` describes, generating one in the state directory
     /// when no issuer files are given, and writes the trust bundle there.
     pub fn open(config: &ControlPlaneConfig) -> anyhow::Result<Self> {
+        Self::open_with(config, None)
+    }
+
+    /// [`CertificateAuthority::open`], with the issuer (certificate and key,
+    /// PEM) given by the caller when `issuer` is set (a Kubernetes Secret).
+    pub fn open_with(
+        config: &ControlPlaneConfig,
+        issuer: Option<(String, String)>,
+    ) -> anyhow::Result<Self> {
         fs::create_dir_all(&config.state_dir).with_context(|| {
             format!(
                 "cannot create state directory {}",
                 config.state_dir.display()
             )
         })?;
-        let (issuer_pem, key_pem) = match (&config.ca_cert, &config.ca_key) {
-            (Some(cert), Some(key)) => (
-                fs::read_to_string(cert)
-                    .with_context(|| format!("cannot read CA certificate {}", cert.display()))?,
-                fs::read_to_string(key)
-                    .with_context(|| format!("cannot read CA key {}", key.display()))?,
-            ),
-            (None, None) => load_or_generate(&config.state_dir, &config.trust_domain)?,
-            _ => bail!("give both the CA certificate and the CA key, or neither (to generate one)"),
+        let (issuer_pem, key_pem) = match (issuer, &config.ca_cert, &config.ca_key) {
+            (Some(issuer), None, None) => issuer,
+            (Some(_), _, _) => bail!("give the CA as a Secret or as files, not both"),
+            (None, ca_cert, ca_key) => match (ca_cert, ca_key) {
+                (Some(cert), Some(key)) => (
+                    fs::read_to_string(cert).with_context(|| {
+                        format!("cannot read CA certificate {}", cert.display())
+                    })?,
+                    fs::read_to_string(key)
+                        .with_context(|| format!("cannot read CA key {}", key.display()))?,
+                ),
+                (None, None) => load_or_generate(&config.state_dir, &config.trust_domain)?,
+                _ => bail!(
+                    "give both the CA certificate and the CA key, or neither (to generate one)"
+                ),
+            },
         };
         // Parse errors must not echo the key material.
         let key = KeyPair::from_pem(&key_pem)
@@ -199,6 +215,23 @@ fn load_or_generate(dir: &Path, trust_domain: &str) -> anyhow::Result<(String, S
             .with_context(|| format!("cannot read {}", key_path.display()))?;
         return Ok((cert, key));
     }
+    let (cert_pem, key_pem) = generate_issuer(trust_domain)?;
+    // The key first, with its mode set at creation: it is never readable by others.
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key_path)
+        .with_context(|| format!("cannot create {}", key_path.display()))?;
+    file.write_all(key_pem.as_bytes())?;
+    fs::write(&cert_path, &cert_pem)
+        .with_context(|| format!("cannot write {}", cert_path.display()))?;
+    tracing::info!(certificate = %cert_path.display(), "generated a new mesh CA");
+    Ok((cert_pem, key_pem))
+}
+
+/// A new self-signed issuer for `trust_domain`: certificate and key, PEM.
+pub fn generate_issuer(trust_domain: &str) -> anyhow::Result<(String, String)> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::default();
     let now = OffsetDateTime::now_utc();
@@ -216,19 +249,7 @@ fn load_or_generate(dir: &Path, trust_domain: &str) -> anyhow::Result<(String, S
         format!("Ferry mesh CA ({trust_domain})"),
     );
     let cert = params.self_signed(&key)?;
-    let key_pem = key.serialize_pem();
-    // The key first, with its mode set at creation: it is never readable by others.
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&key_path)
-        .with_context(|| format!("cannot create {}", key_path.display()))?;
-    file.write_all(key_pem.as_bytes())?;
-    fs::write(&cert_path, cert.pem())
-        .with_context(|| format!("cannot write {}", cert_path.display()))?;
-    tracing::info!(certificate = %cert_path.display(), "generated a new mesh CA");
-    Ok((cert.pem(), key_pem))
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! short-lived certificate naming the token's workload.
 
 pub mod ca;
+pub mod ca_secret;
 pub mod service;
 pub mod tokens;
 

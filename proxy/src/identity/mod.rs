@@ -75,28 +75,25 @@ impl Identity {
     /// Loads the trust bundle; no certificate is held until
     /// [`Identity::obtain_first`].
     pub fn new(spec: &IdentitySpec) -> anyhow::Result<Arc<Self>> {
-        let bundle_path = spec
-            .trust_bundle
-            .as_ref()
-            .context("identity: no trust_bundle configured")?;
-        let bundle = std::fs::read(bundle_path).with_context(|| {
-            format!(
-                "identity: cannot read trust bundle {}",
-                bundle_path.display()
-            )
-        })?;
+        let (bundle, source) = match (&spec.trust_bundle_pem, &spec.trust_bundle) {
+            (Some(pem), _) => (
+                pem.as_bytes().to_vec(),
+                "the trust bundle given as PEM".to_owned(),
+            ),
+            (None, Some(path)) => (
+                std::fs::read(path).with_context(|| {
+                    format!("identity: cannot read trust bundle {}", path.display())
+                })?,
+                path.display().to_string(),
+            ),
+            (None, None) => anyhow::bail!("identity: no trust_bundle configured"),
+        };
         let file_anchors = CertificateDer::pem_slice_iter(&bundle)
             .collect::<Result<Vec<_>, _>>()
-            .with_context(|| {
-                format!(
-                    "identity: {} holds a malformed certificate",
-                    bundle_path.display()
-                )
-            })?;
+            .with_context(|| format!("identity: {source} holds a malformed certificate"))?;
         anyhow::ensure!(
             !file_anchors.is_empty(),
-            "identity: {} holds no certificate",
-            bundle_path.display()
+            "identity: {source} holds no certificate"
         );
         let mut roots = RootCertStore::empty();
         for anchor in &file_anchors {

@@ -119,6 +119,11 @@ impl ProxyProcess {
         sum_samples(&text, name, labels)
     }
 
+    /// Waits for the process to exit on its own.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait for ferry-proxy")
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
