@@ -53,6 +53,10 @@ pub struct ControlPlaneConfig {
     /// plane's namespace (`tls.crt`, `tls.key`), created by the first replica
     /// that finds none.
     pub ca_secret: Option<String>,
+    /// Kubernetes source: the trust bundle is published in this ConfigMap
+    /// of the control plane's namespace (key `bundle.pem`), for the proxies
+    /// started there (workers) to verify the control plane.
+    pub trust_bundle_configmap: Option<String>,
     /// The sidecar injection webhook.
     pub injection: InjectionConfig,
 }
@@ -79,6 +83,7 @@ impl Default for ControlPlaneConfig {
             namespace: "ferry-system".to_owned(),
             watch_heartbeat: HumanDuration(Duration::from_secs(10)),
             ca_secret: None,
+            trust_bundle_configmap: None,
             injection: InjectionConfig::default(),
         }
     }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::IdentitySpec;
 use crate::load::ConfigError;
-use crate::policy::{Datasets, PoolDownPolicy};
+use crate::policy::{CachePolicy, DatasetPolicy, Datasets, PoolDownPolicy};
 use crate::pool::PoolSpec;
 use crate::units::{ByteSize, HumanDuration};
 
@@ -66,6 +66,35 @@ pub struct ProxyConfig {
     pub disk_cache: Option<DiskCacheSpec>,
     /// The data sets served.
     pub datasets: Datasets,
+    /// This proxy's cache for every data set, whatever their policies say
+    /// (the control plane's included): `--cache-size`, `--cache-policy`.
+    pub cache: CacheOverride,
+}
+
+/// A proxy's own cache settings, over every data set's policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheOverride {
+    /// Memory cache size for each data set.
+    pub size: Option<ByteSize>,
+    /// Eviction policy of each data set's memory cache.
+    pub policy: Option<CachePolicy>,
+}
+
+impl CacheOverride {
+    /// Applies these settings to `dataset`'s cache for `role`.
+    pub fn apply(&self, role: Role, dataset: &mut DatasetPolicy) {
+        let cache = match role {
+            Role::Worker => &mut dataset.cache.worker,
+            Role::Sidecar => &mut dataset.cache.sidecar,
+        };
+        if let Some(size) = self.size {
+            cache.size = size;
+        }
+        if let Some(policy) = self.policy {
+            cache.policy = policy;
+        }
+    }
 }
 
 /// The local-disk tier of a worker's cache.
@@ -92,6 +121,7 @@ impl Default for ProxyConfig {
             pools: Vec::new(),
             disk_cache: None,
             datasets: Datasets::default(),
+            cache: CacheOverride::default(),
         }
     }
 }

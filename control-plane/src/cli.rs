@@ -67,6 +67,10 @@ pub struct Cli {
     /// by the first replica that finds none (needs --kubernetes).
     #[arg(long)]
     pub ca_secret: Option<String>,
+    /// Publish the trust bundle in this ConfigMap of the control plane's
+    /// namespace, for the workers there (needs --kubernetes).
+    #[arg(long)]
+    pub trust_bundle_configmap: Option<String>,
     /// Serve the sidecar injection webhook (needs --kubernetes).
     #[arg(long)]
     pub inject: bool,
@@ -135,6 +139,9 @@ impl Cli {
         }
         if self.ca_secret.is_some() {
             config.ca_secret = self.ca_secret;
+        }
+        if self.trust_bundle_configmap.is_some() {
+            config.trust_bundle_configmap = self.trust_bundle_configmap;
         }
         let injection = &mut config.injection;
         injection.enabled |= self.inject;

@@ -138,6 +138,18 @@ pub async fn start(
         );
     }
 
+    match (&config.trust_bundle_configmap, &kubernetes) {
+        (Some(name), Some(client)) => {
+            tokio::spawn(crate::identity::bundle_configmap::keep(
+                client.clone(),
+                config.namespace.clone(),
+                name.clone(),
+                ca.bundle_pem(),
+            ));
+        }
+        (Some(_), None) => anyhow::bail!("--trust-bundle-configmap needs --kubernetes"),
+        (None, _) => {}
+    }
     let webhook = match (&config.injection.enabled, &kubernetes) {
         (true, Some(client)) => Some(start_webhook(&config, client, &ca, &store).await?),
         (true, None) => anyhow::bail!("the injection webhook needs --kubernetes"),

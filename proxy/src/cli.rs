@@ -298,17 +298,14 @@ impl CommonArgs {
         if self.no_watch {
             identity.watch = false;
         }
+        if self.cache_size.is_some() {
+            config.cache.size = self.cache_size;
+        }
+        if self.cache_policy.is_some() {
+            config.cache.policy = self.cache_policy;
+        }
         for policy in &mut config.datasets.0 {
-            let cache = match role {
-                Role::Worker => &mut policy.cache.worker,
-                Role::Sidecar => &mut policy.cache.sidecar,
-            };
-            if let Some(size) = self.cache_size {
-                cache.size = size;
-            }
-            if let Some(cache_policy) = self.cache_policy {
-                cache.policy = cache_policy;
-            }
+            config.cache.apply(role, policy);
         }
         Ok(())
     }

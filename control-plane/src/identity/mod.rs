@@ -1,6 +1,7 @@
 //! The identity service: a CA that turns a CSR and a bearer token into a
 //! short-lived certificate naming the token's workload.
 
+pub mod bundle_configmap;
 pub mod ca;
 pub mod ca_secret;
 pub mod service;

@@ -29,6 +29,8 @@ const OWN_CREDENTIALS: [&str; 4] = [
 ];
 /// Annotation the webhook leaves on an injected pod.
 pub const STATUS_ANNOTATION: &str = "ferry.dev/injected";
+/// Label of injected pods (a PodMonitor selects them by it).
+pub const PROXY_LABEL: &str = "ferry.dev/proxy";
 
 /// What every injected sidecar shares.
 #[derive(Clone, Debug)]
@@ -89,6 +91,13 @@ pub fn patch(pod: &Pod, settings: &PodSettings, template: &SidecarTemplate) -> V
         Some(_) => json!({ "op": "add", "path": status, "value": "true" }),
         None => json!({ "op": "add", "path": "/metadata/annotations",
                         "value": { STATUS_ANNOTATION: "true" } }),
+    });
+    let label = format!("/metadata/labels/{}", PROXY_LABEL.replace('/', "~1"));
+    operations.push(match &pod.metadata.labels {
+        Some(_) => json!({ "op": "add", "path": label, "value": "sidecar" }),
+        None => {
+            json!({ "op": "add", "path": "/metadata/labels", "value": { PROXY_LABEL: "sidecar" } })
+        }
     });
     Value::Array(operations)
 }

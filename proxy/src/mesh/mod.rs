@@ -167,7 +167,7 @@ impl Mesh {
 
 /// `local` with the snapshot's data sets and pools on top: a snapshot data
 /// set replaces a local one of the same name or bucket, a snapshot pool one
-/// of the same name.
+/// of the same name. This proxy's own cache settings apply to every one.
 fn merged(local: &ProxyConfig, snapshot: &ProxySnapshot) -> ProxyConfig {
     let mut config = local.clone();
     for dataset in &snapshot.datasets {
@@ -175,7 +175,9 @@ fn merged(local: &ProxyConfig, snapshot: &ProxySnapshot) -> ProxyConfig {
             .datasets
             .0
             .retain(|d| d.name != dataset.name && d.bucket != dataset.bucket);
-        config.datasets.0.push(dataset.clone());
+        let mut dataset = dataset.clone();
+        local.cache.apply(local.role, &mut dataset);
+        config.datasets.0.push(dataset);
     }
     for pool in &snapshot.pools {
         config.pools.retain(|p| p.name != pool.name);
@@ -214,6 +216,29 @@ mod tests {
             .map(|d| d.name.clone())
             .collect();
         assert_eq!(names, ["set-a", "set-b2", "set-c"]);
+    }
+
+    #[test]
+    fn the_proxy_s_own_cache_settings_apply_to_the_control_plane_s_data_sets() {
+        let local = config("role: sidecar\ncache: { size: 1MiB, policy: lru }\n");
+        let remote = config(
+            "datasets:\n  - { name: set-a, bucket: a-bucket, origin: \"synthetic://?count=1\", \
+             cache: { sidecar: { size: 8GiB, policy: pin }, worker: { size: 2GiB } } }\n",
+        );
+        let snapshot = ProxySnapshot {
+            version: 2,
+            datasets: remote.datasets.0.clone(),
+            ..ProxySnapshot::default()
+        };
+        let merged = merged(&local, &snapshot);
+        let cache = &merged.datasets[0].cache;
+        assert_eq!(cache.sidecar.size, ferry_config::ByteSize::mib(1));
+        assert_eq!(cache.sidecar.policy, ferry_config::CachePolicy::Lru);
+        assert_eq!(
+            cache.worker.size,
+            ferry_config::ByteSize::gib(2),
+            "not this proxy's role"
+        );
     }
 
     #[test]
