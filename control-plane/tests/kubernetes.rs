@@ -630,11 +630,16 @@ async fn token_review_names_service_accounts_and_refuses_the_rest() {
 
 const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n  - level: Metadata\n";
 
-/// The chart's RBAC, applied to a real API server, lets the control plane's
-/// service account do all it does (nothing refused) and grants nothing it
+/// The chart's RBAC, applied to a real API server, lets the control plane
+/// (the real binary, on its own service account's token, everything on:
+/// policies, pools, TokenReview, the CA Secret, the published trust bundle,
+/// injection) do all it does — nothing refused — and grants nothing it
 /// does not use, as the server's audit log records.
 #[tokio::test]
-async fn the_chart_rbac_grants_exactly_what_the_source_uses() {
+async fn the_chart_rbac_grants_exactly_what_the_control_plane_uses() {
+    let Some(helm) = kube_env::chart::helm("rbac") else {
+        return;
+    };
     let Some(env) = KubeEnv::start_with_files(
         "rbac",
         "--audit-policy-file=DIR/audit-policy.yaml --audit-log-path=DIR/audit.log",
@@ -645,17 +650,17 @@ async fn the_chart_rbac_grants_exactly_what_the_source_uses() {
     let admin = env.client().await;
     kube_env::namespace(&admin, OWN, &["worker"]).await;
     kube_env::namespace(&admin, "train", &["job"]).await;
-    let rbac_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../charts/ferry/templates/control-plane-rbac.yaml");
-    let text = std::fs::read_to_string(&rbac_path).expect("the RBAC file");
+    let objects = kube_env::chart::render(&helm, OWN, "").expect("the chart renders");
     let mut granted = BTreeSet::new();
-    for document in text.split("\n---\n") {
-        let value: Value = ferry_config::from_yaml(document, "rbac").expect("YAML");
-        apply(&admin, value.clone()).await;
-        if value["kind"] != "ClusterRole" {
+    for object in objects.iter().filter(|o| {
+        let kind = o["kind"].as_str().unwrap_or_default();
+        kind.contains("Role") || kind == "ServiceAccount" || kind == "MutatingWebhookConfiguration"
+    }) {
+        apply(&admin, object.clone()).await;
+        if !matches!(object["kind"].as_str(), Some("ClusterRole" | "Role")) {
             continue;
         }
-        for rule in value["rules"].as_array().expect("rules") {
+        for rule in object["rules"].as_array().expect("rules") {
             for group in rule["apiGroups"].as_array().expect("groups") {
                 for resource in rule["resources"].as_array().expect("resources") {
                     for verb in rule["verbs"].as_array().expect("verbs") {
@@ -669,9 +674,10 @@ async fn the_chart_rbac_grants_exactly_what_the_source_uses() {
             }
         }
     }
-    // Everything the source does: policies (one refused: an Event), a pool
-    // with a Pod to look up, a Service with a bad annotation (an Event),
-    // and a TokenReview.
+    // Everything it does: policies (one refused: an Event), a pool with a
+    // Pod to look up and a bad annotation (an Event), a TokenReview, the CA
+    // Secret, the trust bundle's ConfigMap (edited: put back), the webhook's
+    // caBundle, namespaces for injection.
     let w0 = kube_env::pod(&admin, OWN, "worker-0", "worker").await;
     apply(&admin, policy_map(OWN, "mesh", TENANTS)).await;
     apply(&admin, policy_map("train", "bad", "datasets: 7\n")).await;
@@ -688,32 +694,81 @@ async fn the_chart_rbac_grants_exactly_what_the_source_uses() {
         "https://kubernetes.default.svc.cluster.local",
     )
     .await;
-    let own = kube_env::client_from(&env.kubeconfig_with("control-plane", &token, None)).await;
-    let store = start(own.clone());
-    synced(&store).await;
-    assert_eq!(
-        members(&store.current(), None, "cache-workers").len(),
-        1,
-        "the Pod was read"
+    let kubeconfig = env.kubeconfig_with("control-plane", &token, None);
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_ferry-control-plane"));
+    let plane = kube_env::plane::KubePlane::start(
+        binary,
+        &kubeconfig,
+        &env.dir.join("plane"),
+        &[
+            "--namespace",
+            OWN,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--ca-secret",
+            "ferry-ca",
+            "--trust-bundle-configmap",
+            "ferry-trust-bundle",
+            "--inject",
+            "--webhook-listen",
+            "127.0.0.1:0",
+            "--webhook-configuration",
+            "ferry-sidecar-injector",
+        ],
     );
     event_about(&admin, "train", "ConfigMap", "bad", |_| true).await;
     event_about(&admin, OWN, "Service", "workers", |m| {
         m.contains("worker-identity")
     })
     .await;
-    let proxy = kube_env::token(&admin, "train", "job", kubernetes::TOKEN_AUDIENCE).await;
-    TokenReviewValidator::new(own)
-        .validate(&proxy)
-        .await
-        .expect("the review is allowed");
+    let bundles: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(admin.clone(), OWN);
+    let bundle_published = || async {
+        bundles
+            .get_opt("ferry-trust-bundle")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|m| m.data)
+            .and_then(|d| d.get("bundle.pem").cloned())
+            == Some(plane.bundle.clone())
+    };
+    kube_env::until("the trust bundle is published", &bundle_published).await;
+    apply(
+        &admin,
+        json!({ "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": { "name": "ferry-trust-bundle", "namespace": OWN },
+                "data": { "bundle.pem": "edited" } }),
+    )
+    .await;
+    kube_env::until("the edited trust bundle is put back", &bundle_published).await;
+    let webhooks: kube::Api<
+        k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
+    > = kube::Api::all(admin.clone());
+    kube_env::until("the webhook's caBundle is the trust bundle", || async {
+        webhooks
+            .get("ferry-sidecar-injector")
+            .await
+            .ok()
+            .and_then(|w| w.webhooks)
+            .and_then(|w| w[0].client_config.ca_bundle.clone())
+            .map(|b| b.0)
+            == Some(plane.bundle.clone().into_bytes())
+    })
+    .await;
+    let proxy_token = kube_env::token(&admin, "train", "job", kubernetes::TOKEN_AUDIENCE).await;
+    let certified = kube_env::certify(&plane.url, &plane.bundle, &proxy_token).await;
+    assert_eq!(certified, 200, "a proxy's token passes TokenReview");
 
     let user = format!("system:serviceaccount:{OWN}:ferry-control-plane");
     let log = std::fs::read_to_string(env.dir.join("audit.log")).expect("audit log");
     let mut used = BTreeSet::new();
     for line in log.lines() {
         let entry: Value = serde_json::from_str(line).expect("audit JSON");
-        if entry["user"]["username"] != user.as_str() {
-            continue;
+        if entry["user"]["username"] != user.as_str() || entry["objectRef"]["resource"].is_null() {
+            continue; // someone else's, or /version and discovery (allowed to all)
         }
         let call = (
             entry["objectRef"]["apiGroup"]
@@ -727,16 +782,16 @@ async fn the_chart_rbac_grants_exactly_what_the_source_uses() {
             entry["verb"].as_str().unwrap_or_default().to_owned(),
         );
         assert_ne!(
-            entry["responseStatus"]["code"], 403,
-            "{call:?} was refused: {line}"
+            entry["responseStatus"]["code"],
+            403,
+            "{call:?} was refused: {line}\n{}",
+            plane.log()
         );
         used.insert(call);
     }
     assert_eq!(
-        used,
-        granted,
-        "what the control plane's account used (left) against what {} grants (right)",
-        rbac_path.display()
+        used, granted,
+        "what the control plane's account used (left) against what the chart grants (right)"
     );
 }
 

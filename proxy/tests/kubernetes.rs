@@ -13,7 +13,6 @@ mod common;
 #[path = "../../control-plane/tests/kube_env/mod.rs"]
 mod kube_env;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -181,17 +180,13 @@ async fn scenario() {
     kube_env::namespace(&admin, "train", &["job"]).await;
 
     // The control plane runs on its own service account, with the chart's RBAC.
-    let rbac = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../charts/ferry/templates/control-plane-rbac.yaml"),
-    )
-    .expect("RBAC");
-    for document in rbac.split("\n---\n") {
-        apply(
-            &admin,
-            ferry_config::from_yaml(document, "rbac").expect("YAML"),
-        )
-        .await;
+    let helm = kube_env::chart::helm("the_mesh_follows_a_real_api_server").expect("FERRY_HELM");
+    let rendered = kube_env::chart::render(&helm, OWN, "").expect("the chart renders");
+    for object in rendered.into_iter().filter(|o| {
+        let kind = o["kind"].as_str().unwrap_or_default();
+        kind.contains("Role") || kind == "ServiceAccount"
+    }) {
+        apply(&admin, object).await;
     }
     let token = kube_env::token(
         &admin,

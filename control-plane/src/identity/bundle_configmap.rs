@@ -1,41 +1,64 @@
 //! The trust bundle published in a ConfigMap of the control plane's
 //! namespace (key `bundle.pem`), for the proxies the chart runs there: a
 //! worker must verify the control plane before it can ask it anything.
-//! (Injected sidecars get the bundle in their pod spec instead.) Checked
-//! again every minute, so an edit or a deletion is undone.
+//! (Injected sidecars get the bundle in their pod spec instead.) The
+//! ConfigMap is watched, so an edit or a deletion is undone at once.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::api::{Api, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 
 /// The key holding the PEM bundle.
 pub const BUNDLE_KEY: &str = "bundle.pem";
-/// How often the ConfigMap is checked.
-const EVERY: Duration = Duration::from_secs(60);
 
 /// Keeps ConfigMap `namespace/name` holding `bundle_pem`, until the process ends.
 pub async fn keep(client: Client, namespace: String, name: String, bundle_pem: String) {
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
-    let mut every = tokio::time::interval(EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        if let Err(err) = reconcile(&api, &name, &bundle_pem).await {
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let stream = watcher::watcher(api.clone(), config).default_backoff();
+    let mut stream = std::pin::pin!(stream);
+    let data = BTreeMap::from([(BUNDLE_KEY.to_owned(), bundle_pem)]);
+    // Whether the last list or change showed the ConfigMap.
+    let mut seen = false;
+    while let Some(event) = stream.next().await {
+        let current = match event {
+            Ok(Event::Init) => {
+                seen = false;
+                continue;
+            }
+            Ok(Event::InitApply(map) | Event::Apply(map)) => {
+                seen = true;
+                Some(map)
+            }
+            Ok(Event::InitDone) if seen => continue,
+            Ok(Event::InitDone | Event::Delete(_)) => None,
+            Err(err) => {
+                tracing::warn!(%err, "watching the trust bundle's ConfigMap");
+                continue;
+            }
+        };
+        if let Err(err) = reconcile(&api, &name, current, &data).await {
             tracing::warn!(configmap = %format!("{namespace}/{name}"), %err, "cannot publish the trust bundle");
         }
     }
 }
 
-async fn reconcile(api: &Api<ConfigMap>, name: &str, bundle_pem: &str) -> Result<(), kube::Error> {
-    let data = BTreeMap::from([(BUNDLE_KEY.to_owned(), bundle_pem.to_owned())]);
-    match api.get_opt(name).await? {
-        Some(current) if current.data.as_ref() == Some(&data) => Ok(()),
+async fn reconcile(
+    api: &Api<ConfigMap>,
+    name: &str,
+    current: Option<ConfigMap>,
+    data: &BTreeMap<String, String>,
+) -> Result<(), kube::Error> {
+    match current {
+        Some(current) if current.data.as_ref() == Some(data) => Ok(()),
         Some(mut current) => {
-            current.data = Some(data);
+            current.data = Some(data.clone());
             api.replace(name, &PostParams::default(), &current).await?;
             tracing::info!(configmap = name, "trust bundle republished");
             Ok(())
@@ -50,7 +73,7 @@ async fn reconcile(api: &Api<ConfigMap>, name: &str, bundle_pem: &str) -> Result
                     )])),
                     ..ObjectMeta::default()
                 },
-                data: Some(data),
+                data: Some(data.clone()),
                 ..ConfigMap::default()
             };
             match api.create(&PostParams::default(), &map).await {

@@ -5,6 +5,9 @@
 //! returns `None` after saying that the test is skipped and why.
 #![allow(dead_code)]
 
+pub mod chart;
+pub mod plane;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -442,4 +445,45 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Polls `check` until it holds, for at most [`LIMIT`].
+pub async fn until<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `POST /v1/identity/certify` at the control plane `url` (trusting
+/// `bundle`) with `token` and a fresh CSR; the status code.
+pub async fn certify(url: &str, bundle: &str, token: &str) -> u16 {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(bundle.as_bytes()).expect("anchor")])
+        .build()
+        .expect("client");
+    client
+        .post(format!("{url}/v1/identity/certify"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(json!({ "csr": csr }).to_string())
+        .send()
+        .await
+        .expect("certify")
+        .status()
+        .as_u16()
 }
