@@ -150,11 +150,6 @@ pub async fn start(
         (Some(_), None) => anyhow::bail!("--trust-bundle-configmap needs --kubernetes"),
         (None, _) => {}
     }
-    let webhook = match (&config.injection.enabled, &kubernetes) {
-        (true, Some(client)) => Some(start_webhook(&config, client, &ca, &store).await?),
-        (true, None) => anyhow::bail!("the injection webhook needs --kubernetes"),
-        (false, _) => None,
-    };
     let api = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -163,6 +158,13 @@ pub async fn start(
         .with_context(|| format!("cannot listen on admin address {}", config.admin))?;
     let listen = api.local_addr()?;
     let admin_addr = admin.local_addr()?;
+    let webhook = match (&config.injection.enabled, &kubernetes) {
+        (true, Some(client)) => {
+            Some(start_webhook(&config, client, &ca, &store, listen.port()).await?)
+        }
+        (true, None) => anyhow::bail!("the injection webhook needs --kubernetes"),
+        (false, _) => None,
+    };
     let proxies = watches.proxies();
     tokio::spawn(serve_api(api, acceptor, service, watches));
     tokio::spawn(serve_admin(admin, prometheus, store.clone(), proxies));
@@ -178,11 +180,13 @@ pub async fn start(
 /// Starts the injection webhook: namespaces followed, the sidecar's shape
 /// decided (native or not), a certificate for the Service's names, the
 /// listener, and the keeper of the webhook configuration's `caBundle`.
+/// Sidecars reach the API on `api_port` (the port it is bound to).
 async fn start_webhook(
     config: &ControlPlaneConfig,
     client: &kube::Client,
     ca: &Arc<CertificateAuthority>,
     store: &Arc<PolicyStore>,
+    api_port: u16,
 ) -> anyhow::Result<SocketAddr> {
     let injection = &config.injection;
     let namespaces = crate::inject::follow_namespaces(client.clone(), store);
@@ -213,7 +217,7 @@ async fn start_webhook(
     let control_plane_url = injection
         .control_plane_url
         .clone()
-        .unwrap_or_else(|| format!("https://{service}:{}", config.listen.port()));
+        .unwrap_or_else(|| format!("https://{service}:{api_port}"));
     let template = crate::inject::SidecarTemplate {
         image: injection.image.clone(),
         image_pull_policy: injection.image_pull_policy.clone(),
