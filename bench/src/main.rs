@@ -7,6 +7,7 @@ mod client;
 mod crypto;
 mod demo;
 mod epochs;
+mod inject;
 mod mtls;
 mod plane;
 mod policies;
@@ -61,6 +62,8 @@ enum Command {
     ControlPlane(plane::ControlPlaneArgs),
     /// What tracing (sampled at 0.01 and 1.0) and 10 scrapes/s cost cached reads.
     Telemetry(telemetry::TelemetryArgs),
+    /// The injection webhook's latency: directly, and through a real kube-apiserver.
+    Inject(inject::InjectArgs),
     /// rustls crypto providers and cipher suites, in memory: bulk transfer and handshakes.
     Crypto(crypto::CryptoArgs),
     /// A baseline server (used by the scenarios).
@@ -118,6 +121,7 @@ fn main() -> std::process::ExitCode {
                         anyhow::ensure!(failures == 0, "{failures} reads failed or were wrong");
                         Ok(())
                     }),
+                    Command::Inject(args) => inject::run(&args).await.map(drop),
                     Command::Chaos(args) => chaos::run(&args).await.and_then(|report| {
                         anyhow::ensure!(
                             report.failed_reads == 0 && report.wrong_bytes == 0,

@@ -376,3 +376,37 @@ fn control_plane_changes_reach_every_watcher_and_reads_outlive_an_outage() {
         "the sidecar watched again after the restart"
     );
 }
+
+#[test]
+fn inject_times_the_webhook_for_injected_and_untouched_pods() {
+    let path = temp_json("inject");
+    // Direct only: the API server part runs in the Kubernetes tests' setting.
+    let output = Command::new(env!("CARGO_BIN_EXE_ferry-bench"))
+        .args(["inject", "--admissions", "20", "--warmup", "5", "--json"])
+        .arg(&path)
+        .env_remove("FERRY_TEST_KUBE_ASSETS")
+        .output()
+        .expect("run ferry-bench");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = read_json(&path);
+    let direct = report["direct"].as_array().expect("direct");
+    assert_eq!(direct.len(), 3, "baseline, injected, in process");
+    for row in direct {
+        assert_eq!(row["count"], 20);
+        let (p50, p99) = (
+            row["p50_ms"].as_f64().expect("p50"),
+            row["p99_ms"].as_f64().expect("p99"),
+        );
+        assert!(p50 > 0.0 && p99 >= p50, "{row}");
+    }
+    assert!(
+        report["api_server"]
+            .as_array()
+            .expect("api_server")
+            .is_empty()
+    );
+}

@@ -293,3 +293,58 @@ async fn the_rendered_chart_applies_to_a_real_api_server() {
         }
     }
 }
+
+/// No image builder runs here, so the Dockerfile is checked against what
+/// uses it: the toolchain the workspace pins, the binaries and the user the
+/// chart and the injected sidecar run.
+#[test]
+fn the_image_is_what_the_chart_runs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).expect("Dockerfile");
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("Cargo.toml");
+    let rust_version = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .expect("rust-version")
+        .trim_matches('"');
+    assert!(
+        dockerfile.contains(&format!("FROM rust:{rust_version}-")),
+        "the builder uses Rust {rust_version}"
+    );
+    for binary in ["ferry-proxy", "ferry-control-plane"] {
+        assert!(
+            dockerfile.contains(&format!("target/release/{binary} /out/{binary}")),
+            "{binary} is in the image"
+        );
+    }
+    assert!(dockerfile.contains("USER 65532:65532"));
+    let Some(helm) = chart::helm("image") else {
+        return;
+    };
+    let objects = chart::render(&helm, NAMESPACE, "").expect("renders");
+    let chart_file =
+        std::fs::read_to_string(chart::chart_dir().join("Chart.yaml")).expect("Chart.yaml");
+    let app_version = chart_file
+        .lines()
+        .find_map(|l| l.strip_prefix("appVersion: "))
+        .expect("appVersion")
+        .trim_matches('"');
+    let package_version = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("version = "))
+        .expect("version")
+        .trim_matches('"');
+    assert_eq!(
+        app_version, package_version,
+        "the chart's appVersion is the binaries' version"
+    );
+    for (kind, name, command) in [
+        ("Deployment", "ferry-control-plane", "ferry-control-plane"),
+        ("StatefulSet", "ferry-worker", "ferry-proxy"),
+    ] {
+        let container = container(find(&objects, kind, name));
+        assert_eq!(container["image"], format!("ferry:{app_version}"));
+        assert_eq!(container["command"][0], command);
+        assert_eq!(container["securityContext"]["runAsUser"], 65532);
+    }
+}

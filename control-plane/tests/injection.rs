@@ -184,6 +184,33 @@ fn a_pod_can_ask_for_itself() {
     golden("pod-enabled", true);
 }
 
+/// On the wire the patch is base64, as the AdmissionReview API says.
+#[test]
+fn the_answer_carries_the_patch_in_base64() {
+    let text = std::fs::read_to_string(fixtures().join("plain.pod.yaml")).expect("fixture");
+    let pod: Value = ferry_config::from_yaml(&text, "plain").expect("YAML");
+    let injector = injector(true);
+    let answer = injector
+        .review(review_of(&pod).to_string().as_bytes())
+        .expect("an answer");
+    let answer: Value = serde_json::from_slice(&answer).expect("JSON");
+    let encoded = answer["response"]["patch"]
+        .as_str()
+        .expect("a base64 string");
+    let decoded: k8s_openapi::ByteString =
+        serde_json::from_value(Value::String(encoded.to_owned())).expect("base64");
+    let (_, _, patch) = admit(&injector, &pod);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&decoded.0).expect("JSON"),
+        patch.expect("a patch")
+    );
+    assert_eq!(answer["response"]["patchType"], "JSONPatch");
+    assert_eq!(
+        answer["response"]["uid"],
+        "705ab4f5-6393-11e8-b7cc-42010a800002"
+    );
+}
+
 /// Every flag injection passes to the sidecar exists in `ferry-proxy sidecar --help`.
 #[test]
 fn the_injected_flags_exist() {
