@@ -34,6 +34,13 @@ monitoring:
 imagePullSecrets: [{ name: registry }]
 "#;
 
+/// The branches the other two leave out: a disk tier on an emptyDir, no
+/// injection, one worker.
+const ALTERNATIVES: &str = r#"
+workers: { replicas: 1, disk: { enabled: true, size: 20Gi } }
+injection: { enabled: false }
+"#;
+
 fn kinds(objects: &[Value]) -> Vec<String> {
     objects
         .iter()
@@ -55,7 +62,12 @@ fn helm_lint_is_clean_with_defaults_and_with_everything_on() {
     };
     let all_on = ValuesFile::new(ALL_ON);
     let dir = chart::chart_dir();
-    for extra in [vec![], vec!["-f", all_on.as_str()]] {
+    let alternatives = ValuesFile::new(ALTERNATIVES);
+    for extra in [
+        vec![],
+        vec!["-f", all_on.as_str()],
+        vec!["-f", alternatives.as_str()],
+    ] {
         let mut args = vec!["lint", dir.to_str().expect("path"), "--strict"];
         args.extend(extra);
         let (ok, stdout, stderr) = chart::run(&helm, &args);
@@ -155,7 +167,11 @@ fn every_rendered_object_is_a_valid_kubernetes_object() {
     let Some(helm) = chart::helm("objects") else {
         return;
     };
-    for (label, values) in [("defaults", ""), ("everything on", ALL_ON)] {
+    for (label, values) in [
+        ("defaults", ""),
+        ("everything on", ALL_ON),
+        ("the alternatives", ALTERNATIVES),
+    ] {
         let objects = chart::render(&helm, NAMESPACE, values).expect("renders");
         eprintln!("helm template with {label}: {} objects", objects.len());
         for object in &objects {
@@ -199,7 +215,7 @@ fn the_settings_and_flags_the_chart_passes_are_what_the_binaries_take() {
         "{} is missing: run the workspace tests",
         proxy_binary.display()
     );
-    for values in ["", ALL_ON] {
+    for values in ["", ALL_ON, ALTERNATIVES] {
         let objects = chart::render(&helm, NAMESPACE, values).expect("renders");
         // The control plane's file: its schema takes it whole.
         let settings =
@@ -208,7 +224,8 @@ fn the_settings_and_flags_the_chart_passes_are_what_the_binaries_take() {
                 .expect("control-plane.yaml");
         let config: ControlPlaneConfig = ferry_config::from_yaml(settings, "control-plane.yaml")
             .expect("the control plane reads it");
-        assert!(config.kubernetes && config.injection.enabled);
+        assert!(config.kubernetes);
+        assert_eq!(config.injection.enabled, values != ALTERNATIVES);
         assert_eq!(config.namespace, NAMESPACE);
         assert!(
             config
@@ -282,7 +299,11 @@ async fn the_rendered_chart_applies_to_a_real_api_server() {
     );
     // Each in a namespace of its own: a StatefulSet's volume claims cannot
     // change in place, as an upgrade that turns persistence on would find.
-    for (namespace, values) in [("ferry-system", ""), ("ferry-full", values.as_str())] {
+    for (namespace, values) in [
+        ("ferry-system", ""),
+        ("ferry-full", values.as_str()),
+        ("ferry-alt", ALTERNATIVES),
+    ] {
         kube_env::namespace(&client, namespace, &[]).await;
         let objects = chart::render(&helm, namespace, values).expect("renders");
         for object in objects
