@@ -288,6 +288,52 @@ async fn pods_are_injected_through_the_api_server() {
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(admin.clone(), OWN);
     let ca = secrets.get("ferry-ca").await.expect("the CA Secret");
     assert_eq!(ca.type_.as_deref(), Some("kubernetes.io/tls"));
+
+    // Restarted with native sidecars `auto`: this API server is 1.28, so
+    // the proxy is the first ordinary container, holding the app until ready.
+    // The same CA comes back from its Secret: the caBundle stays valid.
+    let plane = KubePlane::start(
+        binary,
+        &env.kubeconfig,
+        &env.dir.join("plane-again"),
+        &[
+            "--namespace",
+            OWN,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--ca-secret",
+            "ferry-ca",
+            "--inject",
+            "--webhook-listen",
+            &listen,
+            "--webhook-configuration",
+            "ferry-sidecar-injector",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ca.data.as_ref().expect("data")["tls.crt"].0).trim(),
+        plane.bundle.trim(),
+        "the restarted control plane uses the CA in the Secret"
+    );
+    let legacy = train
+        .create(&PostParams::default(), &pod("legacy-0", json!({}), false))
+        .await
+        .expect("created");
+    let first = &legacy.spec.as_ref().expect("spec").containers[0];
+    assert_eq!(first.name, "ferry-proxy", "the first container");
+    assert!(first.restart_policy.is_none());
+    let hook = first
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.post_start.as_ref())
+        .and_then(|h| h.exec.as_ref())
+        .and_then(|e| e.command.clone())
+        .expect("a postStart hook");
+    assert_eq!(&hook[..2], ["ferry-proxy", "await"]);
+    assert!(sidecar(&legacy).is_none(), "not an init container");
+    drop(plane);
 }
 
 /// The parts of `pod` Ferry added, as YAML: the sidecar, the token volume,
