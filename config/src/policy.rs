@@ -11,6 +11,7 @@ use crate::identity::SpiffePattern;
 use crate::load::ConfigError;
 use crate::origin::OriginSpec;
 use crate::pool::PoolSpec;
+use crate::proxy::Role;
 use crate::tenancy::TenantSpec;
 use crate::units::{ByteSize, MetadataTtl};
 
@@ -263,23 +264,7 @@ fn default_true() -> bool {
 impl TryFrom<RawDatasetPolicy> for DatasetPolicy {
     type Error = String;
     fn try_from(raw: RawDatasetPolicy) -> Result<Self, String> {
-        if raw.s3.is_some() && !matches!(raw.origin, Some(OriginSpec::S3 { .. })) {
-            let origin = raw
-                .origin
-                .as_ref()
-                .map_or("none".to_owned(), ToString::to_string);
-            return Err(format!(
-                "data set '{}': s3 settings apply only to an s3:// origin, but the origin is {origin}",
-                raw.name
-            ));
-        }
-        if raw.on_pool_down == PoolDownPolicy::Origin && raw.origin.is_none() {
-            return Err(format!(
-                "data set '{}': on_pool_down: origin needs an origin to fall back to",
-                raw.name
-            ));
-        }
-        Ok(Self {
+        let policy = Self {
             bucket: raw.bucket.unwrap_or_else(|| raw.name.clone()),
             name: raw.name,
             origin: raw.origin,
@@ -293,7 +278,78 @@ impl TryFrom<RawDatasetPolicy> for DatasetPolicy {
             read_ahead: raw.read_ahead,
             warm_metadata: raw.warm_metadata,
             cache: raw.cache,
-        })
+        };
+        policy.validate().map_err(|(_, message)| message)?;
+        Ok(policy)
+    }
+}
+
+impl DatasetPolicy {
+    /// Data set `name`, read as `bucket`, every other setting at its default.
+    pub fn new(name: &str, bucket: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            bucket: bucket.to_owned(),
+            origin: None,
+            pool: None,
+            on_pool_down: PoolDownPolicy::Fail,
+            allow: Vec::new(),
+            namespace: None,
+            s3: S3Options::default(),
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            metadata_ttl: MetadataTtl::default(),
+            read_ahead: DEFAULT_READ_AHEAD,
+            warm_metadata: true,
+            cache: RoleCaches::default(),
+        }
+    }
+
+    /// Checks every field's range and what fields say of each other (a file's
+    /// parser checks the same, with the line): else the field and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        check_bucket_name(&self.name).map_err(|m| ("name", m))?;
+        check_bucket_name(&self.bucket).map_err(|m| ("bucket", m))?;
+        check_chunk_size(self.chunk_size).map_err(|m| ("chunk_size", m))?;
+        check_read_ahead(self.read_ahead).map_err(|m| ("read_ahead", m))?;
+        if !self.s3.is_unset() && !matches!(self.origin, Some(OriginSpec::S3 { .. })) {
+            let origin = self
+                .origin
+                .as_ref()
+                .map_or("none".to_owned(), ToString::to_string);
+            return Err((
+                "s3",
+                format!(
+                    "data set '{}': s3 settings apply only to an s3:// origin, but the origin is {origin}",
+                    self.name
+                ),
+            ));
+        }
+        if self.on_pool_down == PoolDownPolicy::Origin && self.origin.is_none() {
+            return Err((
+                "on_pool_down",
+                format!(
+                    "data set '{}': on_pool_down: origin needs an origin to fall back to",
+                    self.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// This data set's cache on a proxy of `role`.
+    pub fn cache_for(&self, role: Role) -> &CacheSpec {
+        match role {
+            Role::Worker => &self.cache.worker,
+            Role::Sidecar => &self.cache.sidecar,
+        }
+    }
+
+    /// [`DatasetPolicy::cache_for`], to change.
+    pub fn cache_for_mut(&mut self, role: Role) -> &mut CacheSpec {
+        match role {
+            Role::Worker => &mut self.cache.worker,
+            Role::Sidecar => &mut self.cache.sidecar,
+        }
     }
 }
 
@@ -311,22 +367,34 @@ fn optional_bucket_name<'de, D: Deserializer<'de>>(
 
 fn chunk_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ByteSize, D::Error> {
     let size = ByteSize::deserialize(deserializer)?;
-    if size < MIN_CHUNK_SIZE || size > MAX_CHUNK_SIZE {
-        return Err(de::Error::custom(format!(
-            "chunk size {size} is out of range: allowed {MIN_CHUNK_SIZE} to {MAX_CHUNK_SIZE}"
-        )));
-    }
+    check_chunk_size(size).map_err(de::Error::custom)?;
     Ok(size)
 }
 
 fn read_ahead<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
     let depth = u32::deserialize(deserializer)?;
-    if depth > MAX_READ_AHEAD {
-        return Err(de::Error::custom(format!(
-            "read-ahead of {depth} chunks is too deep: allowed 0 to {MAX_READ_AHEAD}"
-        )));
-    }
+    check_read_ahead(depth).map_err(de::Error::custom)?;
     Ok(depth)
+}
+
+/// Checks a chunk size against the allowed range.
+pub fn check_chunk_size(size: ByteSize) -> Result<(), String> {
+    if size < MIN_CHUNK_SIZE || size > MAX_CHUNK_SIZE {
+        return Err(format!(
+            "chunk size {size} is out of range: allowed {MIN_CHUNK_SIZE} to {MAX_CHUNK_SIZE}"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a read-ahead depth against the allowed range.
+pub fn check_read_ahead(depth: u32) -> Result<(), String> {
+    if depth > MAX_READ_AHEAD {
+        return Err(format!(
+            "read-ahead of {depth} chunks is too deep: allowed 0 to {MAX_READ_AHEAD}"
+        ));
+    }
+    Ok(())
 }
 
 /// Checks S3 bucket naming rules, which also keep names safe in hosts, paths and metrics.

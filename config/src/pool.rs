@@ -130,18 +130,26 @@ pub enum HedgeSpec {
     After(Duration),
 }
 
-impl<'de> Deserialize<'de> for HedgeSpec {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        match text.as_str() {
+impl std::str::FromStr for HedgeSpec {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
             "auto" => Ok(Self::Auto),
             "off" => Ok(Self::Off),
             other => parse_duration(other).map(Self::After).map_err(|_| {
-                de::Error::custom(format!(
+                format!(
                     "hedge '{other}' is not allowed: use auto (the pool's p95), off, or a duration like 20ms"
-                ))
+                )
             }),
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for HedgeSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(de::Error::custom)
     }
 }
 
@@ -226,49 +234,84 @@ struct RawPool {
 impl TryFrom<RawPool> for PoolSpec {
     type Error = String;
     fn try_from(raw: RawPool) -> Result<Self, String> {
-        if raw.name.is_empty() {
-            return Err("a pool needs a name".to_owned());
-        }
-        let mut seen = HashSet::new();
-        for member in &raw.members {
-            member.check()?;
-            if !seen.insert(member.address.as_str()) {
-                return Err(format!(
-                    "pool '{}' lists member '{}' twice",
-                    raw.name, member.address
-                ));
-            }
-        }
-        let balance = &raw.balance;
-        if !(0.0..=10.0).contains(&balance.load_epsilon) {
-            return Err(format!(
-                "load_epsilon {} is out of range: allowed 0 to 10",
-                balance.load_epsilon
-            ));
-        }
-        if !(0.0..=1.0).contains(&balance.retry_ratio) {
-            return Err(format!(
-                "retry_ratio {} is out of range: allowed 0 to 1",
-                balance.retry_ratio
-            ));
-        }
-        if balance.eject_after_failures == 0 {
-            return Err("eject_after_failures must be at least 1".to_owned());
-        }
-        if balance.stream_window < ByteSize::kib(64)
-            || balance.connection_window < balance.stream_window
-        {
-            return Err(format!(
-                "windows too small: stream_window ({}) must be at least 64KiB and connection_window ({}) at least stream_window",
-                balance.stream_window, balance.connection_window
-            ));
-        }
-        Ok(Self {
+        let pool = Self {
             name: raw.name,
             members: raw.members,
             identity: raw.identity,
             balance: raw.balance,
-        })
+        };
+        pool.validate().map_err(|(_, message)| message)?;
+        Ok(pool)
+    }
+}
+
+impl PoolSpec {
+    /// A pool `name` of `members` with default balancing and no identity.
+    pub fn new(name: &str, members: Vec<MemberSpec>) -> Self {
+        Self {
+            name: name.to_owned(),
+            members,
+            identity: None,
+            balance: BalanceSpec::default(),
+        }
+    }
+
+    /// Checks every field's range (a file's parser checks the same): else
+    /// the field and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.name.is_empty() {
+            return Err(("name", "a pool needs a name".to_owned()));
+        }
+        let mut seen = HashSet::new();
+        for member in &self.members {
+            member.check().map_err(|m| ("members", m))?;
+            if !seen.insert(member.address.as_str()) {
+                return Err((
+                    "members",
+                    format!(
+                        "pool '{}' lists member '{}' twice",
+                        self.name, member.address
+                    ),
+                ));
+            }
+        }
+        let balance = &self.balance;
+        if !(0.0..=10.0).contains(&balance.load_epsilon) {
+            return Err((
+                "balance.load_epsilon",
+                format!(
+                    "load_epsilon {} is out of range: allowed 0 to 10",
+                    balance.load_epsilon
+                ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&balance.retry_ratio) {
+            return Err((
+                "balance.retry_ratio",
+                format!(
+                    "retry_ratio {} is out of range: allowed 0 to 1",
+                    balance.retry_ratio
+                ),
+            ));
+        }
+        if balance.eject_after_failures == 0 {
+            return Err((
+                "balance.eject_after_failures",
+                "eject_after_failures must be at least 1".to_owned(),
+            ));
+        }
+        if balance.stream_window < ByteSize::kib(64)
+            || balance.connection_window < balance.stream_window
+        {
+            return Err((
+                "balance.stream_window",
+                format!(
+                    "windows too small: stream_window ({}) must be at least 64KiB and connection_window ({}) at least stream_window",
+                    balance.stream_window, balance.connection_window
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -84,10 +84,7 @@ pub struct CacheOverride {
 impl CacheOverride {
     /// Applies these settings to `dataset`'s cache for `role`.
     pub fn apply(&self, role: Role, dataset: &mut DatasetPolicy) {
-        let cache = match role {
-            Role::Worker => &mut dataset.cache.worker,
-            Role::Sidecar => &mut dataset.cache.sidecar,
-        };
+        let cache = dataset.cache_for_mut(role);
         if let Some(size) = self.size {
             cache.size = size;
         }
@@ -133,6 +130,27 @@ impl ProxyConfig {
         let error = |field: String, message: String| ConfigError::in_file(file, field, message);
         crate::pool::check_unique_names(&self.pools)
             .map_err(|(field, message)| error(field, message))?;
+        for (i, pool) in self.pools.iter().enumerate() {
+            pool.validate()
+                .map_err(|(field, message)| error(format!("pools[{i}].{field}"), message))?;
+        }
+        for (i, dataset) in self.datasets.iter().enumerate() {
+            dataset
+                .validate()
+                .map_err(|(field, message)| error(format!("datasets[{i}].{field}"), message))?;
+            if let Some(first) = self.datasets[..i]
+                .iter()
+                .position(|d| d.name == dataset.name || d.bucket == dataset.bucket)
+            {
+                return Err(error(
+                    format!("datasets[{i}]"),
+                    format!(
+                        "data set '{}' (bucket '{}') reuses the name or bucket of datasets[{first}]",
+                        dataset.name, dataset.bucket
+                    ),
+                ));
+            }
+        }
         self.identity
             .check()
             .map_err(|(field, message)| error(field.to_owned(), message))?;

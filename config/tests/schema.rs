@@ -351,3 +351,43 @@ fn every_example_survives_the_wire_and_the_saved_state() {
         assert_eq!(back, datasets, "{}", path.display());
     }
 }
+
+#[test]
+fn policies_built_in_code_are_checked_as_files_are() {
+    use ferry_config::{ByteSize, DatasetPolicy, PoolSpec, ProxyConfig};
+    let mut config = ProxyConfig::default();
+    let mut policy = DatasetPolicy::new("imagenet", "imagenet");
+    policy.origin = Some("synthetic://?count=3".parse().expect("origin"));
+    config.datasets.0.push(policy.clone());
+    config.validate("flags").expect("a default policy is valid");
+
+    let mut tiny = policy.clone();
+    tiny.chunk_size = ByteSize::kib(1);
+    let err = ProxyConfig {
+        datasets: ferry_config::Datasets(vec![tiny]),
+        ..ProxyConfig::default()
+    }
+    .validate("flags")
+    .expect_err("tiny chunks");
+    assert_eq!(err.field, "datasets[0].chunk_size");
+    assert!(err.message.contains("out of range"), "{err}");
+
+    let err = ProxyConfig {
+        datasets: ferry_config::Datasets(vec![policy.clone(), policy.clone()]),
+        ..ProxyConfig::default()
+    }
+    .validate("flags")
+    .expect_err("twice");
+    assert!(err.message.contains("reuses the name or bucket"), "{err}");
+
+    let mut pool = PoolSpec::new("workers", Vec::new());
+    pool.balance.load_epsilon = 11.0;
+    let err = ProxyConfig {
+        role: ferry_config::Role::Sidecar,
+        pools: vec![pool],
+        ..ProxyConfig::default()
+    }
+    .validate("flags")
+    .expect_err("epsilon");
+    assert_eq!(err.field, "pools[0].balance.load_epsilon");
+}

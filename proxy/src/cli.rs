@@ -10,8 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use ferry_config::units::parse_duration;
 use ferry_config::{
     ByteSize, CachePolicy, DatasetPolicy, DiskCacheSpec, HumanDuration, IdentityMode, MemberSpec,
-    MetadataTtl, OriginSpec, PoolDownPolicy, PoolSpec, ProxyConfig, Role, from_yaml,
-    from_yaml_file,
+    MetadataTtl, OriginSpec, PoolDownPolicy, PoolSpec, ProxyConfig, Role, from_yaml_file,
 };
 
 use crate::{runtime, server, telemetry};
@@ -215,37 +214,23 @@ impl Cli {
 }
 
 impl CommonArgs {
-    /// Adds the data set these flags describe (if `--bucket` is given) and
-    /// applies the process-wide flags; `extra` is more of the policy as YAML.
-    fn apply(&self, config: &mut ProxyConfig, role: Role, extra: &str) -> anyhow::Result<()> {
+    /// Adds the data set these flags describe (if `--bucket` is given),
+    /// completed by `role_fields`, and applies the process-wide flags.
+    /// Ranges are checked by the schema's `validate()` with the rest.
+    fn apply(
+        &self,
+        config: &mut ProxyConfig,
+        role: Role,
+        role_fields: impl FnOnce(&mut DatasetPolicy) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         if let Some(bucket) = &self.bucket {
-            let dataset = self.dataset.as_deref().unwrap_or(bucket);
-            // Build the policy through the schema so flags get the same
-            // validation (and messages) as a file.
-            let yaml = format!(
-                "name: {}\nbucket: {}\n{extra}",
-                yaml_string(dataset),
-                yaml_string(bucket)
-            );
-            let mut policy: DatasetPolicy = from_yaml(&yaml, "command line").map_err(|e| {
-                anyhow::anyhow!("{}", e.message).context(format!("invalid flags ({})", e.field))
-            })?;
+            let name = self.dataset.as_deref().unwrap_or(bucket);
+            let mut policy = DatasetPolicy::new(name, bucket);
+            role_fields(&mut policy)?;
             if let Some(size) = self.chunk_size {
-                anyhow::ensure!(
-                    (ferry_config::policy::MIN_CHUNK_SIZE..=ferry_config::policy::MAX_CHUNK_SIZE)
-                        .contains(&size),
-                    "--chunk-size {size} is out of range: allowed {} to {}",
-                    ferry_config::policy::MIN_CHUNK_SIZE,
-                    ferry_config::policy::MAX_CHUNK_SIZE
-                );
                 policy.chunk_size = size;
             }
             if let Some(depth) = self.read_ahead {
-                anyhow::ensure!(
-                    depth <= ferry_config::policy::MAX_READ_AHEAD,
-                    "--read-ahead {depth} is too deep: allowed 0 to {}",
-                    ferry_config::policy::MAX_READ_AHEAD
-                );
                 policy.read_ahead = depth;
             }
             if let Some(ttl) = self.metadata_ttl {
@@ -316,17 +301,24 @@ impl WorkerArgs {
         if self.common.bucket.is_some() && self.origin.is_none() {
             anyhow::bail!("a worker's data set needs --origin URL");
         }
-        let mut extra = self
-            .origin
-            .as_deref()
-            .map_or(String::new(), |o| format!("origin: {}\n", yaml_string(o)));
-        if !self.allow.is_empty() {
-            extra.push_str("allow:\n");
-            for pattern in &self.allow {
-                extra.push_str(&format!("  - {}\n", yaml_string(pattern)));
+        let (origin, allow) = (&self.origin, &self.allow);
+        self.common.apply(config, Role::Worker, |policy| {
+            if let Some(origin) = origin {
+                policy.origin = Some(
+                    origin
+                        .parse()
+                        .map_err(|e| anyhow::anyhow!("--origin: {e}"))?,
+                );
             }
-        }
-        self.common.apply(config, Role::Worker, &extra)?;
+            for pattern in allow {
+                policy.allow.push(
+                    pattern
+                        .parse()
+                        .map_err(|e| anyhow::anyhow!("--allow: {e}"))?,
+                );
+            }
+            Ok(())
+        })?;
         if let Some(inbound) = self.inbound {
             config.inbound = inbound;
         }
@@ -347,26 +339,9 @@ impl SidecarArgs {
                     MemberSpec::parse_flag(m.trim()).map_err(|e| anyhow::anyhow!("--pool: {e}"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            // Through the schema, so an empty or duplicated list is refused as in a file.
-            let yaml = format!(
-                "name: {FLAG_POOL}\nmembers:\n{}",
-                members
-                    .iter()
-                    .map(|m| format!(
-                        "  - {{ address: {}, weight: {} }}\n",
-                        yaml_string(&m.address),
-                        m.weight
-                    ))
-                    .collect::<String>()
-            );
-            let mut pool: PoolSpec =
-                from_yaml(&yaml, "--pool").map_err(|e| anyhow::anyhow!("--pool: {}", e.message))?;
-            for (spec, flag) in pool.members.iter_mut().zip(&members) {
-                spec.zone.clone_from(&flag.zone);
-            }
+            let mut pool = PoolSpec::new(FLAG_POOL, members);
             if let Some(hedge) = &self.hedge {
-                pool.balance.hedge = from_yaml(&yaml_string(hedge), "--hedge")
-                    .map_err(|e| anyhow::anyhow!("--hedge: {}", e.message))?;
+                pool.balance.hedge = hedge.parse().map_err(|e| anyhow::anyhow!("--hedge: {e}"))?;
             }
             if let Some(identity) = &self.worker_identity {
                 pool.identity = Some(
@@ -376,10 +351,6 @@ impl SidecarArgs {
                 );
             }
             if let Some(epsilon) = self.load_epsilon {
-                anyhow::ensure!(
-                    (0.0..=10.0).contains(&epsilon),
-                    "--load-epsilon {epsilon} is out of range: allowed 0 to 10"
-                );
                 pool.balance.load_epsilon = epsilon;
             }
             if let Some(window) = self.h2_stream_window {
@@ -389,11 +360,6 @@ impl SidecarArgs {
             if let Some(window) = self.h2_connection_window {
                 pool.balance.connection_window = window;
             }
-            anyhow::ensure!(
-                pool.balance.stream_window >= ByteSize::kib(64)
-                    && pool.balance.connection_window >= pool.balance.stream_window,
-                "HTTP/2 windows: the stream window must be at least 64KiB and the connection window at least the stream window"
-            );
             if let Some(timeout) = &self.chunk_timeout {
                 pool.balance.chunk_timeout =
                     HumanDuration(parse_duration(timeout).map_err(anyhow::Error::msg)?);
@@ -401,23 +367,25 @@ impl SidecarArgs {
             config.pools.retain(|p| p.name != FLAG_POOL);
             config.pools.push(pool);
         }
-        let mut extra = String::new();
-        if let Some(origin) = &self.origin {
-            extra.push_str(&format!("origin: {}\n", yaml_string(origin)));
-        }
-        if let Some(policy) = self.on_pool_down {
-            extra.push_str(&format!("on_pool_down: {}\n", policy.as_str()));
-        }
-        if !self.pool.is_empty() && config.pools.len() > 1 {
-            extra.push_str(&format!("pool: {FLAG_POOL}\n"));
-        }
-        self.common.apply(config, Role::Sidecar, &extra)
+        let several_pools = !self.pool.is_empty() && config.pools.len() > 1;
+        let (origin, on_pool_down) = (&self.origin, self.on_pool_down);
+        self.common.apply(config, Role::Sidecar, |policy| {
+            if let Some(origin) = origin {
+                policy.origin = Some(
+                    origin
+                        .parse()
+                        .map_err(|e| anyhow::anyhow!("--origin: {e}"))?,
+                );
+            }
+            if let Some(on_pool_down) = on_pool_down {
+                policy.on_pool_down = on_pool_down;
+            }
+            if several_pools {
+                policy.pool = Some(FLAG_POOL.to_owned());
+            }
+            Ok(())
+        })
     }
-}
-
-/// Quotes a flag value as a YAML string.
-fn yaml_string(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
 }
 
 /// Runs the proxy described by `cli` until SIGINT, SIGTERM or `/shutdown`.

@@ -2,7 +2,6 @@
 //! from their origins through a chunk cache behind an S3 front door.
 
 pub mod admin;
-pub mod balance;
 pub mod cache;
 pub mod chunk;
 pub mod cli;
@@ -19,3 +18,4 @@ pub mod s3;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod upstream;

@@ -128,10 +128,7 @@ impl Admin {
                     dataset: d.policy.name.clone(),
                     bucket: d.policy.bucket.clone(),
                     policy: cache.policy(),
-                    capacity_bytes: match role {
-                        ferry_config::Role::Worker => d.policy.cache.worker.size.bytes(),
-                        ferry_config::Role::Sidecar => d.policy.cache.sidecar.size.bytes(),
-                    },
+                    capacity_bytes: d.policy.cache_for(role).size.bytes(),
                     used_bytes: cache.used_bytes(),
                     chunks: cache.entries(),
                     metadata_objects: d.metadata.cached_objects(),

@@ -1,6 +1,7 @@
 //! The chunk layer: a byte range becomes aligned chunks; each chunk comes from
 //! the cache, from a fetch already in flight, or from one new upstream fetch.
-//! Bytes in flight are bounded; sequential readers get read-ahead.
+//! Bytes in flight are bounded; sequential readers get read-ahead. Every
+//! front door (S3, the mount) reads through [`ChunkStore::read`].
 
 mod readahead;
 mod staging;
@@ -10,14 +11,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::cache::{ChunkCache, ChunkKey, DiskTier};
 use crate::flight::SingleFlight;
 use crate::metadata::ObjectInfo;
-use crate::origin::{Origin, OriginError};
+use crate::origin::OriginError;
 use crate::telemetry::DatasetMetrics;
+use crate::upstream::Upstream;
 
 pub use readahead::SequentialDetector;
 pub use staging::Staging;
@@ -91,15 +94,40 @@ impl Source {
     }
 }
 
+/// Whether a read may have the chunks after it fetched in advance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadAhead {
+    /// When this reader looks sequential (an app's front door: S3, the mount).
+    IfSequential,
+    /// Never: a worker serving a sidecar, which reads ahead itself, chunk by
+    /// chunk, from each chunk's owner (a worker reading ahead would cache
+    /// chunks other workers own).
+    Never,
+}
+
+/// The bytes of one read: the first chunk's share in hand (so a failure
+/// shows before a response starts), the rest as they arrive, in order.
+pub struct ChunkRead {
+    /// Where the first chunk came from.
+    pub first_source: Source,
+    /// The first chunk's bytes of the range.
+    pub head: Bytes,
+    /// The other chunks' bytes; an error ends the read, which must then be
+    /// aborted, never padded or cut short silently.
+    pub rest: Option<BoxStream<'static, Result<Bytes, OriginError>>>,
+}
+
 /// Chunks of one data set.
 pub struct ChunkStore {
     cache: ChunkCache,
     disk: Option<Arc<DiskTier>>,
     staging: Staging,
     flights: Arc<SingleFlight<ChunkKey, Bytes, OriginError>>,
-    origin: Arc<dyn Origin>,
+    upstream: Upstream,
     budget: Arc<FetchBudget>,
     chunk_size: u64,
+    read_ahead: u32,
+    sequential: SequentialDetector,
     timeout: Duration,
     metrics: Arc<DatasetMetrics>,
 }
@@ -117,14 +145,16 @@ pub struct ChunkStoreParts {
     pub cache: ChunkCache,
     /// The local-disk tier below it, on workers that have one.
     pub disk: Option<Arc<DiskTier>>,
-    /// Upstream.
-    pub origin: Arc<dyn Origin>,
+    /// Upstream: the origin, or the worker pool.
+    pub upstream: Upstream,
     /// Shared bound on bytes in flight.
     pub budget: Arc<FetchBudget>,
     /// Bytes of read-ahead kept aside when the cache does not admit it.
     pub staging_bytes: u64,
     /// Chunk size.
     pub chunk_size: u64,
+    /// Chunks fetched ahead of a sequential reader.
+    pub read_ahead: u32,
     /// Deadline of one upstream fetch.
     pub timeout: Duration,
     /// Metrics.
@@ -139,9 +169,11 @@ impl ChunkStore {
             disk: parts.disk,
             staging: Staging::new(parts.staging_bytes),
             flights: Arc::new(SingleFlight::new(lost)),
-            origin: parts.origin,
+            upstream: parts.upstream,
             budget: parts.budget,
             chunk_size: parts.chunk_size,
+            read_ahead: parts.read_ahead,
+            sequential: SequentialDetector::default(),
             timeout: parts.timeout,
             metrics: parts.metrics,
         }
@@ -160,6 +192,81 @@ impl ChunkStore {
     /// The disk tier, if there is one.
     pub fn disk(&self) -> Option<&Arc<DiskTier>> {
         self.disk.as_ref()
+    }
+
+    /// The bytes of `range` (non-empty, within the object) of `object`:
+    /// the first chunk fetched now, the rest streamed in order as they
+    /// arrive, a window of read-ahead deep; with `ahead` and a reader that
+    /// goes front to back, the chunks after it are fetched in advance. Each
+    /// chunk is checked against its place in the object.
+    pub async fn read(
+        self: &Arc<Self>,
+        object: &Arc<ObjectInfo>,
+        range: Range<u64>,
+        ahead: ReadAhead,
+    ) -> Result<ChunkRead, OriginError> {
+        let chunk_size = self.chunk_size;
+        let chunks = chunks_of(&range, chunk_size);
+        let (first, last) = (*chunks.start(), *chunks.end());
+        if ahead == ReadAhead::IfSequential
+            && self.read_ahead > 0
+            && object.meta.size > chunk_size
+            && self.sequential.observe(object.fingerprint, first, last)
+        {
+            let final_chunk = ((object.meta.size - 1) / chunk_size) as u32;
+            for index in (last + 1)..=last.saturating_add(self.read_ahead).min(final_chunk) {
+                let _ = self.prefetch(object, index);
+            }
+        }
+        // A chunk memory holds is an attribute of the caller's span; a
+        // lookup that has to wait (for a worker, the disk or the origin)
+        // gets a span of its own. A traced hit thus costs one span, not two.
+        let (chunk, first_source) = match self.get_in_memory(object, first) {
+            Some(found) => found,
+            None => {
+                let lookup = tracing::debug_span!(
+                    "cache lookup",
+                    chunk = first,
+                    chunks = last - first + 1,
+                    outcome = tracing::field::Empty,
+                );
+                let found = self.fetch(object, first).instrument(lookup.clone()).await?;
+                if !lookup.is_disabled() {
+                    lookup.record("outcome", found.1.as_str());
+                }
+                found
+            }
+        };
+        check_chunk(&chunk, first, chunk_size, object)?;
+        let head = slice_in_range(&chunk, first, chunk_size, &range);
+        if first == last {
+            return Ok(ChunkRead {
+                first_source,
+                head,
+                rest: None,
+            });
+        }
+        let window = self.read_ahead.max(1) as usize + 1;
+        let this = Arc::clone(self);
+        let object = Arc::clone(object);
+        let rest = stream::iter((first + 1)..=last)
+            .map(move |index| {
+                let this = Arc::clone(&this);
+                let object = Arc::clone(&object);
+                let range = range.clone();
+                async move {
+                    let (chunk, _) = this.get(&object, index).await?;
+                    check_chunk(&chunk, index, chunk_size, &object)?;
+                    Ok(slice_in_range(&chunk, index, chunk_size, &range))
+                }
+            })
+            .buffered(window)
+            .boxed();
+        Ok(ChunkRead {
+            first_source,
+            head,
+            rest: Some(rest),
+        })
     }
 
     /// Chunk `index` of `object`, fetched once however many ask at once.
@@ -277,16 +384,16 @@ impl ChunkStore {
                         .map_err(|_| lost())?;
                     this.metrics.origin_gets.increment(1);
                     let started = Instant::now();
-                    let read = this
-                        .origin
-                        .read(&object.meta.key, range.clone(), &object.meta.etag);
+                    let read =
+                        this.upstream
+                            .read(&object.meta.key, range.clone(), &object.meta.etag);
                     // A pool's attempts have spans of their own; an origin read is one.
-                    let span = match this.origin.worker_pool() {
-                        Some(_) => tracing::Span::none(),
-                        None => tracing::debug_span!(
+                    let span = match &this.upstream {
+                        Upstream::Pool(_) => tracing::Span::none(),
+                        Upstream::Origin(origin) => tracing::debug_span!(
                             "origin fetch",
                             otel.kind = "client",
-                            origin = this.origin.describe(),
+                            origin = origin.describe(),
                             bytes = range.end - range.start,
                         ),
                     };
@@ -299,7 +406,7 @@ impl ChunkStore {
                         .await
                         .unwrap_or_else(|_| {
                             Err(OriginError::unavailable(
-                                this.origin.describe(),
+                                this.upstream.describe(),
                                 format!(
                                     "chunk {} of '{}' got no answer within {:?}",
                                     key.index, object.meta.key, this.timeout
@@ -333,6 +440,36 @@ impl ChunkStore {
     }
 }
 
+/// The part of chunk `index` (holding `chunk`) that falls inside `range`.
+fn slice_in_range(chunk: &Bytes, index: u32, chunk_size: u64, range: &Range<u64>) -> Bytes {
+    let chunk_start = u64::from(index) * chunk_size;
+    let from = range.start.max(chunk_start) - chunk_start;
+    let to = range.end.min(chunk_start + chunk.len() as u64) - chunk_start;
+    chunk.slice(from as usize..to as usize)
+}
+
+/// A chunk must be exactly as long as its place in the object says.
+fn check_chunk(
+    chunk: &Bytes,
+    index: u32,
+    chunk_size: u64,
+    object: &ObjectInfo,
+) -> Result<(), OriginError> {
+    let expected = chunk_range(index, chunk_size, object.meta.size);
+    if chunk.len() as u64 == expected.end - expected.start {
+        Ok(())
+    } else {
+        Err(OriginError::Corrupt {
+            key: object.meta.key.clone(),
+            detail: format!(
+                "chunk {index} has {} bytes where {} were expected",
+                chunk.len(),
+                expected.end - expected.start
+            ),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,7 +490,7 @@ mod tests {
     use futures::future::BoxFuture;
 
     use crate::cache::CacheCounters;
-    use crate::origin::{ListPage, ObjectMeta};
+    use crate::origin::{ListPage, ObjectMeta, Origin};
     use ferry_config::{ByteSize, CachePolicy, CacheSpec};
 
     /// An origin that records how many reads run at once.
@@ -411,10 +548,11 @@ mod tests {
                 },
             ),
             disk: None,
-            origin,
+            upstream: Upstream::Origin(origin),
             budget: FetchBudget::new(budget_bytes),
             staging_bytes: 1 << 20,
             chunk_size: 64 * 1024,
+            read_ahead: 4,
             timeout: Duration::from_secs(5),
             metrics,
         }))

@@ -10,15 +10,16 @@ use anyhow::Context;
 
 use ferry_config::{CachePolicy, DatasetPolicy, PoolDownPolicy, ProxyConfig, Role};
 
-use crate::balance::{Pool, PoolTls};
 use crate::cache::disk::persistent_seed;
 use crate::cache::{ChunkCache, DiskCounters, DiskTier};
-use crate::chunk::{ChunkStore, ChunkStoreParts, FetchBudget, SequentialDetector};
-use crate::metadata::{MetadataCache, MetadataSettings};
-use crate::origin::{self, Origin};
+use crate::chunk::{ChunkRead, ChunkStore, ChunkStoreParts, FetchBudget, ReadAhead};
+use crate::metadata::{MetadataCache, MetadataSettings, ObjectInfo};
+use crate::origin::{self, OriginError};
 use crate::outbound::PoolUpstream;
+use crate::outbound::balance::{Pool, PoolTls};
 use crate::telemetry::{DatasetMetrics, Direction, TrafficMetrics};
 use crate::tls::TlsState;
+use crate::upstream::Upstream;
 
 /// Read-ahead streams whose chunks may wait in staging at once.
 const STAGED_STREAMS: u64 = 8;
@@ -28,13 +29,11 @@ pub struct Dataset {
     /// Its policy.
     pub policy: DatasetPolicy,
     /// Where misses go: the origin (worker) or the pool (sidecar).
-    pub upstream: Arc<dyn Origin>,
+    pub upstream: Upstream,
     /// Object metadata and listings.
     pub metadata: Arc<MetadataCache>,
     /// Chunks.
     pub chunks: Arc<ChunkStore>,
-    /// Sequential-reader detection for read-ahead.
-    pub sequential: Arc<SequentialDetector>,
     /// Metrics.
     pub metrics: Arc<DatasetMetrics>,
 }
@@ -53,15 +52,12 @@ impl Dataset {
         policy: &DatasetPolicy,
         role: Role,
         config: &ProxyConfig,
-        upstream: Arc<dyn Origin>,
+        upstream: Upstream,
         budget: Arc<FetchBudget>,
         disk: Option<DiskPlacement>,
         metrics: Arc<DatasetMetrics>,
     ) -> Self {
-        let cache_spec = match role {
-            Role::Worker => policy.cache.worker,
-            Role::Sidecar => policy.cache.sidecar,
-        };
+        let cache_spec = *policy.cache_for(role);
         metrics.memory.capacity.set(cache_spec.size.bytes() as f64);
         let timeout = config.limits.upstream_timeout.0;
         let chunk_size = policy.chunk_size.bytes();
@@ -74,10 +70,11 @@ impl Dataset {
         let chunks = Arc::new(ChunkStore::new(ChunkStoreParts {
             cache: ChunkCache::new(cache_spec, metrics.memory.cache_counters()),
             disk: disk.map(|d| d.tier),
-            origin: upstream.clone(),
+            upstream: upstream.clone(),
             budget,
             staging_bytes,
             chunk_size,
+            read_ahead: policy.read_ahead,
             timeout,
             metrics: metrics.clone(),
         }));
@@ -98,8 +95,40 @@ impl Dataset {
             upstream,
             metadata,
             chunks,
-            sequential: Arc::default(),
             metrics,
+        }
+    }
+
+    /// The bytes of `range` (non-empty) of `object`, from the chunk layer
+    /// (`ahead`: whether a sequential reader gets read-ahead). An object
+    /// that changed at the origin is forgotten here, so the next request
+    /// reads its new version.
+    pub async fn read(
+        &self,
+        object: &Arc<ObjectInfo>,
+        range: std::ops::Range<u64>,
+        ahead: ReadAhead,
+    ) -> Result<ChunkRead, OriginError> {
+        let mut read = self
+            .chunks
+            .read(object, range, ahead)
+            .await
+            .inspect_err(|e| self.forget_if_changed(e))?;
+        if let Some(rest) = read.rest.take() {
+            let metadata = Arc::clone(&self.metadata);
+            read.rest = Some(Box::pin(futures::StreamExt::inspect(rest, move |piece| {
+                if let Err(OriginError::Changed { key }) = piece {
+                    metadata.invalidate(key);
+                }
+            })));
+        }
+        Ok(read)
+    }
+
+    /// Forgets the metadata of an object `err` says changed.
+    pub fn forget_if_changed(&self, err: &OriginError) {
+        if let OriginError::Changed { key } = err {
+            self.metadata.invalidate(key);
         }
     }
 
@@ -111,7 +140,6 @@ impl Dataset {
             upstream: self.upstream.clone(),
             metadata: self.metadata.clone(),
             chunks: self.chunks.clone(),
-            sequential: self.sequential.clone(),
             metrics: self.metrics.clone(),
         }
     }
@@ -138,7 +166,7 @@ fn same_pool(
     let Ok(spec) = policy.pool_in(&config.pools) else {
         return false;
     };
-    match (pools.get(spec.name.as_str()), old.upstream.worker_pool()) {
+    match (pools.get(spec.name.as_str()), old.upstream.pool()) {
         (Some(now), Some(before)) => Arc::ptr_eq(now, before),
         _ => false,
     }
@@ -269,9 +297,11 @@ impl Datasets {
                 });
                 continue;
             }
-            let upstream: Arc<dyn Origin> = match config.role {
-                Role::Worker => origin::from_policy(policy, &origins)
-                    .with_context(|| format!("data set '{name}'"))?,
+            let upstream = match config.role {
+                Role::Worker => Upstream::Origin(
+                    origin::from_policy(policy, &origins)
+                        .with_context(|| format!("data set '{name}'"))?,
+                ),
                 Role::Sidecar => {
                     let spec = policy.pool_in(&config.pools).map_err(anyhow::Error::msg)?;
                     let pool = pools.get(spec.name.as_str()).cloned().with_context(|| {
@@ -285,7 +315,7 @@ impl Datasets {
                         }
                         PoolDownPolicy::Fail => None,
                     };
-                    Arc::new(PoolUpstream::new(pool, &policy.bucket, fallback))
+                    Upstream::Pool(Arc::new(PoolUpstream::new(pool, &policy.bucket, fallback)))
                 }
             };
             let metrics = Arc::new(DatasetMetrics::new(name));

@@ -14,8 +14,9 @@ use http::HeaderValue;
 use ferry_config::MetadataTtl;
 
 use crate::flight::SingleFlight;
-use crate::origin::{ObjectMeta, Origin, OriginError};
+use crate::origin::{ObjectMeta, OriginError};
 use crate::telemetry::DatasetMetrics;
+use crate::upstream::Upstream;
 
 /// One version of one object, with what responses about it need precomputed.
 #[derive(Debug)]
@@ -83,7 +84,7 @@ struct ListingSet {
 
 /// Metadata and listing cache of one data set.
 pub struct MetadataCache {
-    origin: Arc<dyn Origin>,
+    origin: Upstream,
     objects: quick_cache::sync::Cache<String, Arc<ObjectInfo>>,
     listings: Mutex<ListingSet>,
     heads: Arc<SingleFlight<String, Arc<ObjectInfo>, OriginError>>,
@@ -121,12 +122,8 @@ pub struct MetadataSettings {
 }
 
 impl MetadataCache {
-    /// An empty cache in front of `origin`.
-    pub fn new(
-        origin: Arc<dyn Origin>,
-        settings: MetadataSettings,
-        metrics: Arc<DatasetMetrics>,
-    ) -> Self {
+    /// An empty cache in front of `origin` (the data set's upstream).
+    pub fn new(origin: Upstream, settings: MetadataSettings, metrics: Arc<DatasetMetrics>) -> Self {
         Self {
             origin,
             objects: quick_cache::sync::Cache::new(settings.object_capacity.max(1)),
@@ -337,7 +334,7 @@ mod tests {
     use bytes::Bytes;
     use futures::future::BoxFuture;
 
-    use crate::origin::ListPage;
+    use crate::origin::{ListPage, Origin};
 
     /// An in-memory origin that counts what it is asked.
     #[derive(Default)]
@@ -402,7 +399,7 @@ mod tests {
         warm_listing: bool,
     ) -> Arc<MetadataCache> {
         Arc::new(MetadataCache::new(
-            origin,
+            Upstream::Origin(origin),
             MetadataSettings {
                 ttl,
                 object_capacity: 100,

@@ -83,6 +83,14 @@ pub enum OriginError {
         /// The operation.
         what: &'static str,
     },
+    /// What was read does not fit the object (a chunk of the wrong length).
+    #[error("object '{key}' came back inconsistent: {detail}")]
+    Corrupt {
+        /// The key read.
+        key: String,
+        /// What did not fit.
+        detail: String,
+    },
     /// The origin is down, slow or answered nonsense.
     #[error("origin {origin} is unavailable: {detail}")]
     Unavailable {
@@ -119,11 +127,6 @@ pub trait Origin: Send + Sync + 'static {
         range: Range<u64>,
         etag: &'a str,
     ) -> BoxFuture<'a, Result<Bytes, OriginError>>;
-
-    /// The worker pool behind this upstream, when it is one (a sidecar's).
-    fn worker_pool(&self) -> Option<&std::sync::Arc<crate::balance::Pool>> {
-        None
-    }
 
     /// Refuses keys this origin would never serve (e.g. ones that escape a
     /// directory), before any cache or listing answers for them.

@@ -15,9 +15,9 @@ use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 
-use crate::balance::{Member, Pool};
 use crate::origin::wire::{self, WEAK_PREFIX};
 use crate::origin::{ListPage, ObjectMeta, Origin, OriginError, check_length};
+use crate::outbound::balance::{Member, Pool};
 use crate::telemetry::traces;
 use tracing::Instrument;
 
@@ -417,10 +417,6 @@ fn route_of(key: &str, offset: u64) -> u64 {
 impl Origin for PoolUpstream {
     fn describe(&self) -> &str {
         &self.describe
-    }
-
-    fn worker_pool(&self) -> Option<&Arc<Pool>> {
-        Some(self.pool())
     }
 
     fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectMeta, OriginError>> {

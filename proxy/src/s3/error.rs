@@ -114,6 +114,7 @@ impl S3Error {
                 Self::unavailable(format!("{err}; retry to read the new version"))
             }
             OriginError::Unavailable { .. } => Self::unavailable(err.to_string()),
+            OriginError::Corrupt { .. } => Self::internal(err.to_string()),
         }
     }
 

@@ -6,7 +6,6 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use bytes::Bytes;
 use futures::{StreamExt, stream};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 
@@ -17,7 +16,7 @@ use super::list::{self, ListRequest, ListSource};
 use super::range::ByteRange;
 use super::route::{self, Operation};
 use super::xml::{self, ListingFlavour, ListingPage};
-use crate::chunk::{chunk_range, chunks_of};
+use crate::chunk::ReadAhead;
 use crate::dataset::{Dataset, Datasets};
 use crate::mesh::Mesh;
 use crate::metadata::ObjectInfo;
@@ -261,9 +260,7 @@ fn xml_response(document: String) -> Response<ProxyBody> {
 
 /// Maps an origin failure, forgetting metadata the origin says is stale.
 fn origin_failure(dataset: &Dataset, err: OriginError) -> S3Error {
-    if let OriginError::Changed { key } = &err {
-        dataset.metadata.invalidate(key);
-    }
+    dataset.forget_if_changed(&err);
     S3Error::from_origin(err, &dataset.policy.bucket)
 }
 
@@ -330,19 +327,10 @@ async fn get_object(
     Ok(response)
 }
 
-/// The part of chunk `index` (holding `chunk`) that falls inside `range`.
-fn slice_in_range(chunk: &Bytes, index: u32, chunk_size: u64, range: &Range<u64>) -> Bytes {
-    let chunk_start = u64::from(index) * chunk_size;
-    let from = range.start.max(chunk_start) - chunk_start;
-    let to = range.end.min(chunk_start + chunk.len() as u64) - chunk_start;
-    chunk.slice(from as usize..to as usize)
-}
-
-/// The body for a non-empty `range`: the first chunk is fetched before the
-/// response starts (so an origin failure is a clean 503), the rest stream.
-/// Read-ahead belongs to the app's front door: a worker's inbound requests
-/// come from sidecars that read ahead themselves, chunk by chunk, from each
-/// chunk's owner; a worker reading ahead would cache chunks other workers own.
+/// The body for a non-empty `range`: the first chunk is in hand before the
+/// response starts (so an origin failure is a clean 503), the rest stream
+/// as the chunk layer delivers them. Read-ahead is the app's front door's:
+/// a worker's inbound requests come from sidecars that read ahead themselves.
 async fn body_of(
     dataset: &Arc<Dataset>,
     info: &Arc<ObjectInfo>,
@@ -350,103 +338,28 @@ async fn body_of(
     direction: Direction,
     request_span: &tracing::Span,
 ) -> Result<ProxyBody, S3Error> {
-    let store = &dataset.chunks;
-    let chunk_size = store.chunk_size();
-    let span = chunks_of(&range, chunk_size);
-    let (first, last) = (*span.start(), *span.end());
-    let read_ahead = dataset.policy.read_ahead;
-    if direction == Direction::Outbound && read_ahead > 0 && info.meta.size > chunk_size {
-        let final_chunk = ((info.meta.size - 1) / chunk_size) as u32;
-        if dataset.sequential.observe(info.fingerprint, first, last) {
-            for index in (last + 1)..=last.saturating_add(read_ahead).min(final_chunk) {
-                let _ = store.prefetch(info, index);
-            }
-        }
-    }
-    // A chunk memory holds is an attribute of the request's span; a lookup
-    // that has to wait (for a worker, the disk or the origin) gets a span of
-    // its own. A traced hit thus costs one span, not two.
-    let (chunk, source) = match store.get_in_memory(info, first) {
-        Some(found) => found,
-        None => {
-            let lookup = tracing::debug_span!(
-                "cache lookup",
-                chunk = first,
-                chunks = last - first + 1,
-                outcome = tracing::field::Empty,
-            );
-            let found = store
-                .fetch(info, first)
-                .instrument(lookup.clone())
-                .await
-                .map_err(|e| origin_failure(dataset, e))?;
-            if !lookup.is_disabled() {
-                lookup.record("outcome", found.1.as_str());
-            }
-            found
-        }
+    let ahead = match direction {
+        Direction::Outbound => ReadAhead::IfSequential,
+        Direction::Inbound => ReadAhead::Never,
     };
-    if !request_span.is_disabled() {
-        request_span.record("cache.outcome", source.as_str());
-    }
-    check_chunk(&chunk, first, chunk_size, info)?;
-    let head = slice_in_range(&chunk, first, chunk_size, &range);
-    if first == last {
-        return Ok(ProxyBody::Full(Some(head)));
-    }
     let remaining = range.end - range.start;
-    let window = read_ahead.max(1) as usize + 1;
-    let sent_bytes = dataset.metrics.traffic(direction).response_bytes.clone();
-    let dataset = Arc::clone(dataset);
-    let info = Arc::clone(info);
-    let rest = stream::iter((first + 1)..=last)
-        .map(move |index| {
-            let dataset = Arc::clone(&dataset);
-            let info = Arc::clone(&info);
-            let range = range.clone();
-            async move {
-                let (chunk, _) = dataset.chunks.get(&info, index).await.inspect_err(|e| {
-                    if let OriginError::Changed { key } = e {
-                        dataset.metadata.invalidate(key);
-                    }
-                })?;
-                check_chunk(&chunk, index, chunk_size, &info).map_err(|e| {
-                    OriginError::Unavailable {
-                        origin: "chunk layer".to_owned(),
-                        detail: e.message,
-                    }
-                })?;
-                Ok(slice_in_range(&chunk, index, chunk_size, &range))
-            }
-        })
-        .buffered(window);
-    Ok(ProxyBody::Stream {
-        chunks: stream::once(futures::future::ready(Ok(head)))
-            .chain(rest)
-            .boxed(),
-        remaining,
-        sent: sent_bytes,
-    })
-}
-
-/// A chunk must be exactly as long as its place in the object says.
-fn check_chunk(
-    chunk: &Bytes,
-    index: u32,
-    chunk_size: u64,
-    info: &ObjectInfo,
-) -> Result<(), S3Error> {
-    let expected = chunk_range(index, chunk_size, info.meta.size);
-    if chunk.len() as u64 == expected.end - expected.start {
-        Ok(())
-    } else {
-        Err(S3Error::internal(format!(
-            "chunk {index} of '{}' has {} bytes where {} were expected",
-            info.meta.key,
-            chunk.len(),
-            expected.end - expected.start
-        )))
+    let read = dataset
+        .read(info, range, ahead)
+        .await
+        .map_err(|e| S3Error::from_origin(e, &dataset.policy.bucket))?;
+    if !request_span.is_disabled() {
+        request_span.record("cache.outcome", read.first_source.as_str());
     }
+    Ok(match read.rest {
+        None => ProxyBody::Full(Some(read.head)),
+        Some(rest) => ProxyBody::Stream {
+            chunks: stream::once(futures::future::ready(Ok(read.head)))
+                .chain(rest)
+                .boxed(),
+            remaining,
+            sent: dataset.metrics.traffic(direction).response_bytes.clone(),
+        },
+    })
 }
 
 async fn list_objects<B>(
