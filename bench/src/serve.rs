@@ -211,21 +211,22 @@ fn list<B>(spec: &SyntheticSpec, request: &Request<B>) -> Response<Full<Bytes>> 
             _ => {}
         }
     }
-    // Keys sort in index order, so a listing resumes right after its cursor.
-    let first = if start_after.is_empty() {
-        0
-    } else {
-        match spec.index_of(&start_after) {
-            Some(index) => index + 1,
-            None => (0..spec.count)
-                .find(|&i| spec.key(i) > start_after)
-                .unwrap_or(spec.count),
+    // Keys sort by position (class by class), so a listing resumes at the
+    // first position past its cursor.
+    let (mut first, mut past) = (0, spec.count);
+    while first < past {
+        let middle = first + (past - first) / 2;
+        if spec.key(spec.index_at(middle)) <= start_after {
+            first = middle + 1;
+        } else {
+            past = middle;
         }
-    };
+    }
     let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult>");
     let mut listed = 0;
     let mut truncated = false;
-    for index in first..spec.count {
+    for position in first..spec.count {
+        let index = spec.index_at(position);
         let key = spec.key(index);
         if !key.starts_with(&prefix) {
             continue;

@@ -33,6 +33,9 @@ pub struct SyntheticSpec {
     pub suffix: String,
     /// Emulated time to first byte of every origin read (a remote store's latency).
     pub latency: Duration,
+    /// Class directories, like an ImageFolder tree: object `i` is in
+    /// `class{i mod classes}/` (0: no directories).
+    pub classes: u64,
 }
 
 /// Spread of the log-normal size distribution (natural-log standard deviation).
@@ -52,6 +55,7 @@ impl Default for SyntheticSpec {
             prefix: String::new(),
             suffix: ".jpg".to_owned(),
             latency: Duration::ZERO,
+            classes: 0,
         }
     }
 }
@@ -94,10 +98,15 @@ impl SyntheticSpec {
                     suffix_given = true;
                 }
                 "latency" => spec.latency = parse_duration(value)?,
+                "classes" => {
+                    spec.classes = value.parse().ok().filter(|c| *c <= 10_000).ok_or_else(|| {
+                        format!("classes '{value}' is not a whole number up to 10000")
+                    })?
+                }
                 other => {
                     return Err(format!(
                         "unknown synthetic parameter '{other}': expected count, size, seed, \
-                         dist, prefix, suffix or latency"
+                         dist, prefix, suffix, latency or classes"
                     ));
                 }
             }
@@ -139,29 +148,68 @@ impl SyntheticSpec {
                 humantime::format_duration(self.latency)
             ));
         }
+        if self.classes > 0 {
+            url.push_str(&format!("&classes={}", self.classes));
+        }
         url
     }
 
     /// The key of object `index`.
     pub fn key(&self, index: u64) -> String {
-        format!(
-            "{}{index:0width$}{}",
-            self.prefix,
-            self.suffix,
-            width = KEY_DIGITS
-        )
+        match self.classes {
+            0 => format!(
+                "{}{index:0width$}{}",
+                self.prefix,
+                self.suffix,
+                width = KEY_DIGITS
+            ),
+            classes => format!(
+                "{}class{:04}/{index:0width$}{}",
+                self.prefix,
+                index % classes,
+                self.suffix,
+                width = KEY_DIGITS
+            ),
+        }
     }
 
     /// The index of the object named `key`, if it belongs to this data set.
     pub fn index_of(&self, key: &str) -> Option<u64> {
-        let digits = key
-            .strip_prefix(self.prefix.as_str())?
-            .strip_suffix(self.suffix.as_str())?;
+        let rest = key.strip_prefix(self.prefix.as_str())?;
+        let (class, rest) = match self.classes {
+            0 => (None, rest),
+            _ => {
+                let (dir, rest) = rest.split_once('/')?;
+                let class: u64 = dir.strip_prefix("class")?.parse().ok()?;
+                (Some(class), rest)
+            }
+        };
+        let digits = rest.strip_suffix(self.suffix.as_str())?;
         if digits.len() != KEY_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
         let index: u64 = digits.parse().ok()?;
-        (index < self.count).then_some(index)
+        let in_class = class.is_none_or(|c| self.classes > 0 && index % self.classes == c);
+        (index < self.count && in_class).then_some(index)
+    }
+
+    /// The index of the object at `position` in key order (class by class,
+    /// when there are classes).
+    pub fn index_at(&self, position: u64) -> u64 {
+        let classes = self.classes.min(self.count);
+        if classes == 0 {
+            return position;
+        }
+        // The first `long` classes hold one object more than the others.
+        let (short, long) = (self.count / classes, self.count % classes);
+        let long_objects = long * (short + 1);
+        let (class, within) = if position < long_objects {
+            (position / (short + 1), position % (short + 1))
+        } else {
+            let rest = position - long_objects;
+            (long + rest / short, rest % short)
+        };
+        class + within * self.classes
     }
 
     /// The size in bytes of object `index`.
@@ -290,5 +338,28 @@ mod tests {
             SyntheticSpec::from_query(spec.to_url().strip_prefix("synthetic://?").expect("prefix"))
                 .expect("again");
         assert_eq!(spec, again);
+    }
+
+    #[test]
+    fn classes_make_directories_listed_in_key_order() {
+        let spec = SyntheticSpec::from_query("count=10&classes=3&prefix=train/").expect("spec");
+        assert_eq!(spec.key(7), "train/class0001/00000007.jpg");
+        assert_eq!(spec.index_of("train/class0001/00000007.jpg"), Some(7));
+        assert_eq!(
+            spec.index_of("train/class0002/00000007.jpg"),
+            None,
+            "wrong class"
+        );
+        let keys: Vec<String> = (0..10).map(|p| spec.key(spec.index_at(p))).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted, "positions are key order");
+        let mut indices: Vec<u64> = (0..10).map(|p| spec.index_at(p)).collect();
+        indices.sort_unstable();
+        assert_eq!(indices, (0..10).collect::<Vec<_>>(), "every object once");
+        assert_eq!(
+            SyntheticSpec::from_query(&spec.to_query()).expect("round trip"),
+            spec
+        );
     }
 }

@@ -13,6 +13,7 @@ use ferry_config::{CachePolicy, DatasetPolicy, PoolDownPolicy, ProxyConfig, Role
 use crate::cache::disk::persistent_seed;
 use crate::cache::{ChunkCache, DiskCounters, DiskTier};
 use crate::chunk::{ChunkRead, ChunkStore, ChunkStoreParts, FetchBudget, ReadAhead};
+use crate::metadata::list::{self, ListOutcome, ListRequest, ListSource};
 use crate::metadata::{MetadataCache, MetadataSettings, ObjectInfo};
 use crate::origin::{self, OriginError};
 use crate::outbound::PoolUpstream;
@@ -123,6 +124,16 @@ impl Dataset {
             })));
         }
         Ok(read)
+    }
+
+    /// One page of the listing `request` describes: from the cached listing
+    /// of the data set when there is one, else from the upstream's pages.
+    pub async fn list(&self, request: &ListRequest<'_>) -> Result<ListOutcome, OriginError> {
+        let source = match self.metadata.listing(request.prefix).await? {
+            Some(listing) => ListSource::Cached(listing),
+            None => ListSource::Origin(Arc::clone(&self.metadata)),
+        };
+        list::list(&source, request).await
     }
 
     /// Forgets the metadata of an object `err` says changed.

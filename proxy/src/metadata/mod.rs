@@ -2,6 +2,8 @@
 //! TTL so an epoch makes no repeated HEAD or LIST round trips to the origin.
 //! A cached listing also answers metadata lookups for the keys it holds.
 
+pub mod list;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -96,11 +96,11 @@ impl Origin for SyntheticOrigin {
     ) -> BoxFuture<'a, Result<ListPage, OriginError>> {
         Box::pin(async move {
             self.emulate_latency().await;
-            // Keys sort in index order (fixed-width numbers), so the first key
-            // at or past a bound is found by binary search over indices.
+            // Keys sort by position (class by class, fixed-width numbers), so
+            // the first key at or past a bound is found by binary search.
             let first_at_or_after = |bound: &str, inclusive: bool| {
-                partition_point(self.spec.count, |i| {
-                    let key = self.spec.key(i);
+                partition_point(self.spec.count, |position| {
+                    let key = self.spec.key(self.spec.index_at(position));
                     if inclusive {
                         key.as_str() < bound
                     } else {
@@ -108,13 +108,13 @@ impl Origin for SyntheticOrigin {
                     }
                 })
             };
-            let mut index = first_at_or_after(prefix, true);
+            let mut position = first_at_or_after(prefix, true);
             if let Some(after) = start_after {
-                index = index.max(first_at_or_after(after, false));
+                position = position.max(first_at_or_after(after, false));
             }
             let mut page = ListPage::default();
-            while index < self.spec.count {
-                let meta = self.meta(index);
+            while position < self.spec.count {
+                let meta = self.meta(self.spec.index_at(position));
                 if !meta.key.starts_with(prefix) {
                     break;
                 }
@@ -123,14 +123,14 @@ impl Origin for SyntheticOrigin {
                     break;
                 }
                 page.objects.push(meta);
-                index += 1;
+                position += 1;
             }
             Ok(page)
         })
     }
 }
 
-/// The first index in `0..count` for which `before` is false (`before` is monotone).
+/// The first position in `0..count` for which `before` is false (`before` is monotone).
 fn partition_point(count: u64, before: impl Fn(u64) -> bool) -> u64 {
     let (mut low, mut high) = (0, count);
     while low < high {

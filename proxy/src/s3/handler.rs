@@ -12,14 +12,15 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use super::body::ProxyBody;
 use super::conditional::{self, Precondition};
 use super::error::S3Error;
-use super::list::{self, ListRequest, ListSource};
 use super::range::ByteRange;
 use super::route::{self, Operation};
+use super::token;
 use super::xml::{self, ListingFlavour, ListingPage};
 use crate::chunk::ReadAhead;
 use crate::dataset::{Dataset, Datasets};
 use crate::mesh::Mesh;
 use crate::metadata::ObjectInfo;
+use crate::metadata::list::ListRequest;
 use crate::origin::OriginError;
 use crate::telemetry::traces;
 use crate::telemetry::{Direction, TrafficMetrics};
@@ -402,7 +403,7 @@ async fn list_objects<B>(
     }
     let after = if v2 {
         match &token {
-            Some(token) => list::decode_token(token).ok_or_else(|| {
+            Some(token) => token::decode_token(token).ok_or_else(|| {
                 S3Error::invalid_argument(format!(
                     "continuation-token '{token}' is not one Ferry issued"
                 ))
@@ -412,26 +413,15 @@ async fn list_objects<B>(
     } else {
         marker.clone()
     };
-    let source = match dataset
-        .metadata
-        .listing(&prefix)
-        .await
-        .map_err(|e| origin_failure(dataset, e))?
-    {
-        Some(listing) => ListSource::Cached(listing),
-        None => ListSource::Origin(dataset.metadata.clone()),
-    };
-    let outcome = list::list(
-        &source,
-        &ListRequest {
+    let outcome = dataset
+        .list(&ListRequest {
             prefix: &prefix,
             delimiter: delimiter.as_deref(),
             max_keys,
             after: &after,
-        },
-    )
-    .await
-    .map_err(|e| origin_failure(dataset, e))?;
+        })
+        .await
+        .map_err(|e| origin_failure(dataset, e))?;
     let page = ListingPage {
         bucket: &dataset.policy.bucket,
         prefix: &prefix,
@@ -442,7 +432,7 @@ async fn list_objects<B>(
         common_prefixes: &outcome.common_prefixes,
         truncated: outcome.truncated,
     };
-    let next_token = outcome.next_after.as_deref().map(list::encode_token);
+    let next_token = outcome.next_after.as_deref().map(token::encode_token);
     let flavour = if v2 {
         ListingFlavour::V2 {
             start_after: start_after.as_deref(),

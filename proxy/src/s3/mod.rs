@@ -4,9 +4,9 @@ mod body;
 mod conditional;
 mod error;
 mod handler;
-mod list;
 mod range;
 mod route;
+mod token;
 mod xml;
 
 pub use body::{BodyError, ProxyBody};
