@@ -28,7 +28,7 @@ pub use policy::{
     S3Options, check_namespace_name,
 };
 pub use pool::{BalanceSpec, HedgeSpec, MemberSpec, PoolSpec};
-pub use proxy::{CacheOverride, DiskCacheSpec, Limits, ProxyConfig, Role};
+pub use proxy::{CacheOverride, DiskCacheSpec, Limits, MountSpec, ProxyConfig, Role};
 pub use snapshot::{ProxySnapshot, WatchEvent};
 pub use synthetic::{SizeDistribution, SyntheticSpec};
 pub use tenancy::{OriginPrefix, TenantSpec, off_limits_to_tenants};

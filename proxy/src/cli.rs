@@ -107,6 +107,13 @@ pub struct CommonArgs {
     /// Take certificates from the control plane but not its policies and pools.
     #[arg(long)]
     pub no_watch: bool,
+    /// Mount every data set read-only on this empty directory (FUSE), one
+    /// directory per bucket.
+    #[arg(long)]
+    pub mount: Option<PathBuf>,
+    /// FUSE session threads of the mount.
+    #[arg(long, requires = "mount")]
+    pub mount_threads: Option<usize>,
 }
 
 /// Flags of the worker role.
@@ -282,6 +289,14 @@ impl CommonArgs {
         }
         if self.no_watch {
             identity.watch = false;
+        }
+        if let Some(dir) = &self.mount {
+            config.mount = Some(ferry_config::MountSpec {
+                dir: dir.clone(),
+                threads: self
+                    .mount_threads
+                    .unwrap_or(ferry_config::proxy::DEFAULT_MOUNT_THREADS),
+            });
         }
         if self.cache_size.is_some() {
             config.cache.size = self.cache_size;

@@ -10,6 +10,7 @@ pub mod flight;
 pub mod identity;
 pub mod mesh;
 pub mod metadata;
+pub mod mount;
 pub mod origin;
 pub mod outbound;
 pub mod readiness;

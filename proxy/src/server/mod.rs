@@ -216,6 +216,22 @@ pub async fn start_announcing(
             }
         }
     });
+    // Mounted once the data sets are in force, so the first `ls` sees them.
+    let mounted = match &config.mount {
+        Some(spec) => match crate::mount::mount(
+            &spec.dir,
+            spec.threads,
+            mesh.clone(),
+            tokio::runtime::Handle::current(),
+        ) {
+            Ok(mounted) => Some(mounted),
+            Err(err) => {
+                let _ = stop_tx.send(true);
+                return Err(err);
+            }
+        },
+        None => None,
+    };
     admin.ready.store(true, Ordering::Release);
     tracing::info!(%listen, admin = %admin_addr, ?inbound, "ferry-proxy ready");
 
@@ -223,6 +239,13 @@ pub async fn start_announcing(
     let task = tokio::spawn(async move {
         shutdown_signal.notified().await;
         admin.ready.store(false, Ordering::Release);
+        if let Some(mounted) = mounted {
+            // First, so nothing is left mounted on a proxy that is gone.
+            let unmounted = tokio::task::spawn_blocking(move || mounted.unmount()).await;
+            if let Ok(Err(err)) = unmounted {
+                tracing::error!(error = %format!("{err:#}"), "unmounting");
+            }
+        }
         tracing::info!("shutting down: no new connections, draining open ones");
         let _ = stop_tx.send(true);
         let _ = front.await;

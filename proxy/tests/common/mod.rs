@@ -119,6 +119,20 @@ impl ProxyProcess {
         sum_samples(&text, name, labels)
     }
 
+    /// SIGKILLs the process and waits for it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERMs the process and waits for it to exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        self.child.wait().expect("wait for ferry-proxy")
+    }
+
     /// Waits for the process to exit on its own.
     pub fn wait(&mut self) -> std::process::ExitStatus {
         self.child.wait().expect("wait for ferry-proxy")

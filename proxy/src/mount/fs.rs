@@ -1,0 +1,504 @@
+//! The FUSE file system: every data set a directory named after its bucket,
+//! directories from listings (prefixes folded at `/`), attributes from
+//! object metadata, reads from the chunk layer. Read-only: the mount says
+//! so (the kernel answers writes with `EROFS` itself), and every call that
+//! would change something is refused with `EROFS` here too.
+//!
+//! fuser calls these methods on its session threads; anything that may wait
+//! (metadata, chunks, listings) runs as a task on the proxy's runtime and
+//! replies from there, so a session thread is never blocked by a slow read.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, Request,
+};
+use futures::StreamExt;
+
+use ferry_config::MetadataTtl;
+
+use super::inodes::{Inodes, Kind, Node, ROOT, number_of};
+use crate::chunk::ReadAhead;
+use crate::dataset::Dataset;
+use crate::mesh::Mesh;
+use crate::metadata::ObjectInfo;
+use crate::metadata::list::ListRequest;
+use crate::origin::OriginError;
+
+/// How long the kernel trusts the root's entries: data sets come and go
+/// with the control plane's configuration.
+const ROOT_TTL: Duration = Duration::from_secs(5);
+/// `metadata_ttl: job`: as long as the kernel cares to remember.
+const JOB_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Directory entries listed per listing page.
+const LIST_PAGE: usize = 1000;
+
+/// The largest read the kernel sends, and its read-ahead: 1 MiB
+/// (`ferry-bench` measured; larger made no difference).
+pub const MAX_READ: u32 = 1 << 20;
+
+/// A directory's entries as `opendir` listed them: (inode, kind, name).
+type Listed = Arc<Vec<(u64, FileType, String)>>;
+
+/// An open file: the data set and the version it was opened at.
+struct OpenFile {
+    dataset: Arc<Dataset>,
+    object: Arc<ObjectInfo>,
+}
+
+/// The file system.
+pub struct FerryFs {
+    mesh: Arc<Mesh>,
+    runtime: tokio::runtime::Handle,
+    inodes: Arc<Inodes>,
+    files: Arc<Mutex<HashMap<u64, OpenFile>>>,
+    dirs: Arc<Mutex<HashMap<u64, Listed>>>,
+    next_handle: AtomicU64,
+    /// Owner of every entry: the proxy's user.
+    owner: (u32, u32),
+    started: SystemTime,
+}
+
+impl FerryFs {
+    /// The data sets of `mesh`, read on `runtime`.
+    pub fn new(mesh: Arc<Mesh>, runtime: tokio::runtime::Handle) -> Self {
+        Self {
+            mesh,
+            runtime,
+            inodes: Arc::default(),
+            files: Arc::default(),
+            dirs: Arc::default(),
+            next_handle: AtomicU64::new(1),
+            owner: (
+                rustix::process::getuid().as_raw(),
+                rustix::process::getgid().as_raw(),
+            ),
+            started: SystemTime::now(),
+        }
+    }
+
+    fn dataset(&self, bucket: &str) -> Option<Arc<Dataset>> {
+        self.mesh.datasets().get(bucket).cloned()
+    }
+
+    fn handle(&self) -> u64 {
+        self.next_handle.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn dir_attr(&self, ino: u64) -> FileAttr {
+        attr(ino, Kind::Dir, 0, self.started, self.owner)
+    }
+}
+
+/// How long the kernel may trust entries and attributes of `dataset`.
+fn ttl_of(dataset: &Dataset) -> Duration {
+    match dataset.policy.metadata_ttl {
+        MetadataTtl::Job => JOB_TTL,
+        MetadataTtl::After(ttl) => ttl,
+    }
+}
+
+fn attr(ino: u64, kind: Kind, size: u64, modified: SystemTime, owner: (u32, u32)) -> FileAttr {
+    let file = kind == Kind::File;
+    FileAttr {
+        ino: INodeNo(ino),
+        size,
+        blocks: size.div_ceil(512),
+        atime: modified,
+        mtime: modified,
+        ctime: modified,
+        crtime: modified,
+        kind: if file {
+            FileType::RegularFile
+        } else {
+            FileType::Directory
+        },
+        perm: if file { 0o444 } else { 0o555 },
+        nlink: if file { 1 } else { 2 },
+        uid: owner.0,
+        gid: owner.1,
+        rdev: 0,
+        blksize: 128 * 1024,
+        flags: 0,
+    }
+}
+
+/// The errno an origin failure becomes.
+fn errno_of(err: &OriginError) -> Errno {
+    match err {
+        OriginError::NotFound { .. } | OriginError::InvalidKey { .. } => Errno::ENOENT,
+        OriginError::Denied { .. } => Errno::EACCES,
+        _ => Errno::EIO,
+    }
+}
+
+/// Every entry of directory `prefix` of `dataset`: (name, is a directory).
+async fn children(dataset: &Dataset, prefix: &str) -> Result<Vec<(String, bool)>, OriginError> {
+    let mut entries = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = dataset
+            .list(&ListRequest {
+                prefix,
+                delimiter: Some("/"),
+                max_keys: LIST_PAGE,
+                after: &after,
+            })
+            .await?;
+        for object in &page.objects {
+            let name = &object.key[prefix.len()..];
+            if !name.is_empty() {
+                entries.push((name.to_owned(), false));
+            }
+        }
+        for common in &page.common_prefixes {
+            let name = common[prefix.len()..].trim_end_matches('/');
+            if !name.is_empty() {
+                entries.push((name.to_owned(), true));
+            }
+        }
+        match page.next_after {
+            Some(next) if page.truncated => after = next,
+            _ => break,
+        }
+    }
+    entries.sort();
+    entries.dedup_by(|a, b| a.0 == b.0);
+    Ok(entries)
+}
+
+impl Filesystem for FerryFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_readahead(MAX_READ);
+        // Many readers' requests in flight at once; the default (12) queues
+        // a DataLoader's workers behind each other.
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (Some(parent), Some(name)) = (self.inodes.get(parent.0), name.to_str()) else {
+            return reply.error(Errno::ENOENT);
+        };
+        if parent.kind == Kind::Root {
+            if self.dataset(name).is_none() {
+                return reply.error(Errno::ENOENT);
+            }
+            let ino = self.inodes.remember(Node {
+                bucket: Arc::from(name),
+                key: String::new(),
+                kind: Kind::Dir,
+            });
+            return reply.entry(&ROOT_TTL, &self.dir_attr(ino), Generation(0));
+        }
+        let Some(dataset) = self.dataset(&parent.bucket) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let key = format!("{}{name}", parent.key);
+        let inodes = Arc::clone(&self.inodes);
+        let owner = self.owner;
+        let started = self.started;
+        self.runtime.spawn(async move {
+            let ttl = ttl_of(&dataset);
+            match dataset.metadata.object(&key).await {
+                Ok(info) => {
+                    let ino = inodes.remember(Node {
+                        bucket: parent.bucket,
+                        key,
+                        kind: Kind::File,
+                    });
+                    let attr = attr(ino, Kind::File, info.meta.size, info.meta.modified, owner);
+                    reply.entry(&ttl, &attr, Generation(0));
+                }
+                Err(OriginError::NotFound { .. } | OriginError::InvalidKey { .. }) => {
+                    let prefix = format!("{key}/");
+                    let request = ListRequest {
+                        prefix: &prefix,
+                        delimiter: Some("/"),
+                        max_keys: 1,
+                        after: "",
+                    };
+                    match dataset.list(&request).await {
+                        Ok(page)
+                            if !page.objects.is_empty() || !page.common_prefixes.is_empty() =>
+                        {
+                            let ino = inodes.remember(Node {
+                                bucket: parent.bucket,
+                                key: prefix,
+                                kind: Kind::Dir,
+                            });
+                            reply.entry(
+                                &ttl,
+                                &attr(ino, Kind::Dir, 0, started, owner),
+                                Generation(0),
+                            );
+                        }
+                        Ok(_) => reply.error(Errno::ENOENT),
+                        Err(err) => reply.error(errno_of(&err)),
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(%key, %err, "mount: lookup failed");
+                    reply.error(errno_of(&err));
+                }
+            }
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let Some(node) = self.inodes.get(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        if node.kind != Kind::File {
+            let ttl = match node.kind {
+                Kind::Root => ROOT_TTL,
+                _ => self.dataset(&node.bucket).map_or(ROOT_TTL, |d| ttl_of(&d)),
+            };
+            return reply.attr(&ttl, &self.dir_attr(ino.0));
+        }
+        let Some(dataset) = self.dataset(&node.bucket) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let owner = self.owner;
+        self.runtime.spawn(async move {
+            match dataset.metadata.object(&node.key).await {
+                Ok(info) => {
+                    let attr = attr(ino.0, Kind::File, info.meta.size, info.meta.modified, owner);
+                    reply.attr(&ttl_of(&dataset), &attr);
+                }
+                Err(err) => reply.error(errno_of(&err)),
+            }
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let writing = flags.0 & libc_accmode() != libc_rdonly() || flags.0 & libc_trunc() != 0;
+        if writing {
+            return reply.error(Errno::EROFS);
+        }
+        let Some(node) = self.inodes.get(ino.0).filter(|n| n.kind == Kind::File) else {
+            return reply.error(Errno::EISDIR);
+        };
+        let Some(dataset) = self.dataset(&node.bucket) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let handle = self.handle();
+        let files = Arc::clone(&self.files);
+        let inodes = Arc::clone(&self.inodes);
+        self.runtime.spawn(async move {
+            match dataset.metadata.object(&node.key).await {
+                Ok(object) => {
+                    // The kernel keeps its cached pages only for the version
+                    // they came from.
+                    let keep = inodes.opened_at(ino.0, &object.meta.etag);
+                    let flags = if keep {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    files
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(handle, OpenFile { dataset, object });
+                    reply.opened(FileHandle(handle), flags);
+                }
+                Err(err) => reply.error(errno_of(&err)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let open = {
+            let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+            files
+                .get(&fh.0)
+                .map(|f| (Arc::clone(&f.dataset), Arc::clone(&f.object)))
+        };
+        let Some((dataset, object)) = open else {
+            return reply.error(Errno::EBADF);
+        };
+        let end = offset.saturating_add(u64::from(size)).min(object.meta.size);
+        if offset >= end {
+            return reply.data(&[]);
+        }
+        self.runtime.spawn(async move {
+            // Pinned to the version the file was opened at: a changed object
+            // is an error (EIO), never a mix of two versions.
+            let read = match dataset
+                .read(&object, offset..end, ReadAhead::IfSequential)
+                .await
+            {
+                Ok(read) => read,
+                Err(err) => {
+                    tracing::warn!(key = %object.meta.key, %err, "mount: read failed");
+                    return reply.error(Errno::EIO);
+                }
+            };
+            let Some(mut rest) = read.rest else {
+                return reply.data(&read.head);
+            };
+            let mut data = BytesMut::with_capacity((end - offset) as usize);
+            data.extend_from_slice(&read.head);
+            while let Some(piece) = rest.next().await {
+                match piece {
+                    Ok(piece) => data.extend_from_slice(&piece),
+                    Err(err) => {
+                        tracing::warn!(key = %object.meta.key, %err, "mount: read failed");
+                        return reply.error(Errno::EIO);
+                    }
+                }
+            }
+            reply.data(&data);
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let Some(node) = self.inodes.get(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        if node.kind == Kind::File {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let handle = self.handle();
+        let dirs = Arc::clone(&self.dirs);
+        let parent = ino.0;
+        if node.kind == Kind::Root {
+            let datasets = self.mesh.datasets();
+            let mut entries = vec![(ROOT, FileType::Directory, ".".to_owned())];
+            entries.push((ROOT, FileType::Directory, "..".to_owned()));
+            for dataset in datasets.iter() {
+                let bucket = &dataset.policy.bucket;
+                entries.push((number_of(bucket, ""), FileType::Directory, bucket.clone()));
+            }
+            dirs.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(handle, Arc::new(entries));
+            return reply.opened(FileHandle(handle), FopenFlags::empty());
+        }
+        let Some(dataset) = self.dataset(&node.bucket) else {
+            return reply.error(Errno::ENOENT);
+        };
+        self.runtime.spawn(async move {
+            match children(&dataset, &node.key).await {
+                Ok(children) => {
+                    let mut entries = vec![(parent, FileType::Directory, ".".to_owned())];
+                    entries.push((ROOT, FileType::Directory, "..".to_owned()));
+                    for (name, is_dir) in children {
+                        let (kind, key) = if is_dir {
+                            (FileType::Directory, format!("{}{name}/", node.key))
+                        } else {
+                            (FileType::RegularFile, format!("{}{name}", node.key))
+                        };
+                        entries.push((number_of(&node.bucket, &key), kind, name));
+                    }
+                    dirs.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(handle, Arc::new(entries));
+                    reply.opened(FileHandle(handle), FopenFlags::empty());
+                }
+                Err(err) => reply.error(errno_of(&err)),
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh.0)
+            .cloned();
+        let Some(entries) = entries else {
+            return reply.error(Errno::EBADF);
+        };
+        for (index, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), index as u64 + 1, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        if mask.contains(fuser::AccessFlags::W_OK) {
+            return reply.error(Errno::EROFS);
+        }
+        match self.inodes.get(ino.0) {
+            Some(_) => reply.ok(),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+}
+
+fn libc_accmode() -> i32 {
+    rustix::fs::OFlags::ACCMODE.bits() as i32
+}
+
+fn libc_rdonly() -> i32 {
+    rustix::fs::OFlags::RDONLY.bits() as i32
+}
+
+fn libc_trunc() -> i32 {
+    rustix::fs::OFlags::TRUNC.bits() as i32
+}
