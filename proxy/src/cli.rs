@@ -417,17 +417,26 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
         let prometheus = telemetry::install_recorder()?;
         let service = format!("ferry-{}", config.role.as_str());
         let tracing = telemetry::traces::init(&service)?;
+        let mut stop = Box::pin(stop_signal());
         let role = config.role;
         // Machine-readable lines on stdout: tests and the bench read the
         // bound addresses from them (ports may have been 0). A proxy that
         // waits for its first certificate says so first: its admin answers
         // meanwhile, with /ready false, and its front door with 503.
-        let proxy = server::start_announcing(config, Some(prometheus), |admin, listen| {
+        let starting = server::start_announcing(config, Some(prometheus), |admin, listen| {
             println!(
                 "{{\"event\":\"waiting\",\"for\":\"certificate\",\"admin\":\"{admin}\",\"listen\":\"{listen}\"}}"
             );
-        })
-        .await?;
+        });
+        // A proxy still waiting for its first certificate stops on a signal too.
+        let proxy = tokio::select! {
+            proxy = starting => proxy?,
+            () = &mut stop => {
+                tracing::info!("stopped before it was ready");
+                tracing.flush().await;
+                return Ok(());
+            }
+        };
         let inbound = proxy.inbound.map_or("null".to_owned(), |a| format!("\"{a}\""));
         println!(
             "{{\"event\":\"ready\",\"role\":\"{}\",\"listen\":\"{}\",\"admin\":\"{}\",\"inbound\":{inbound},\"threads\":{threads}}}",
@@ -437,7 +446,7 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
         );
         let shutdown = proxy.shutdown_handle();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            stop.await;
             shutdown.notify_one();
         });
         proxy.wait().await;
@@ -446,19 +455,26 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_signal() {
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(err) => {
-                tracing::warn!(%err, "cannot watch SIGTERM; use SIGINT or /shutdown");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+/// SIGTERM or SIGINT, watched from this call on: made before the proxy
+/// mounts or announces anything, so a signal that comes right after the
+/// ready line still shuts it down cleanly (and unmounts).
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        match (terminate, interrupt) {
+            (Ok(mut terminate), Ok(mut interrupt)) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
             }
-        };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+            (Err(err), _) | (_, Err(err)) => {
+                tracing::warn!(%err, "cannot watch SIGTERM or SIGINT; use /shutdown");
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }
 
