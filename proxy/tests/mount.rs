@@ -199,7 +199,14 @@ async fn an_origin_failing_mid_file_is_eio_and_a_changed_object_never_mixes() {
     let _proxy = worker_with_mount(
         &mount,
         &url,
-        &["--chunk-size", "64KiB", "--read-ahead", "0"],
+        &[
+            "--chunk-size",
+            "64KiB",
+            "--read-ahead",
+            "0",
+            "--metadata-ttl",
+            "1s",
+        ],
     );
     let root = mount.path().join("imagenet");
     *origin.state.fail_from.lock().expect("lock") = Some(150_000);
@@ -240,6 +247,34 @@ async fn an_origin_failing_mid_file_is_eio_and_a_changed_object_never_mixes() {
             err.raw_os_error(),
             Some(rustix::io::Errno::IO.raw_os_error())
         ),
+    }
+
+    // Once the metadata TTL has passed, a path names the new version (a new
+    // inode, with no pages of the old one); until then the old one, whole.
+    let path = root.join("change.bin");
+    let new = test_bytes(23, 180_000);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let read = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || std::fs::read(&path)
+        })
+        .await
+        .expect("reader");
+        match read {
+            Ok(bytes) if bytes == new => break,
+            Ok(bytes) => assert!(bytes == old, "one version or the other, whole"),
+            Err(err) => assert_eq!(
+                err.raw_os_error(),
+                Some(rustix::io::Errno::IO.raw_os_error())
+            ),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new version never showed"
+        );
+        // Polling for the TTL to pass: it is time, not an event.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 

@@ -7,6 +7,11 @@
 //! fuser calls these methods on its session threads; anything that may wait
 //! (metadata, chunks, listings) runs as a task on the proxy's runtime and
 //! replies from there, so a session thread is never blocked by a slow read.
+//!
+//! A file's version is fixed when the kernel looks it up (see `inodes`), so
+//! `open` has nothing to do: where the kernel supports it, the mount asks it
+//! not to send opens and releases at all, and a warm epoch of small files
+//! is served from the kernel's page cache without a round trip here.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -16,7 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
     ReplyEntry, ReplyOpen, Request,
 };
@@ -28,7 +33,6 @@ use super::inodes::{Inodes, Kind, Node, ROOT, number_of};
 use crate::chunk::ReadAhead;
 use crate::dataset::Dataset;
 use crate::mesh::Mesh;
-use crate::metadata::ObjectInfo;
 use crate::metadata::list::ListRequest;
 use crate::origin::OriginError;
 
@@ -47,20 +51,15 @@ pub const MAX_READ: u32 = 1 << 20;
 /// A directory's entries as `opendir` listed them: (inode, kind, name).
 type Listed = Arc<Vec<(u64, FileType, String)>>;
 
-/// An open file: the data set and the version it was opened at.
-struct OpenFile {
-    dataset: Arc<Dataset>,
-    object: Arc<ObjectInfo>,
-}
-
 /// The file system.
 pub struct FerryFs {
     mesh: Arc<Mesh>,
     runtime: tokio::runtime::Handle,
     inodes: Arc<Inodes>,
-    files: Arc<Mutex<HashMap<u64, OpenFile>>>,
     dirs: Arc<Mutex<HashMap<u64, Listed>>>,
     next_handle: AtomicU64,
+    /// The kernel agreed to skip opens and releases of files.
+    no_open: bool,
     /// Owner of every entry: the proxy's user.
     owner: (u32, u32),
     started: SystemTime,
@@ -73,9 +72,9 @@ impl FerryFs {
             mesh,
             runtime,
             inodes: Arc::default(),
-            files: Arc::default(),
             dirs: Arc::default(),
             next_handle: AtomicU64::new(1),
+            no_open: false,
             owner: (
                 rustix::process::getuid().as_raw(),
                 rustix::process::getgid().as_raw(),
@@ -139,8 +138,12 @@ fn errno_of(err: &OriginError) -> Errno {
     }
 }
 
-/// Every entry of directory `prefix` of `dataset`: (name, is a directory).
-async fn children(dataset: &Dataset, prefix: &str) -> Result<Vec<(String, bool)>, OriginError> {
+/// Every entry of directory `prefix` of `dataset`: its name, and its ETag
+/// if it is a file.
+async fn children(
+    dataset: &Dataset,
+    prefix: &str,
+) -> Result<Vec<(String, Option<String>)>, OriginError> {
     let mut entries = Vec::new();
     let mut after = String::new();
     loop {
@@ -155,13 +158,13 @@ async fn children(dataset: &Dataset, prefix: &str) -> Result<Vec<(String, bool)>
         for object in &page.objects {
             let name = &object.key[prefix.len()..];
             if !name.is_empty() {
-                entries.push((name.to_owned(), false));
+                entries.push((name.to_owned(), Some(object.etag.clone())));
             }
         }
         for common in &page.common_prefixes {
             let name = common[prefix.len()..].trim_end_matches('/');
             if !name.is_empty() {
-                entries.push((name.to_owned(), true));
+                entries.push((name.to_owned(), None));
             }
         }
         match page.next_after {
@@ -181,6 +184,10 @@ impl Filesystem for FerryFs {
         // a DataLoader's workers behind each other.
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
+        // Zero-message opens (Linux 4.19+); older kernels keep sending them.
+        self.no_open = config
+            .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
+            .is_ok();
         Ok(())
     }
 
@@ -192,11 +199,9 @@ impl Filesystem for FerryFs {
             if self.dataset(name).is_none() {
                 return reply.error(Errno::ENOENT);
             }
-            let ino = self.inodes.remember(Node {
-                bucket: Arc::from(name),
-                key: String::new(),
-                kind: Kind::Dir,
-            });
+            let ino = self
+                .inodes
+                .remember(Node::dir(Arc::from(name), String::new()));
             return reply.entry(&ROOT_TTL, &self.dir_attr(ino), Generation(0));
         }
         let Some(dataset) = self.dataset(&parent.bucket) else {
@@ -210,12 +215,9 @@ impl Filesystem for FerryFs {
             let ttl = ttl_of(&dataset);
             match dataset.metadata.object(&key).await {
                 Ok(info) => {
-                    let ino = inodes.remember(Node {
-                        bucket: parent.bucket,
-                        key,
-                        kind: Kind::File,
-                    });
-                    let attr = attr(ino, Kind::File, info.meta.size, info.meta.modified, owner);
+                    let (size, modified) = (info.meta.size, info.meta.modified);
+                    let ino = inodes.remember(Node::file(Arc::clone(&parent.bucket), info));
+                    let attr = attr(ino, Kind::File, size, modified, owner);
                     reply.entry(&ttl, &attr, Generation(0));
                 }
                 Err(OriginError::NotFound { .. } | OriginError::InvalidKey { .. }) => {
@@ -230,11 +232,8 @@ impl Filesystem for FerryFs {
                         Ok(page)
                             if !page.objects.is_empty() || !page.common_prefixes.is_empty() =>
                         {
-                            let ino = inodes.remember(Node {
-                                bucket: parent.bucket,
-                                key: prefix,
-                                kind: Kind::Dir,
-                            });
+                            let ino =
+                                inodes.remember(Node::dir(Arc::clone(&parent.bucket), prefix));
                             reply.entry(
                                 &ttl,
                                 &attr(ino, Kind::Dir, 0, started, owner),
@@ -257,30 +256,34 @@ impl Filesystem for FerryFs {
         self.inodes.forget(ino.0, nlookup);
     }
 
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing to write back; the kernel stops sending flushes after this.
+        reply.error(Errno::ENOSYS);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let Some(node) = self.inodes.get(ino.0) else {
             return reply.error(Errno::ENOENT);
         };
-        if node.kind != Kind::File {
-            let ttl = match node.kind {
-                Kind::Root => ROOT_TTL,
-                _ => self.dataset(&node.bucket).map_or(ROOT_TTL, |d| ttl_of(&d)),
-            };
-            return reply.attr(&ttl, &self.dir_attr(ino.0));
-        }
-        let Some(dataset) = self.dataset(&node.bucket) else {
-            return reply.error(Errno::ENOENT);
+        let ttl = match node.kind {
+            Kind::Root => ROOT_TTL,
+            _ => self.dataset(&node.bucket).map_or(ROOT_TTL, |d| ttl_of(&d)),
         };
-        let owner = self.owner;
-        self.runtime.spawn(async move {
-            match dataset.metadata.object(&node.key).await {
-                Ok(info) => {
-                    let attr = attr(ino.0, Kind::File, info.meta.size, info.meta.modified, owner);
-                    reply.attr(&ttl_of(&dataset), &attr);
-                }
-                Err(err) => reply.error(errno_of(&err)),
+        match &node.object {
+            // The version this inode stands for: its attributes never change.
+            Some(object) => {
+                let (size, modified) = (object.meta.size, object.meta.modified);
+                reply.attr(&ttl, &attr(ino.0, Kind::File, size, modified, self.owner));
             }
-        });
+            None => reply.attr(&ttl, &self.dir_attr(ino.0)),
+        }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -291,61 +294,43 @@ impl Filesystem for FerryFs {
         let Some(node) = self.inodes.get(ino.0).filter(|n| n.kind == Kind::File) else {
             return reply.error(Errno::EISDIR);
         };
-        let Some(dataset) = self.dataset(&node.bucket) else {
+        if self.dataset(&node.bucket).is_none() {
             return reply.error(Errno::ENOENT);
-        };
-        let handle = self.handle();
-        let files = Arc::clone(&self.files);
-        let inodes = Arc::clone(&self.inodes);
-        self.runtime.spawn(async move {
-            match dataset.metadata.object(&node.key).await {
-                Ok(object) => {
-                    // The kernel keeps its cached pages only for the version
-                    // they came from.
-                    let keep = inodes.opened_at(ino.0, &object.meta.etag);
-                    let flags = if keep {
-                        FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        FopenFlags::empty()
-                    };
-                    files
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(handle, OpenFile { dataset, object });
-                    reply.opened(FileHandle(handle), flags);
-                }
-                Err(err) => reply.error(errno_of(&err)),
-            }
-        });
+        }
+        if self.no_open {
+            // Not an error: the kernel takes it as "never ask again" and
+            // opens every file from now on with its page cache kept.
+            return reply.error(Errno::ENOSYS);
+        }
+        // The inode is one version, so the pages cached for it stay right.
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let open = {
-            let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-            files
-                .get(&fh.0)
-                .map(|f| (Arc::clone(&f.dataset), Arc::clone(&f.object)))
-        };
-        let Some((dataset, object)) = open else {
+        let Some(node) = self.inodes.get(ino.0) else {
             return reply.error(Errno::EBADF);
+        };
+        let (Some(object), Some(dataset)) = (node.object.clone(), self.dataset(&node.bucket))
+        else {
+            return reply.error(Errno::EIO);
         };
         let end = offset.saturating_add(u64::from(size)).min(object.meta.size);
         if offset >= end {
             return reply.data(&[]);
         }
         self.runtime.spawn(async move {
-            // Pinned to the version the file was opened at: a changed object
-            // is an error (EIO), never a mix of two versions.
+            // Pinned to the inode's version: a changed object is an error
+            // (EIO), never a mix of two versions.
             let read = match dataset
                 .read(&object, offset..end, ReadAhead::IfSequential)
                 .await
@@ -374,23 +359,6 @@ impl Filesystem for FerryFs {
         });
     }
 
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh.0);
-        reply.ok();
-    }
-
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let Some(node) = self.inodes.get(ino.0) else {
             return reply.error(Errno::ENOENT);
@@ -407,7 +375,11 @@ impl Filesystem for FerryFs {
             entries.push((ROOT, FileType::Directory, "..".to_owned()));
             for dataset in datasets.iter() {
                 let bucket = &dataset.policy.bucket;
-                entries.push((number_of(bucket, ""), FileType::Directory, bucket.clone()));
+                entries.push((
+                    number_of(bucket, "", ""),
+                    FileType::Directory,
+                    bucket.clone(),
+                ));
             }
             dirs.lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -422,13 +394,16 @@ impl Filesystem for FerryFs {
                 Ok(children) => {
                     let mut entries = vec![(parent, FileType::Directory, ".".to_owned())];
                     entries.push((ROOT, FileType::Directory, "..".to_owned()));
-                    for (name, is_dir) in children {
-                        let (kind, key) = if is_dir {
-                            (FileType::Directory, format!("{}{name}/", node.key))
-                        } else {
-                            (FileType::RegularFile, format!("{}{name}", node.key))
+                    for (name, etag) in children {
+                        let (kind, key, version) = match &etag {
+                            None => (FileType::Directory, format!("{}{name}/", node.key), ""),
+                            Some(etag) => (
+                                FileType::RegularFile,
+                                format!("{}{name}", node.key),
+                                etag.as_str(),
+                            ),
                         };
-                        entries.push((number_of(&node.bucket, &key), kind, name));
+                        entries.push((number_of(&node.bucket, &key, version), kind, name));
                     }
                     dirs.lock()
                         .unwrap_or_else(|p| p.into_inner())

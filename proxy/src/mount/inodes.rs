@@ -1,10 +1,15 @@
-//! Inode numbers for the mount: one per (data set, path), derived from a
-//! hash of both, so the same path keeps its number for as long as the
-//! kernel remembers it (and `readdir` can name it without a table entry).
-//! Entries live from the kernel's first lookup to its last forget.
+//! Inode numbers for the mount: one per (data set, path) for directories
+//! and one per (data set, path, ETag) for files, derived from a hash, so a
+//! path keeps its number while its version stays (and `readdir` can name it
+//! without a table entry). A file's inode is pinned to the version it was
+//! looked up at: every read of it is checked against that ETag, and a new
+//! version is a new inode, with a page cache of its own. Entries live from
+//! the kernel's first lookup to its last forget.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+use crate::metadata::ObjectInfo;
 
 /// The mount's root: one directory per data set.
 pub const ROOT: u64 = 1;
@@ -30,15 +35,41 @@ pub struct Node {
     pub key: String,
     /// Directory or file.
     pub kind: Kind,
+    /// A file's version: what the kernel was told and what reads return.
+    pub object: Option<Arc<ObjectInfo>>,
+}
+
+impl Node {
+    /// A directory (`key` empty or ending in `/`) of data set `bucket`.
+    pub fn dir(bucket: Arc<str>, key: String) -> Self {
+        Self {
+            bucket,
+            key,
+            kind: Kind::Dir,
+            object: None,
+        }
+    }
+
+    /// Version `object` of a file of data set `bucket`.
+    pub fn file(bucket: Arc<str>, object: Arc<ObjectInfo>) -> Self {
+        Self {
+            bucket,
+            key: object.meta.key.clone(),
+            kind: Kind::File,
+            object: Some(object),
+        }
+    }
+
+    /// The ETag of a file's version; empty for a directory.
+    fn version(&self) -> &str {
+        self.object.as_ref().map_or("", |o| o.meta.etag.as_str())
+    }
 }
 
 struct Entry {
-    node: Node,
+    node: Arc<Node>,
     /// Lookups the kernel has not forgotten yet.
     lookups: u64,
-    /// The ETag the file was last opened at: the kernel's cached pages are
-    /// kept only while it stays the same.
-    etag: Option<String>,
 }
 
 /// The inodes the kernel holds.
@@ -49,13 +80,13 @@ pub struct Inodes {
 impl Default for Inodes {
     fn default() -> Self {
         let root = Entry {
-            node: Node {
+            node: Arc::new(Node {
                 bucket: Arc::from(""),
                 key: String::new(),
                 kind: Kind::Root,
-            },
+                object: None,
+            }),
             lookups: 1,
-            etag: None,
         };
         Self {
             entries: Mutex::new(HashMap::from([(ROOT, root)])),
@@ -63,12 +94,15 @@ impl Default for Inodes {
     }
 }
 
-/// The number `bucket`/`key` gets unless another path has it already.
-pub fn number_of(bucket: &str, key: &str) -> u64 {
+/// The number `bucket`/`key` at `version` (a file's ETag, empty for a
+/// directory) gets unless another node has it already.
+pub fn number_of(bucket: &str, key: &str, version: &str) -> u64 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     hasher.update(bucket.as_bytes());
     hasher.update(&[0]);
     hasher.update(key.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(version.as_bytes());
     // Never 0 (invalid) or 1 (the root).
     (hasher.digest() >> 1) + 2
 }
@@ -79,32 +113,30 @@ impl Inodes {
     }
 
     /// The node behind `ino`, if the kernel holds it.
-    pub fn get(&self, ino: u64) -> Option<Node> {
-        self.lock().get(&ino).map(|e| e.node.clone())
+    pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
+        self.lock().get(&ino).map(|e| Arc::clone(&e.node))
     }
 
     /// Counts one lookup of `node`; its inode number.
     pub fn remember(&self, node: Node) -> u64 {
         let mut entries = self.lock();
-        let mut ino = number_of(&node.bucket, &node.key);
-        // A hash collision (about one in 10^8 paths): the next free number.
+        let mut ino = number_of(&node.bucket, &node.key, node.version());
+        // A hash collision (about one in 10^8 nodes): the next free number.
         loop {
             match entries.get_mut(&ino) {
-                Some(entry) if entry.node.bucket == node.bucket && entry.node.key == node.key => {
+                Some(entry)
+                    if entry.node.bucket == node.bucket
+                        && entry.node.key == node.key
+                        && entry.node.kind == node.kind
+                        && entry.node.version() == node.version() =>
+                {
                     entry.lookups += 1;
-                    entry.node.kind = node.kind;
                     return ino;
                 }
                 Some(_) => ino = ino.wrapping_add(1).max(2),
                 None => {
-                    entries.insert(
-                        ino,
-                        Entry {
-                            node,
-                            lookups: 1,
-                            etag: None,
-                        },
-                    );
+                    let node = Arc::new(node);
+                    entries.insert(ino, Entry { node, lookups: 1 });
                     return ino;
                 }
             }
@@ -124,40 +156,29 @@ impl Inodes {
             }
         }
     }
-
-    /// Records that `ino` was opened at `etag`: whether the kernel may keep
-    /// the pages it cached (the same version as the last open).
-    pub fn opened_at(&self, ino: u64, etag: &str) -> bool {
-        let mut entries = self.lock();
-        let Some(entry) = entries.get_mut(&ino) else {
-            return false;
-        };
-        let same = entry.etag.as_deref() == Some(etag);
-        if !same {
-            entry.etag = Some(etag.to_owned());
-        }
-        same
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::origin::ObjectMeta;
 
-    fn file(key: &str) -> Node {
-        Node {
-            bucket: Arc::from("imagenet"),
+    fn file(key: &str, etag: &str) -> Node {
+        let meta = ObjectMeta {
             key: key.to_owned(),
-            kind: Kind::File,
-        }
+            size: 10,
+            etag: etag.to_owned(),
+            modified: std::time::SystemTime::UNIX_EPOCH,
+        };
+        Node::file(Arc::from("imagenet"), Arc::new(ObjectInfo::new(meta, 0)))
     }
 
     #[test]
     fn a_path_keeps_its_number_until_the_kernel_forgets_it() {
         let inodes = Inodes::default();
-        let ino = inodes.remember(file("a/b.jpg"));
-        assert_eq!(ino, number_of("imagenet", "a/b.jpg"));
-        assert_eq!(inodes.remember(file("a/b.jpg")), ino);
+        let ino = inodes.remember(file("a/b.jpg", "v1"));
+        assert_eq!(ino, number_of("imagenet", "a/b.jpg", "v1"));
+        assert_eq!(inodes.remember(file("a/b.jpg", "v1")), ino);
         inodes.forget(ino, 1);
         assert!(inodes.get(ino).is_some(), "one lookup left");
         inodes.forget(ino, 1);
@@ -167,15 +188,18 @@ mod tests {
     }
 
     #[test]
-    fn cached_pages_are_kept_only_for_the_same_version() {
+    fn a_new_version_is_a_new_inode_and_the_old_one_keeps_its_version() {
         let inodes = Inodes::default();
-        let ino = inodes.remember(file("x"));
-        assert!(!inodes.opened_at(ino, "v1"), "first open: nothing to keep");
-        assert!(inodes.opened_at(ino, "v1"));
-        assert!(
-            !inodes.opened_at(ino, "v2"),
-            "a new version drops the pages"
-        );
-        assert!(inodes.opened_at(ino, "v2"));
+        let old = inodes.remember(file("x", "v1"));
+        let new = inodes.remember(file("x", "v2"));
+        assert_ne!(old, new, "the kernel starts a fresh page cache");
+        let etag = |ino| {
+            let node = inodes.get(ino).expect("held");
+            node.object.as_ref().expect("a file").meta.etag.clone()
+        };
+        assert_eq!(etag(old), "v1", "open files keep reading their version");
+        assert_eq!(etag(new), "v2");
+        let dir = inodes.remember(Node::dir(Arc::from("imagenet"), "x/".to_owned()));
+        assert_eq!(dir, number_of("imagenet", "x/", ""));
     }
 }
