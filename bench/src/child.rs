@@ -129,6 +129,8 @@ pub struct WorkerSpec<'a> {
     pub cache_policy: CachePolicy,
     /// Read-ahead depth, when not the default.
     pub read_ahead: Option<u32>,
+    /// More flags, e.g. `--mount DIR`.
+    pub extra: Vec<String>,
 }
 
 impl WorkerSpec<'_> {
@@ -152,6 +154,7 @@ impl WorkerSpec<'_> {
         if let Some(depth) = self.read_ahead {
             args.extend(["--read-ahead".to_owned(), depth.to_string()]);
         }
+        args.extend(self.extra.iter().cloned());
         args
     }
 }

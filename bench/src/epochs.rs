@@ -1,9 +1,14 @@
-//! `ferry-bench epochs`: the same shuffled epochs read four ways in one run:
-//! `synthetic` (no I/O), `bare` (minimal HTTP server from memory), `direct`
-//! (straight from the origin) and `ferry` (through ferry-proxy).
+//! `ferry-bench epochs`: the same shuffled epochs read several ways in one
+//! run. Over S3: `synthetic` (no I/O), `bare` (minimal HTTP server from
+//! memory), `direct` (straight from the origin) and `ferry` (through
+//! ferry-proxy). Over files (`--access posix`): `synthetic`, `tmpfs` (the
+//! same tree in memory, the kernel's ceiling), `mount` (Ferry's FUSE mount)
+//! and `ferry` (its S3 front door).
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use anyhow::Context;
 
 use clap::{Args, ValueEnum};
 use serde::Serialize;
@@ -14,6 +19,7 @@ use crate::child::{ChildProcess, ControlPlane, MeshIdentity, ProxyArgs, ProxyPro
 use crate::client::{list_all, scrape};
 use crate::report::{self, Table};
 use crate::topology::{PoolSpec, PoolTopology};
+use crate::tree::{FileTree, MountPoint, default_tmpfs_root};
 use crate::workload::{
     DataSet, EpochStats, Target, read_epoch, sample_spec, shard_spec, synthetic_memory,
 };
@@ -35,6 +41,22 @@ pub enum Mode {
     /// The same pool, with mutual TLS between the sidecar and the workers
     /// (certificates from a control plane started for the run).
     PoolMtls,
+    /// The data set written out as files on tmpfs: what the kernel serves
+    /// from memory with no FUSE in between.
+    Tmpfs,
+    /// Files through ferry-proxy's FUSE mount, whose origin is the origin server.
+    Mount,
+}
+
+/// How the training job reads its samples.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    /// HTTP GETs of S3 keys.
+    #[default]
+    S3,
+    /// open/read/close of files in class directories, like ImageFolder.
+    Posix,
 }
 
 impl Mode {
@@ -47,6 +69,8 @@ impl Mode {
             Mode::Ferry => "ferry",
             Mode::Pool => "pool",
             Mode::PoolMtls => "pool-mtls",
+            Mode::Tmpfs => "tmpfs",
+            Mode::Mount => "mount",
         }
     }
 }
@@ -84,13 +108,25 @@ pub struct EpochsArgs {
     /// Emulated first-byte latency of the origin (a remote object store).
     #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
     pub origin_latency: Duration,
-    /// Modes to run, in order.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "synthetic,bare,direct,ferry"
-    )]
+    /// S3 keys, or files in class directories (an ImageFolder tree).
+    #[arg(long, value_enum, default_value = "s3")]
+    pub access: Access,
+    /// Class directories of the data set (0: none; posix access uses 100
+    /// when not given).
+    #[arg(long)]
+    pub classes: Option<u64>,
+    /// Modes to run, in order [default: synthetic,bare,direct,ferry; with
+    /// --access posix: synthetic,tmpfs,mount,ferry].
+    #[arg(long, value_delimiter = ',')]
     pub modes: Vec<Mode>,
+    /// Directory on tmpfs for the tmpfs mode's copy of the data set.
+    #[arg(long)]
+    pub tmpfs_dir: Option<PathBuf>,
+    /// Posix modes: drop each file's pages from the kernel's page cache once
+    /// read, so warm epochs measure Ferry's mount, not the page cache (as
+    /// when the data set is larger than memory; tmpfs keeps its pages).
+    #[arg(long)]
+    pub drop_pages: bool,
     /// Ferry's cache policy.
     #[arg(long, default_value = "pin")]
     pub cache_policy: CachePolicy,
@@ -189,10 +225,25 @@ pub struct EpochsReport {
 
 impl EpochsArgs {
     fn spec(&self) -> anyhow::Result<SyntheticSpec> {
-        if self.shards {
-            shard_spec(self.shard_count, self.shard_size, self.seed)
+        let mut spec = if self.shards {
+            shard_spec(self.shard_count, self.shard_size, self.seed)?
         } else {
-            sample_spec(self.samples, self.size, self.seed)
+            sample_spec(self.samples, self.size, self.seed)?
+        };
+        spec.classes = match (self.classes, self.access) {
+            (Some(classes), _) => classes,
+            (None, Access::Posix) if !self.shards => 100,
+            (None, _) => 0,
+        };
+        Ok(spec)
+    }
+
+    /// The modes to run: those given, or the access's comparison.
+    fn modes(&self) -> Vec<Mode> {
+        match (self.modes.is_empty(), self.access) {
+            (false, _) => self.modes.clone(),
+            (true, Access::S3) => vec![Mode::Synthetic, Mode::Bare, Mode::Direct, Mode::Ferry],
+            (true, Access::Posix) => vec![Mode::Synthetic, Mode::Tmpfs, Mode::Mount, Mode::Ferry],
         }
     }
 
@@ -204,7 +255,7 @@ impl EpochsArgs {
 /// Runs the comparison and prints it.
 pub async fn run(args: &EpochsArgs) -> anyhow::Result<EpochsReport> {
     anyhow::ensure!(args.epochs >= 1, "--epochs must be at least 1");
-    anyhow::ensure!(!args.modes.is_empty(), "--modes lists no mode");
+    let modes = args.modes();
     let spec = args.spec()?;
     let query = spec.to_query();
     let data = if args.shards {
@@ -213,10 +264,12 @@ pub async fn run(args: &EpochsArgs) -> anyhow::Result<EpochsReport> {
         DataSet::samples(spec.clone())
     };
     let program = args.proxy.program();
-    let needs_origin = args
-        .modes
-        .iter()
-        .any(|m| matches!(m, Mode::Direct | Mode::Ferry | Mode::Pool | Mode::PoolMtls));
+    let needs_origin = modes.iter().any(|m| {
+        matches!(
+            m,
+            Mode::Direct | Mode::Ferry | Mode::Pool | Mode::PoolMtls | Mode::Mount
+        )
+    });
     let origin = if needs_origin {
         Some(ChildProcess::origin_server(&query, args.origin_latency)?)
     } else {
@@ -232,7 +285,7 @@ pub async fn run(args: &EpochsArgs) -> anyhow::Result<EpochsReport> {
     );
     // One control plane serves every mTLS mode of the run; it lives as long
     // as the proxies it certifies.
-    let control_plane = if args.modes.contains(&Mode::PoolMtls) {
+    let control_plane = if modes.contains(&Mode::PoolMtls) {
         Some(ControlPlane::start(args.cert_lifetime)?)
     } else {
         None
@@ -242,13 +295,13 @@ pub async fn run(args: &EpochsArgs) -> anyhow::Result<EpochsReport> {
     // turns (epoch 1 of each mode, then epoch 2 of each, ...), so slow drift
     // on a shared machine touches every mode alike.
     let mut prepared = Vec::new();
-    for &mode in &args.modes {
+    for &mode in &modes {
         prepared.push(
             prepare(
                 args,
                 mode,
                 &data,
-                &query,
+                &spec,
                 origin.as_ref(),
                 &program,
                 mesh_identity,
@@ -264,11 +317,13 @@ pub async fn run(args: &EpochsArgs) -> anyhow::Result<EpochsReport> {
     }
     let mut servers = Vec::new();
     let mut pools = Vec::new();
+    let mut trees = Vec::new();
+    let mut mounts = Vec::new();
     let mut runs = Vec::new();
     for mut mode in prepared {
         // The proxy the app talked to: the worker, or the pool's sidecar.
         let proxy = match mode.run.mode {
-            Mode::Ferry => mode.server.as_ref(),
+            Mode::Ferry | Mode::Mount => mode.server.as_ref(),
             Mode::Pool | Mode::PoolMtls => mode.pool.as_ref().map(|p| &p.sidecar),
             _ => None,
         };
@@ -285,6 +340,8 @@ pub async fn run(args: &EpochsArgs) -> anyhow::Result<EpochsReport> {
         }
         servers.extend(mode.server);
         pools.extend(mode.pool);
+        trees.extend(mode.copy);
+        mounts.extend(mode.mount);
         runs.push(mode.run);
     }
     let ratios = ratios(&runs);
@@ -314,6 +371,8 @@ pub async fn run(args: &EpochsArgs) -> anyhow::Result<EpochsReport> {
     }
     drop(servers);
     drop(pools);
+    drop(trees);
+    drop(mounts);
     Ok(report)
 }
 
@@ -356,6 +415,10 @@ struct PreparedMode {
     target: Target,
     server: Option<ChildProcess>,
     pool: Option<PoolTopology>,
+    /// The tmpfs mode's copy of the data set.
+    copy: Option<FileTree>,
+    /// The mount mode's mount point.
+    mount: Option<MountPoint>,
     bucket: &'static str,
 }
 
@@ -363,14 +426,17 @@ async fn prepare(
     args: &EpochsArgs,
     mode: Mode,
     data: &DataSet,
-    query: &str,
+    spec: &SyntheticSpec,
     origin: Option<&ChildProcess>,
     program: &ProxyProgram,
     mesh_identity: Option<&MeshIdentity>,
 ) -> anyhow::Result<PreparedMode> {
     let bucket = args.bucket();
+    let query = &spec.to_query();
     let mut server = None;
     let mut pool = None;
+    let mut copy = None;
+    let mut mount_point = None;
     let mut list_seconds = None;
     let mut idle_rss = None;
     let target = match mode {
@@ -398,6 +464,7 @@ async fn prepare(
                     cache_size: args.cache_size.unwrap_or_else(|| data.cache_for_all()),
                     cache_policy: args.cache_policy,
                     read_ahead: None,
+                    extra: Vec::new(),
                 },
             )?;
             idle_rss = proxy.rss_bytes();
@@ -446,6 +513,39 @@ async fn prepare(
             pool = Some(topology);
             target
         }
+        Mode::Tmpfs => {
+            let parent = args.tmpfs_dir.clone().unwrap_or_else(default_tmpfs_root);
+            eprintln!("writing the data set under {}", parent.display());
+            let spec = spec.clone();
+            let files =
+                tokio::task::spawn_blocking(move || FileTree::write(&parent, &spec)).await??;
+            let root = files.root().to_path_buf();
+            list_seconds = Some(walk_seconds(&root).await?);
+            copy = Some(files);
+            Target::files(&root, args.drop_pages)
+        }
+        Mode::Mount => {
+            let origin = origin.ok_or_else(|| anyhow::anyhow!("no origin server"))?;
+            let mount = MountPoint::new("epochs")?;
+            let proxy = ChildProcess::ferry_worker(
+                program,
+                &WorkerSpec {
+                    origin: &format!("http://{}/", origin.addr),
+                    bucket,
+                    cache_size: args.cache_size.unwrap_or_else(|| data.cache_for_all()),
+                    cache_policy: args.cache_policy,
+                    read_ahead: None,
+                    extra: mount.flags(),
+                },
+            )?;
+            idle_rss = proxy.rss_bytes();
+            // ImageFolder walks the tree once to build its index.
+            let root = mount.path().join(bucket);
+            list_seconds = Some(walk_seconds(&root).await?);
+            server = Some(proxy);
+            mount_point = Some(mount);
+            Target::files(&root, args.drop_pages)
+        }
     };
     Ok(PreparedMode {
         run: ModeRun {
@@ -460,8 +560,36 @@ async fn prepare(
         target,
         server,
         pool,
+        copy,
+        mount: mount_point,
         bucket,
     })
+}
+
+/// Seconds to walk every directory under `root` and stat its files, as
+/// `os.walk` (ImageFolder's indexing) does; fails if it finds no file.
+async fn walk_seconds(root: &std::path::Path) -> anyhow::Result<f64> {
+    let root = root.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let mut pending = vec![root.clone()];
+        let mut files = 0u64;
+        while let Some(dir) = pending.pop() {
+            for entry in
+                std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
+            {
+                let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+                if entry.file_type()?.is_dir() {
+                    pending.push(entry.path());
+                } else {
+                    files += 1;
+                }
+            }
+        }
+        anyhow::ensure!(files > 0, "{} holds no file", root.display());
+        Ok(started.elapsed().as_secs_f64())
+    })
+    .await?
 }
 
 impl PreparedMode {
@@ -469,14 +597,16 @@ impl PreparedMode {
     fn proxy_cpu_seconds(&self) -> Option<f64> {
         match (&self.server, &self.pool) {
             (_, Some(pool)) => pool.cpu_seconds(),
-            (Some(server), None) if self.run.mode == Mode::Ferry => server.cpu_seconds(),
+            (Some(server), None) if matches!(self.run.mode, Mode::Ferry | Mode::Mount) => {
+                server.cpu_seconds()
+            }
             _ => None,
         }
     }
 
     async fn epoch(&self, args: &EpochsArgs, data: &DataSet, epoch: usize) -> EpochStats {
         let admin = match self.run.mode {
-            Mode::Ferry => self.server.as_ref().and_then(|s| s.admin),
+            Mode::Ferry | Mode::Mount => self.server.as_ref().and_then(|s| s.admin),
             _ => None,
         };
         let before = hit_counters(admin, self.bucket).await;
@@ -532,8 +662,10 @@ async fn hit_counters(admin: Option<std::net::SocketAddr>, dataset: &str) -> Opt
 fn ratios(runs: &[ModeRun]) -> Vec<(String, f64)> {
     let find = |mode| runs.iter().find(|r| r.mode == mode);
     let mut ratios = Vec::new();
-    let comparisons: [(Mode, &[Mode]); 3] = [
+    let comparisons: [(Mode, &[Mode]); 5] = [
         (Mode::Ferry, &[Mode::Bare, Mode::Direct]),
+        (Mode::Tmpfs, &[Mode::Synthetic]),
+        (Mode::Mount, &[Mode::Tmpfs, Mode::Ferry, Mode::Synthetic]),
         (Mode::Pool, &[Mode::Synthetic, Mode::Bare, Mode::Direct]),
         (
             Mode::PoolMtls,
@@ -615,7 +747,7 @@ fn print(report: &EpochsReport) {
     );
     table.print();
     if !report.ratios.is_empty() {
-        println!("\nwarm epochs (2+), ferry against each baseline in this run:");
+        println!("\nwarm epochs (2+) against each baseline in this run:");
         for (name, value) in &report.ratios {
             println!("  {name:<26} {value:>8.3}");
         }

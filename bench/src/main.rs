@@ -16,6 +16,7 @@ mod serve;
 mod telemetry;
 mod topology;
 mod train;
+mod tree;
 mod workload;
 
 use clap::{Parser, Subcommand};
@@ -185,6 +186,10 @@ impl PoolArgs {
             range_size: ferry_config::ByteSize::mib(4),
             readers: 32,
             epochs: self.epochs,
+            access: epochs::Access::S3,
+            classes: None,
+            tmpfs_dir: None,
+            drop_pages: false,
             seed: 1,
             origin_latency: std::time::Duration::from_millis(10),
             modes: vec![

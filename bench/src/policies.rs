@@ -89,6 +89,7 @@ pub async fn run(args: &PoliciesArgs) -> anyhow::Result<Vec<PolicyRun>> {
                     cache_size: cache,
                     cache_policy: policy,
                     read_ahead: Some(0),
+                    extra: Vec::new(),
                 },
             )?;
             let admin = proxy

@@ -75,6 +75,7 @@ impl PoolTopology {
             cache_size: spec.worker_cache,
             cache_policy: spec.policy,
             read_ahead: None,
+            extra: Vec::new(),
         }
         .args();
         worker_args.extend(spec.identity.iter().flat_map(MeshIdentity::worker_flags));

@@ -17,9 +17,11 @@ use ferry_config::{ByteSize, CachePolicy};
 
 use crate::child::{ChildProcess, ProxyArgs, WorkerSpec};
 use crate::client::{Reader, list_all};
+use crate::epochs::Access;
 use crate::report::{self, Table};
 use crate::topology::{PoolSpec, PoolTopology};
-use crate::workload::{DataSet, progress, sample_spec};
+use crate::tree::MountPoint;
+use crate::workload::{DataSet, FileReader, progress, sample_spec};
 
 /// `ferry-bench train` arguments.
 #[derive(Args, Clone, Debug)]
@@ -55,6 +57,9 @@ pub struct TrainArgs {
     /// Ferry's cache policy.
     #[arg(long, default_value = "pin")]
     pub cache_policy: CachePolicy,
+    /// Read S3 keys over HTTP, or files (class directories) through Ferry's mount.
+    #[arg(long, value_enum, default_value = "s3")]
+    pub access: Access,
     /// Read through a sidecar and 3 workers (pool) or one worker.
     #[arg(long, value_enum, default_value = "pool")]
     pub topology: Topology,
@@ -91,6 +96,8 @@ pub struct TrainEpoch {
 /// The comparison.
 #[derive(Debug, Serialize)]
 pub struct TrainReport {
+    /// How the job read its samples.
+    pub access: Access,
     /// The data set.
     pub dataset: String,
     /// Model speed in samples/s.
@@ -109,7 +116,12 @@ pub struct TrainReport {
 #[derive(Clone)]
 enum Source {
     Synthetic,
-    Ferry { addr: SocketAddr, bucket: String },
+    Ferry {
+        addr: SocketAddr,
+        bucket: String,
+    },
+    /// Files under this directory (Ferry's mount of the bucket).
+    Files(Arc<PathBuf>),
 }
 
 /// Runs both jobs and prints the comparison.
@@ -118,8 +130,17 @@ pub async fn run(args: &TrainArgs) -> anyhow::Result<TrainReport> {
         args.rate > 0.0 && args.batch > 0 && args.workers > 0,
         "rate, batch and workers must be positive"
     );
-    let spec = sample_spec(args.samples, args.size, args.seed)?;
+    let mut spec = sample_spec(args.samples, args.size, args.seed)?;
+    if args.access == Access::Posix {
+        // An ImageFolder tree: class directories of samples.
+        spec.classes = 100;
+    }
     let query = spec.to_query();
+    let mount = match args.access {
+        Access::Posix => Some(MountPoint::new("train")?),
+        Access::S3 => None,
+    };
+    let mount_flags = mount.as_ref().map(MountPoint::flags).unwrap_or_default();
     let data = DataSet::samples(spec.clone());
     let origin = ChildProcess::origin_server(&query, args.origin_latency)?;
     let origin_url = format!("http://{}/", origin.addr);
@@ -134,6 +155,7 @@ pub async fn run(args: &TrainArgs) -> anyhow::Result<TrainReport> {
                     cache_size: data.cache_for_all(),
                     cache_policy: args.cache_policy,
                     read_ahead: None,
+                    extra: mount_flags,
                 },
             )?;
             let addr = worker.addr;
@@ -152,7 +174,7 @@ pub async fn run(args: &TrainArgs) -> anyhow::Result<TrainReport> {
                     ),
                     sidecar_cache: ByteSize(data.bytes / 4),
                     policy: args.cache_policy,
-                    sidecar_flags: Vec::new(),
+                    sidecar_flags: mount_flags,
                     identity: None,
                 },
             )?;
@@ -161,9 +183,12 @@ pub async fn run(args: &TrainArgs) -> anyhow::Result<TrainReport> {
         }
     };
     list_all(addr, "/imagenet").await?;
-    let ferry_source = Source::Ferry {
-        addr,
-        bucket: "imagenet".into(),
+    let ferry_source = match &mount {
+        Some(mount) => Source::Files(Arc::new(mount.path().join("imagenet"))),
+        None => Source::Ferry {
+            addr,
+            bucket: "imagenet".into(),
+        },
     };
     eprintln!(
         "train: {} samples, {} per batch at {} samples/s ({:.0} ms of compute per batch), {} workers",
@@ -192,6 +217,7 @@ pub async fn run(args: &TrainArgs) -> anyhow::Result<TrainReport> {
     };
     let warm_ratio = warm.iter().sum::<f64>() / warm.len().max(1) as f64;
     let report = TrainReport {
+        access: args.access,
         dataset: spec.to_url(),
         rate: args.rate,
         synthetic,
@@ -213,6 +239,7 @@ async fn run_epoch(args: &TrainArgs, data: &DataSet, source: &Source, epoch: usi
     let label = match source {
         Source::Synthetic => format!("synthetic epoch {epoch}"),
         Source::Ferry { .. } => format!("ferry epoch {epoch}"),
+        Source::Files(_) => format!("mount epoch {epoch}"),
     };
     let bar = progress(batches.len(), &label);
     let started = Instant::now();
@@ -225,10 +252,32 @@ async fn run_epoch(args: &TrainArgs, data: &DataSet, source: &Source, epoch: usi
         let items = data.items.clone();
         let source = source.clone();
         let stride = args.workers;
+        if let Source::Files(root) = &source {
+            // A DataLoader worker process: blocking open/read/close.
+            let root = root.clone();
+            workers.push(tokio::task::spawn_blocking(move || {
+                let mut reader = FileReader::new(false);
+                let mut errors = 0;
+                for index in (worker..batches.len()).step_by(stride) {
+                    for &sample in &batches[index] {
+                        let read = &items[sample][0];
+                        let loaded = reader.read(&root.join(&read.key), read);
+                        if !loaded.is_ok_and(|len| len == read.len) {
+                            errors += 1;
+                        }
+                    }
+                    if tx.blocking_send(index).is_err() {
+                        break;
+                    }
+                }
+                errors
+            }));
+            continue;
+        }
         workers.push(tokio::spawn(async move {
             let mut reader = match &source {
                 Source::Ferry { addr, .. } => Some(Reader::new(*addr)),
-                Source::Synthetic => None,
+                Source::Synthetic | Source::Files(_) => None,
             };
             let mut errors = 0;
             for index in (worker..batches.len()).step_by(stride) {

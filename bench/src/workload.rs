@@ -2,7 +2,10 @@
 //! ranges), a fresh shuffle every epoch, R concurrent readers, and per-epoch
 //! throughput, latency and errors.
 
+use std::io::Read as _;
 use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -157,9 +160,28 @@ pub enum Target {
         /// Check every byte against the synthetic data set this describes.
         verify: Option<Arc<SyntheticSpec>>,
     },
+    /// Files: keys are paths under `root`, read with blocking
+    /// open/read/close on threads of their own, as DataLoader workers do.
+    Files {
+        /// The directory keys are relative to.
+        root: Arc<PathBuf>,
+        /// Drop each file's cached pages after reading it.
+        drop_pages: bool,
+    },
 }
 
 impl Target {
+    /// Files under `root`; with `drop_pages`, the kernel is told to drop
+    /// each file's cached pages once it is read, so the next epoch reads
+    /// through the file system again, as when the data set is larger than
+    /// the machine's memory (tmpfs pages are the storage and stay).
+    pub fn files(root: &Path, drop_pages: bool) -> Self {
+        Self::Files {
+            root: Arc::new(root.to_path_buf()),
+            drop_pages,
+        }
+    }
+
     /// An HTTP target that does not verify bytes.
     pub fn http(addr: SocketAddr, prefix: impl Into<String>) -> Self {
         Self::Http {
@@ -258,6 +280,17 @@ pub async fn run_epoch(
     readers: usize,
     bar: &ProgressBar,
 ) -> EpochStats {
+    if let Target::Files { root, drop_pages } = target {
+        let items = data.items.clone();
+        let root = root.clone();
+        let drop_pages = *drop_pages;
+        let bar = bar.clone();
+        return tokio::task::spawn_blocking(move || {
+            file_epoch(&items, &order, &root, drop_pages, readers, &bar)
+        })
+        .await
+        .unwrap_or_default();
+    }
     let order = Arc::new(order);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -272,7 +305,7 @@ pub async fn run_epoch(
                 let mut local = ReaderTotals::default();
                 let mut reader = match &target {
                     Target::Http { addr, .. } => Some(Reader::new(*addr)),
-                    Target::Synthetic(_) => None,
+                    Target::Synthetic(_) | Target::Files { .. } => None,
                 };
                 let mut path = String::new();
                 let mut expected = Vec::new();
@@ -304,22 +337,9 @@ pub async fn run_epoch(
                                     },
                                 }
                             }
-                            (Target::Http { .. }, None) => Ok(0),
+                            (Target::Http { .. } | Target::Files { .. }, _) => Ok(0),
                         };
-                        let latency = begun.elapsed().as_micros().min(u32::MAX as u128) as u32;
-                        local.latencies_us.push(latency);
-                        let start_ms = begun
-                            .duration_since(started)
-                            .as_millis()
-                            .min(u32::MAX as u128) as u32;
-                        local.timeline.push((start_ms, latency));
-                        match outcome {
-                            Ok(len) if len == read.len => {
-                                local.reads += 1;
-                                local.bytes += len;
-                            }
-                            Ok(_) | Err(_) => local.errors += 1,
-                        }
+                        local.record(started, begun, read, outcome);
                     }
                     local.items += 1;
                     bar.inc(1);
@@ -338,6 +358,91 @@ pub async fn run_epoch(
     totals.into_stats(seconds)
 }
 
+/// An epoch over files: `readers` threads take items in `order` and read
+/// each file (or each range of it) with open, read and close.
+fn file_epoch(
+    items: &[Item],
+    order: &[usize],
+    root: &Path,
+    drop_pages: bool,
+    readers: usize,
+    bar: &ProgressBar,
+) -> EpochStats {
+    let next = AtomicUsize::new(0);
+    let started = Instant::now();
+    let totals = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..readers.max(1))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut local = ReaderTotals::default();
+                    let mut reader = FileReader::new(drop_pages);
+                    loop {
+                        let at = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&item) = order.get(at) else { break };
+                        for read in &items[item] {
+                            let begun = Instant::now();
+                            let outcome = reader.read(&root.join(&read.key), read);
+                            local.record(started, begun, read, outcome);
+                        }
+                        local.items += 1;
+                        bar.inc(1);
+                    }
+                    local
+                })
+            })
+            .collect();
+        let mut totals = ReaderTotals::default();
+        for thread in threads {
+            if let Ok(local) = thread.join() {
+                totals.merge(local);
+            }
+        }
+        totals
+    });
+    totals.into_stats(started.elapsed().as_secs_f64())
+}
+
+/// Reads files as a data loader does, into one reused buffer.
+pub struct FileReader {
+    buffer: Vec<u8>,
+    drop_pages: bool,
+}
+
+impl FileReader {
+    /// A reader; with `drop_pages`, see [`Target::files`].
+    pub fn new(drop_pages: bool) -> Self {
+        Self {
+            buffer: Vec::new(),
+            drop_pages,
+        }
+    }
+
+    /// One read: the whole file, as `open(path).read()` does, or one range
+    /// of it. Returns the bytes read.
+    pub fn read(&mut self, path: &Path, read: &Read) -> std::io::Result<u64> {
+        let mut file = std::fs::File::open(path)?;
+        let len = match read.range {
+            None => {
+                self.buffer.clear();
+                file.read_to_end(&mut self.buffer)?
+            }
+            Some((start, _)) => {
+                self.buffer.resize(read.len as usize, 0);
+                file.read_exact_at(&mut self.buffer, start)?;
+                self.buffer.len()
+            }
+        };
+        std::hint::black_box(&self.buffer);
+        if self.drop_pages {
+            let (offset, len) = read.range.map_or((0, None), |(start, end)| {
+                (start, std::num::NonZeroU64::new(end - start + 1))
+            });
+            rustix::fs::fadvise(&file, offset, len, rustix::fs::Advice::DontNeed)?;
+        }
+        Ok(len as u64)
+    }
+}
+
 /// What one reader counted.
 #[derive(Default)]
 pub struct ReaderTotals {
@@ -351,6 +456,30 @@ pub struct ReaderTotals {
 }
 
 impl ReaderTotals {
+    /// One read that began at `begun`, in an epoch that began at `started`.
+    fn record<E>(
+        &mut self,
+        started: Instant,
+        begun: Instant,
+        read: &Read,
+        outcome: Result<u64, E>,
+    ) {
+        let latency = begun.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        self.latencies_us.push(latency);
+        let start_ms = begun
+            .duration_since(started)
+            .as_millis()
+            .min(u32::MAX as u128) as u32;
+        self.timeline.push((start_ms, latency));
+        match outcome {
+            Ok(len) if len == read.len => {
+                self.reads += 1;
+                self.bytes += len;
+            }
+            Ok(_) | Err(_) => self.errors += 1,
+        }
+    }
+
     fn merge(&mut self, other: ReaderTotals) {
         self.reads += other.reads;
         self.items += other.items;

@@ -167,6 +167,94 @@ fn train_compares_synthetic_and_ferry_epochs() {
 }
 
 #[test]
+fn posix_epochs_read_the_tree_from_tmpfs_the_mount_and_s3() {
+    let json = temp_json("posix");
+    let stdout = bench(&[
+        "epochs",
+        "--access",
+        "posix",
+        "--samples",
+        "300",
+        "--classes",
+        "7",
+        "--size",
+        "16KiB",
+        "--epochs",
+        "2",
+        "--readers",
+        "4",
+        "--origin-latency",
+        "1ms",
+        "--drop-pages",
+        "--json",
+        json.to_str().expect("path"),
+    ]);
+    assert!(stdout.contains("mount/tmpfs items/s"), "{stdout}");
+    let report = read_json(&json);
+    let runs = report["runs"].as_array().expect("runs");
+    let modes: Vec<&str> = runs
+        .iter()
+        .map(|r| r["mode"].as_str().expect("mode"))
+        .collect();
+    assert_eq!(modes, ["synthetic", "tmpfs", "mount", "ferry"]);
+    for run in runs {
+        for epoch in run["epochs"].as_array().expect("epochs") {
+            assert_eq!(epoch["errors"], 0, "{run}");
+            assert_eq!(epoch["items"], 300, "{run}");
+        }
+    }
+    let mount = &runs[2];
+    assert!(mount["list_seconds"].as_f64().expect("walked") > 0.0);
+    assert_eq!(
+        mount["epochs"][1]["hit_ratio"], 1.0,
+        "with the pages dropped, epoch 2 reads Ferry's cache through the mount"
+    );
+    let table = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !table.contains("ferry-bench-mnt-epochs"),
+        "nothing left mounted:\n{table}"
+    );
+}
+
+#[test]
+fn train_reads_files_through_the_mount() {
+    let json = temp_json("train-posix");
+    bench(&[
+        "train",
+        "--access",
+        "posix",
+        "--topology",
+        "worker",
+        "--samples",
+        "512",
+        "--size",
+        "8KiB",
+        "--batch",
+        "64",
+        "--rate",
+        "20000",
+        "--workers",
+        "4",
+        "--epochs",
+        "2",
+        "--origin-latency",
+        "0ms",
+        "--json",
+        json.to_str().expect("path"),
+    ]);
+    let report = read_json(&json);
+    assert_eq!(report["access"], "posix");
+    assert!(
+        report["dataset"]
+            .as_str()
+            .is_some_and(|url| url.contains("classes=100"))
+    );
+    for epoch in report["ferry"].as_array().expect("epochs") {
+        assert_eq!(epoch["errors"], 0);
+    }
+}
+
+#[test]
 fn the_pool_topology_holds_the_data_set_after_epoch_one() {
     let json = temp_json("pool");
     // Affinity only (no hedges, no spills): every chunk goes to its owner,
