@@ -196,7 +196,7 @@ async fn an_origin_failing_mid_file_is_eio_and_a_changed_object_never_mixes() {
     .await;
     let mount = MountDir::new("eio");
     let url = origin.url();
-    let _proxy = worker_with_mount(
+    let proxy = worker_with_mount(
         &mount,
         &url,
         &[
@@ -220,6 +220,17 @@ async fn an_origin_failing_mid_file_is_eio_and_a_changed_object_never_mixes() {
         prefix[..] == big[..prefix.len()],
         "the bytes before the failure are right"
     );
+    // Golden metrics count the mount's reads as their own direction.
+    let mount = [("dataset", "imagenet"), ("direction", "mount")];
+    assert!(proxy.metric("request_total", &mount).await >= 2.0);
+    let failed = [
+        ("dataset", "imagenet"),
+        ("direction", "mount"),
+        ("classification", "failure"),
+    ];
+    assert!(proxy.metric("response_total", &failed).await >= 1.0);
+    let sent = proxy.metric("response_bytes_total", &mount).await;
+    assert!(sent >= prefix.len() as f64, "{sent} bytes counted");
 
     // Opened at one version; the object changes meanwhile: the rest of the
     // file is that version or an error, never the new one's bytes.

@@ -464,7 +464,8 @@ impl Datasets {
     /// Traffic metrics for requests that match no data set.
     pub fn unknown(&self, direction: Direction) -> &TrafficMetrics {
         match direction {
-            Direction::Outbound => &self.unknown_outbound,
+            // The mount has no unknown data sets: only theirs are directories.
+            Direction::Outbound | Direction::Mount => &self.unknown_outbound,
             Direction::Inbound => &self.unknown_inbound,
         }
     }

@@ -17,9 +17,9 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
@@ -33,8 +33,10 @@ use super::inodes::{Inodes, Kind, Node, ROOT, number_of};
 use crate::chunk::ReadAhead;
 use crate::dataset::Dataset;
 use crate::mesh::Mesh;
+use crate::metadata::ObjectInfo;
 use crate::metadata::list::ListRequest;
 use crate::origin::OriginError;
+use crate::telemetry::Direction;
 
 /// How long the kernel trusts the root's entries: data sets come and go
 /// with the control plane's configuration.
@@ -175,6 +177,27 @@ async fn children(
     entries.sort();
     entries.dedup_by(|a, b| a.0 == b.0);
     Ok(entries)
+}
+
+/// Bytes `range` of version `object`, in one piece. Pinned to that version:
+/// a changed object is an error (EIO), never a mix of two versions.
+async fn read_range(
+    dataset: &Dataset,
+    object: &Arc<ObjectInfo>,
+    range: std::ops::Range<u64>,
+) -> Result<Bytes, OriginError> {
+    let len = (range.end - range.start) as usize;
+    let read = dataset.read(object, range, ReadAhead::IfSequential).await?;
+    let Some(mut rest) = read.rest else {
+        return Ok(read.head);
+    };
+    // A read across chunks: the kernel takes one buffer.
+    let mut data = BytesMut::with_capacity(len);
+    data.extend_from_slice(&read.head);
+    while let Some(piece) = rest.next().await {
+        data.extend_from_slice(&piece?);
+    }
+    Ok(data.freeze())
 }
 
 impl Filesystem for FerryFs {
@@ -328,34 +351,24 @@ impl Filesystem for FerryFs {
         if offset >= end {
             return reply.data(&[]);
         }
+        let started = Instant::now();
         self.runtime.spawn(async move {
-            // Pinned to the inode's version: a changed object is an error
-            // (EIO), never a mix of two versions.
-            let read = match dataset
-                .read(&object, offset..end, ReadAhead::IfSequential)
-                .await
-            {
-                Ok(read) => read,
+            let metrics = dataset.metrics.traffic(Direction::Mount);
+            metrics.requests.increment(1);
+            match read_range(&dataset, &object, offset..end).await {
+                Ok(data) => {
+                    metrics.count_response(200);
+                    metrics.response_bytes.increment(data.len() as u64);
+                    metrics.latency.record(started.elapsed());
+                    reply.data(&data);
+                }
                 Err(err) => {
                     tracing::warn!(key = %object.meta.key, %err, "mount: read failed");
-                    return reply.error(Errno::EIO);
-                }
-            };
-            let Some(mut rest) = read.rest else {
-                return reply.data(&read.head);
-            };
-            let mut data = BytesMut::with_capacity((end - offset) as usize);
-            data.extend_from_slice(&read.head);
-            while let Some(piece) = rest.next().await {
-                match piece {
-                    Ok(piece) => data.extend_from_slice(&piece),
-                    Err(err) => {
-                        tracing::warn!(key = %object.meta.key, %err, "mount: read failed");
-                        return reply.error(Errno::EIO);
-                    }
+                    metrics.count_response(500);
+                    metrics.latency.record(started.elapsed());
+                    reply.error(Errno::EIO);
                 }
             }
-            reply.data(&data);
         });
     }
 

@@ -340,7 +340,7 @@ async fn body_of(
     request_span: &tracing::Span,
 ) -> Result<ProxyBody, S3Error> {
     let ahead = match direction {
-        Direction::Outbound => ReadAhead::IfSequential,
+        Direction::Outbound | Direction::Mount => ReadAhead::IfSequential,
         Direction::Inbound => ReadAhead::Never,
     };
     let remaining = range.end - range.start;

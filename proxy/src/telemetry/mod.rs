@@ -187,6 +187,9 @@ pub enum Direction {
     Outbound,
     /// The worker's listener for other proxies (`:4143`).
     Inbound,
+    /// The FUSE mount (`--mount`): reads the kernel sends, not the app's
+    /// reads (page-cache hits never reach the proxy).
+    Mount,
 }
 
 impl Direction {
@@ -195,6 +198,7 @@ impl Direction {
         match self {
             Self::Outbound => "outbound",
             Self::Inbound => "inbound",
+            Self::Mount => "mount",
         }
     }
 }
@@ -305,6 +309,9 @@ pub struct DatasetMetrics {
     pub outbound: TrafficMetrics,
     /// Traffic from other proxies (workers).
     pub inbound: TrafficMetrics,
+    /// Reads through the mount, registered on the first one, so proxies
+    /// without a mount export no such series.
+    mount: OnceLock<TrafficMetrics>,
     /// The memory tier.
     pub memory: TierMetrics,
     /// The disk tier (workers with a disk cache).
@@ -337,6 +344,7 @@ impl DatasetMetrics {
         Self {
             outbound: TrafficMetrics::new(dataset, Direction::Outbound),
             inbound: TrafficMetrics::new(dataset, Direction::Inbound),
+            mount: OnceLock::new(),
             memory: TierMetrics::new(dataset, "memory"),
             disk: TierMetrics::new(dataset, "disk"),
             metadata_hits: counter!("metadata_hits_total", "dataset" => name.clone()),
@@ -356,6 +364,9 @@ impl DatasetMetrics {
         match direction {
             Direction::Outbound => &self.outbound,
             Direction::Inbound => &self.inbound,
+            Direction::Mount => self
+                .mount
+                .get_or_init(|| TrafficMetrics::new(&self.outbound.dataset, Direction::Mount)),
         }
     }
 }
