@@ -408,3 +408,56 @@ fn sigterm_unmounts_and_a_restart_clears_a_stale_mount() {
     );
     assert!(!ok && err.contains("does not exist"), "{err}");
 }
+
+/// What a pod with the mount option does, on this kernel: the sidecar
+/// mounts on its view of an `emptyDir` (a shared bind mount,
+/// `mountPropagation: Bidirectional`); the app's view of the same volume
+/// (a slave bind, `HostToContainer`) sees the data sets, and sees them go
+/// when the sidecar stops. Run in a mount namespace of its own.
+#[test]
+fn a_mount_on_a_shared_volume_reaches_the_app_s_view_of_it() {
+    let base = std::env::temp_dir().join(format!("ferry-propagation-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).expect("base");
+    let key = spec().key(7);
+    let script = r#"
+set -eu
+base=$1; proxy=$2; origin=$3; key=$4
+mkdir -p "$base/volume" "$base/sidecar" "$base/app"
+mount --bind "$base/volume" "$base/volume"; mount --make-shared "$base/volume"
+mount --rbind "$base/volume" "$base/sidecar"; mount --make-rshared "$base/sidecar"
+mount --rbind "$base/volume" "$base/app"; mount --make-rslave "$base/app"
+"$proxy" worker --origin "$origin" --bucket imagenet --listen 127.0.0.1:0 \
+    --admin 127.0.0.1:0 --inbound 127.0.0.1:0 --mount "$base/sidecar" \
+    > "$base/ready" 2> "$base/log" &
+pid=$!
+# Whatever fails below, the proxy goes with the script.
+trap 'kill -KILL "$pid" 2>/dev/null || true' EXIT
+# The ready line comes once the mount is in place.
+for _ in $(seq 300); do grep -q '"ready"' "$base/ready" && break; sleep 0.05; done
+cp "$base/app/imagenet/$key" "$base/seen-by-app"
+kill -TERM "$pid"; wait "$pid"
+ls -A "$base/app" > "$base/left-for-app"
+"#;
+    let status = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "bash", "-c", script, "sh"])
+        .arg(&base)
+        .arg(env!("CARGO_BIN_EXE_ferry-proxy"))
+        .arg(format!("synthetic://?{SPEC}"))
+        .arg(&key)
+        .status()
+        .expect("unshare");
+    let seen = std::fs::read(base.join("seen-by-app"));
+    let left = std::fs::read_to_string(base.join("left-for-app"));
+    let _ = std::fs::remove_dir_all(&base);
+    assert!(status.success(), "the pod-like setup failed: {status}");
+    assert!(
+        seen.expect("the app's view had the file") == common::synthetic_object(SPEC, 7),
+        "the app reads the object's bytes through its own view"
+    );
+    assert_eq!(
+        left.expect("listed"),
+        "",
+        "the unmount reached the app's view"
+    );
+}

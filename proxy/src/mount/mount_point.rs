@@ -1,6 +1,9 @@
 //! The mount point before mounting: it must exist, be a directory and be
 //! empty; a stale FUSE mount left there by a killed process (its stat
-//! fails with "transport endpoint is not connected") is cleared first.
+//! fails with "transport endpoint is not connected") is cleared first. The
+//! directory may itself be a mount point (a Kubernetes volume always is);
+//! only a live FUSE file system there, which the new mount would hide, is
+//! refused.
 
 use std::path::{Path, PathBuf};
 
@@ -33,9 +36,10 @@ pub fn prepare(dir: &Path) -> anyhow::Result<PathBuf> {
     let canonical = dir
         .canonicalize()
         .with_context(|| format!("cannot resolve mount point {}", dir.display()))?;
-    if let Some(filesystem) = mounted_on(&canonical) {
+    if let Some(filesystem) = mounted_on(&canonical).filter(|t| t.starts_with("fuse")) {
         bail!(
-            "mount point {} already has a {filesystem} file system mounted on it",
+            "mount point {} already has a live {filesystem} file system mounted on it \
+             (another ferry-proxy serving it?)",
             dir.display()
         );
     }
