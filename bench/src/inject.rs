@@ -157,6 +157,7 @@ async fn direct(args: &InjectArgs, dir: &Path) -> anyhow::Result<Vec<Latencies>>
         control_plane_namespace: "ferry-system".into(),
         trust_bundle: ca.bundle_pem(),
         native: true,
+        allow_mount: false,
     };
     let namespaces: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::from([
         (

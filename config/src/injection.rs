@@ -36,8 +36,25 @@ pub struct InjectionConfig {
     pub control_plane_url: Option<String>,
     /// Native sidecars (Kubernetes ≥ 1.29): `auto` asks the API server's version.
     pub native_sidecars: NativeSidecars,
+    /// Pods may ask for the POSIX mount (`config.ferry.dev/mount`). Off by
+    /// default: the sidecar of such a pod runs privileged, as root, to mount
+    /// FUSE and share it through mount propagation.
+    pub allow_mount: bool,
     /// Defaults of the per-pod settings.
     pub defaults: PodSettings,
+}
+
+impl InjectionConfig {
+    /// Checks what the fields cannot say alone.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.defaults.mount.is_some() && !self.allow_mount {
+            return Err(
+                "injection.defaults.mount needs injection.allow_mount: true (the mount makes the sidecar privileged)"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for InjectionConfig {
@@ -53,6 +70,7 @@ impl Default for InjectionConfig {
             image_pull_policy: "IfNotPresent".to_owned(),
             control_plane_url: None,
             native_sidecars: NativeSidecars::Auto,
+            allow_mount: false,
             defaults: PodSettings {
                 cpu_request: Some("100m".parse().unwrap_or_default()),
                 memory_request: Some("256Mi".parse().unwrap_or_default()),
@@ -107,6 +125,9 @@ pub struct PodSettings {
     pub memory_limit: Option<Quantity>,
     /// Its log level.
     pub log_level: Option<LogLevel>,
+    /// Where the app's containers see the data sets as files (the POSIX
+    /// mount); none by default.
+    pub mount: Option<AppMountPath>,
 }
 
 /// Prefix of the per-pod setting annotations.
@@ -114,7 +135,7 @@ pub const SETTING_PREFIX: &str = "config.ferry.dev/";
 
 impl PodSettings {
     /// The annotation names, each with what it allows.
-    pub const ANNOTATIONS: [(&'static str, &'static str); 7] = [
+    pub const ANNOTATIONS: [(&'static str, &'static str); 8] = [
         ("cache-size", "a size such as 512MiB or 4GiB"),
         ("cache-policy", "pin, lru or s3fifo"),
         ("cpu-request", "a Kubernetes quantity such as 250m or 2"),
@@ -125,6 +146,10 @@ impl PodSettings {
         ),
         ("memory-limit", "a Kubernetes quantity such as 512Mi or 2Gi"),
         ("log-level", "error, warn, info, debug or trace"),
+        (
+            "mount",
+            "an absolute path such as /data where the app's containers see the data sets, or none",
+        ),
     ];
 
     /// These settings with each `config.ferry.dev/<setting>` annotation of
@@ -158,10 +183,61 @@ impl PodSettings {
                 "cpu-limit" => settings.cpu_limit = Some(value.parse().map_err(bad)?),
                 "memory-request" => settings.memory_request = Some(value.parse().map_err(bad)?),
                 "memory-limit" => settings.memory_limit = Some(value.parse().map_err(bad)?),
+                "mount" if value == "none" => settings.mount = None,
+                "mount" => settings.mount = Some(value.parse().map_err(bad)?),
                 _ => settings.log_level = Some(value.parse().map_err(bad)?),
             }
         }
         Ok(settings)
+    }
+}
+
+/// A path in the app's containers: absolute, normalized (no empty, `.` or
+/// `..` segments), not `/` itself, as a `volumeMount`'s `mountPath` must be
+/// to hold a volume of its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppMountPath(String);
+
+impl AppMountPath {
+    /// The path.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for AppMountPath {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let Some(rest) = text.strip_prefix('/') else {
+            return Err(format!("'{text}' is not an absolute path"));
+        };
+        let normal = !rest.is_empty()
+            && rest
+                .split('/')
+                .all(|segment| !matches!(segment, "" | "." | ".."));
+        if !normal {
+            return Err(format!(
+                "'{text}' is not a normalized path below / (no empty, '.' or '..' parts, no trailing /)"
+            ));
+        }
+        if text.len() > 1024 || text.contains(['\0', ':']) {
+            return Err(format!("'{text}' cannot be a mount path"));
+        }
+        Ok(Self(text.to_owned()))
+    }
+}
+
+impl<'de> Deserialize<'de> for AppMountPath {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for AppMountPath {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
     }
 }
 
@@ -280,6 +356,45 @@ impl FromStr for LogLevel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_paths_are_absolute_and_normalized() {
+        for good in ["/data", "/mnt/ferry", "/a-b/c_d.e"] {
+            assert!(good.parse::<AppMountPath>().is_ok(), "{good}");
+        }
+        for bad in [
+            "", "/", "data", "/data/", "//data", "/a/../b", "/a/./b", "/a:b",
+        ] {
+            assert!(bad.parse::<AppMountPath>().is_err(), "{bad}");
+        }
+        let defaults = InjectionConfig::default().defaults;
+        let asked = defaults
+            .with_annotations([("config.ferry.dev/mount", "/data")])
+            .expect("valid");
+        assert_eq!(
+            asked.mount.as_ref().map(AppMountPath::as_str),
+            Some("/data")
+        );
+        let declined = asked
+            .with_annotations([("config.ferry.dev/mount", "none")])
+            .expect("valid");
+        assert_eq!(declined.mount, None);
+        let err = defaults
+            .with_annotations([("config.ferry.dev/mount", "data")])
+            .expect_err("relative");
+        assert!(err.contains("absolute path such as /data"), "{err}");
+    }
+
+    #[test]
+    fn a_default_mount_needs_the_operator_to_allow_it() {
+        let mut config = InjectionConfig::default();
+        assert!(config.validate().is_ok());
+        config.defaults.mount = Some("/data".parse().expect("path"));
+        let err = config.validate().expect_err("not allowed");
+        assert!(err.contains("allow_mount"), "{err}");
+        config.allow_mount = true;
+        assert!(config.validate().is_ok());
+    }
 
     #[test]
     fn quantities_are_checked_as_the_api_server_does() {

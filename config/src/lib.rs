@@ -20,7 +20,9 @@ pub use control_plane::ControlPlaneConfig;
 pub use identity::{
     BootstrapToken, BootstrapTokens, IdentityMode, IdentitySpec, SpiffeId, SpiffePattern,
 };
-pub use injection::{InjectionConfig, LogLevel, NativeSidecars, PodSettings, Quantity};
+pub use injection::{
+    AppMountPath, InjectionConfig, LogLevel, NativeSidecars, PodSettings, Quantity,
+};
 pub use load::{ConfigError, from_yaml, from_yaml_file, to_yaml};
 pub use origin::OriginSpec;
 pub use policy::{

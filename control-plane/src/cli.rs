@@ -89,6 +89,10 @@ pub struct Cli {
     /// Native sidecars in injected pods: auto (from the API server's version), always or never.
     #[arg(long)]
     pub native_sidecars: Option<ferry_config::NativeSidecars>,
+    /// Let pods ask for the POSIX mount (config.ferry.dev/mount); their
+    /// sidecar then runs privileged.
+    #[arg(long)]
+    pub allow_mount: bool,
 }
 
 impl Cli {
@@ -160,6 +164,7 @@ impl Cli {
         if let Some(native) = self.native_sidecars {
             injection.native_sidecars = native;
         }
+        injection.allow_mount |= self.allow_mount;
         if let Some(heartbeat) = self.watch_heartbeat {
             anyhow::ensure!(
                 heartbeat >= std::time::Duration::from_millis(100),
@@ -167,6 +172,7 @@ impl Cli {
             );
             config.watch_heartbeat = ferry_config::HumanDuration(heartbeat);
         }
+        config.injection.validate().map_err(anyhow::Error::msg)?;
         Ok(config)
     }
 }

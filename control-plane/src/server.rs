@@ -225,6 +225,7 @@ async fn start_webhook(
         control_plane_namespace: config.namespace.clone(),
         trust_bundle: ca.bundle_pem(),
         native,
+        allow_mount: injection.allow_mount,
     };
     let injector = Arc::new(crate::inject::Injector::new(
         template,

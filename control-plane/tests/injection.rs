@@ -21,6 +21,10 @@ fn fixtures() -> PathBuf {
 }
 
 fn injector(native: bool) -> Injector {
+    injector_allowing_mount(native, true)
+}
+
+fn injector_allowing_mount(native: bool, allow_mount: bool) -> Injector {
     let template = SidecarTemplate {
         image: "ferry:test".into(),
         image_pull_policy: "IfNotPresent".into(),
@@ -28,6 +32,7 @@ fn injector(native: bool) -> Injector {
         control_plane_namespace: "ferry-system".into(),
         trust_bundle: BUNDLE.into(),
         native,
+        allow_mount,
     };
     let namespaces: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::from([
         (
@@ -184,6 +189,34 @@ fn a_pod_can_ask_for_itself() {
     golden("pod-enabled", true);
 }
 
+#[test]
+fn a_pod_that_asks_for_the_mount_shares_it_through_an_empty_dir() {
+    golden("mount", true);
+    golden("mount", false);
+    golden("mount-taken", true);
+}
+
+#[test]
+fn the_mount_is_refused_where_the_operator_does_not_allow_it() {
+    let text = std::fs::read_to_string(fixtures().join("mount.pod.yaml")).expect("fixture");
+    let pod: Value = ferry_config::from_yaml(&text, "mount").expect("YAML");
+    let (decision, answer, patch) = admit(&injector_allowing_mount(true, false), &pod);
+    assert_eq!(decision.result(), "denied");
+    assert!(patch.is_none());
+    let message = answer["response"]["status"]["message"]
+        .as_str()
+        .expect("a message");
+    assert!(
+        message.contains("config.ferry.dev/mount") && message.contains("injection.mount.allowed"),
+        "{message}"
+    );
+    // A pod that does not ask is injected as before.
+    let text = std::fs::read_to_string(fixtures().join("plain.pod.yaml")).expect("fixture");
+    let pod: Value = ferry_config::from_yaml(&text, "plain").expect("YAML");
+    let (decision, _, _) = admit(&injector_allowing_mount(true, false), &pod);
+    assert_eq!(decision.result(), "injected");
+}
+
 /// On the wire the patch is base64, as the AdmissionReview API says.
 #[test]
 fn the_answer_carries_the_patch_in_base64() {
@@ -225,24 +258,32 @@ fn the_injected_flags_exist() {
         .output()
         .expect("ferry-proxy sidecar --help");
     let help = String::from_utf8_lossy(&help.stdout);
-    let text = std::fs::read_to_string(fixtures().join("annotations.pod.yaml")).expect("fixture");
-    let pod: Value = ferry_config::from_yaml(&text, "annotations").expect("YAML");
-    let (_, _, patch) = admit(&injector(true), &pod);
-    let patch = patch.expect("injected");
-    let sidecar = patch
-        .as_array()
-        .expect("operations")
-        .iter()
-        .find(|op| op["path"] == "/spec/initContainers")
-        .expect("the sidecar")["value"][0]
-        .clone();
-    for arg in sidecar["args"].as_array().expect("args") {
-        let arg = arg.as_str().expect("text");
-        if arg.starts_with("--") {
-            assert!(
-                help.contains(arg),
-                "{arg} is not a flag of ferry-proxy sidecar"
-            );
+    for fixture in ["annotations", "mount"] {
+        let text = std::fs::read_to_string(fixtures().join(format!("{fixture}.pod.yaml")))
+            .expect("fixture");
+        let pod: Value = ferry_config::from_yaml(&text, fixture).expect("YAML");
+        let (_, _, patch) = admit(&injector(true), &pod);
+        let patch = patch.expect("injected");
+        let sidecar = patch
+            .as_array()
+            .expect("operations")
+            .iter()
+            .find(|op| {
+                op["path"] == "/spec/initContainers/0" || op["path"] == "/spec/initContainers"
+            })
+            .map(|op| match op["value"].as_array() {
+                Some(list) => list[0].clone(),
+                None => op["value"].clone(),
+            })
+            .expect("the sidecar");
+        for arg in sidecar["args"].as_array().expect("args") {
+            let arg = arg.as_str().expect("text");
+            if arg.starts_with("--") {
+                assert!(
+                    help.contains(arg),
+                    "{arg} is not a flag of ferry-proxy sidecar"
+                );
+            }
         }
     }
     let await_help = std::process::Command::new(&proxy)

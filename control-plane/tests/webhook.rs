@@ -48,7 +48,9 @@ fn sidecar(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::Container> {
 
 #[tokio::test]
 async fn pods_are_injected_through_the_api_server() {
-    let Some(env) = KubeEnv::start("webhook") else {
+    // Privileged containers allowed, as kubeadm and managed clusters do: the
+    // mount option's sidecar is one.
+    let Some(env) = KubeEnv::start_with("webhook", "--allow-privileged=true") else {
         return;
     };
     let admin = env.client().await;
@@ -108,6 +110,7 @@ async fn pods_are_injected_through_the_api_server() {
             "always",
             "--sidecar-image",
             "ferry:test",
+            "--allow-mount",
         ],
     );
     let configurations: Api<
@@ -257,6 +260,46 @@ async fn pods_are_injected_through_the_api_server() {
             && message.contains("allowed"),
         "{message}"
     );
+    // The POSIX mount, allowed here: the API server takes the privileged
+    // sidecar with its Bidirectional volume and the app's HostToContainer view.
+    let mounted = train
+        .create(
+            &PostParams::default(),
+            &pod(
+                "imagefolder",
+                json!({ "config.ferry.dev/mount": "/data" }),
+                false,
+            ),
+        )
+        .await
+        .expect("created with the mount");
+    let proxy = sidecar(&mounted).expect("injected");
+    let security = proxy.security_context.as_ref().expect("security context");
+    assert_eq!(security.privileged, Some(true));
+    let propagation = |mounts: &Option<Vec<k8s_openapi::api::core::v1::VolumeMount>>| {
+        mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "ferry-mount")
+            .map(|m| (m.mount_path.clone(), m.mount_propagation.clone()))
+    };
+    assert_eq!(
+        propagation(&proxy.volume_mounts),
+        Some((
+            "/var/run/ferry/mount".to_owned(),
+            Some("Bidirectional".to_owned())
+        ))
+    );
+    let app = &mounted.spec.as_ref().expect("spec").containers[0];
+    assert_eq!(
+        propagation(&app.volume_mounts),
+        Some(("/data".to_owned(), Some("HostToContainer".to_owned())))
+    );
+    eprintln!(
+        "what Ferry added to a pod asking for the mount:\n{}",
+        added_by_ferry(&mounted)
+    );
+
     let metrics = reqwest::get(format!("http://{}/metrics", plane.admin))
         .await
         .expect("metrics")
@@ -264,7 +307,7 @@ async fn pods_are_injected_through_the_api_server() {
         .await
         .expect("text");
     for expected in [
-        r#"injection_total{result="injected",reason="namespace"} 1"#,
+        r#"injection_total{result="injected",reason="namespace"} 2"#,
         r#"injection_total{result="skipped",reason="disabled"} 1"#,
         r#"injection_total{result="skipped",reason="host_network"} 1"#,
         r#"injection_total{result="skipped",reason="not_enabled"} 1"#,
@@ -333,6 +376,23 @@ async fn pods_are_injected_through_the_api_server() {
         .expect("a postStart hook");
     assert_eq!(&hook[..2], ["ferry-proxy", "await"]);
     assert!(sidecar(&legacy).is_none(), "not an init container");
+    // Without --allow-mount, a pod that asks for the mount is refused, saying why.
+    let refused = train
+        .create(
+            &PostParams::default(),
+            &pod(
+                "imagefolder-2",
+                json!({ "config.ferry.dev/mount": "/data" }),
+                false,
+            ),
+        )
+        .await
+        .expect_err("refused");
+    let message = refused.to_string();
+    assert!(
+        message.contains("config.ferry.dev/mount") && message.contains("injection.mount.allowed"),
+        "{message}"
+    );
     drop(plane);
 }
 
@@ -351,9 +411,11 @@ fn added_by_ferry(pod: &Pod) -> String {
                 "name": spec.containers[0].name,
                 "env": spec.containers[0].env.iter().flatten()
                     .filter(|e| e.name != "EPOCHS").collect::<Vec<_>>(),
+                "volumeMounts": spec.containers[0].volume_mounts.iter().flatten()
+                    .filter(|m| m.name == "ferry-mount").collect::<Vec<_>>(),
             }],
             "volumes": spec.volumes.iter().flatten()
-                .filter(|v| v.name == "ferry-token").collect::<Vec<_>>(),
+                .filter(|v| v.name.starts_with("ferry-")).collect::<Vec<_>>(),
         },
     });
     let mut text = ferry_config::to_yaml(&added).unwrap_or_default();

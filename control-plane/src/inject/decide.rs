@@ -110,10 +110,32 @@ pub fn decide(
     let settings = annotations
         .map(|a| defaults.with_annotations(a.iter().map(|(k, v)| (k.as_str(), v.as_str()))))
         .unwrap_or_else(|| Ok(defaults.clone()));
-    match settings {
-        Ok(settings) => Decision::Inject(Box::new(settings), asked_by),
-        Err(message) => Decision::Deny(message),
+    let settings = match settings {
+        Ok(settings) => settings,
+        Err(message) => return Decision::Deny(message),
+    };
+    if let (Some(path), Some(spec)) = (&settings.mount, spec) {
+        // The API server would refuse two volumes at one path; say which.
+        let taken = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .find(|c| {
+                c.volume_mounts
+                    .iter()
+                    .flatten()
+                    .any(|m| m.mount_path.trim_end_matches('/') == path.as_str())
+            });
+        if let Some(container) = taken {
+            return Decision::Deny(format!(
+                "annotation config.ferry.dev/mount: container {} already mounts a volume at {}; \
+                 choose another path",
+                container.name,
+                path.as_str()
+            ));
+        }
     }
+    Decision::Inject(Box::new(settings), asked_by)
 }
 
 #[cfg(test)]

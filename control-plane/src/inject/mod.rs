@@ -26,6 +26,11 @@ pub use patch::SidecarTemplate;
 pub use server::serve;
 pub use webhook_config::keep_ca_bundle;
 
+/// Why a pod that asks for the mount is refused where it is not allowed.
+const MOUNT_NOT_ALLOWED: &str = "annotation config.ferry.dev/mount: the POSIX mount needs a privileged \
+     sidecar, and this cluster's Ferry does not allow it (chart value injection.mount.allowed); \
+     read through S3 at $AWS_ENDPOINT_URL_S3 instead";
+
 /// Decides and patches admission reviews.
 pub struct Injector {
     template: SidecarTemplate,
@@ -82,13 +87,20 @@ impl Injector {
             .or_else(|| pod.metadata.namespace.clone())
             .unwrap_or_default();
         let namespace_annotations = self.namespaces.annotations(&namespace);
-        let decision = decide(
+        let decision = match decide(
             pod,
             &namespace,
             namespace_annotations.as_ref(),
             &self.own_namespace,
             &self.defaults,
-        );
+        ) {
+            Decision::Inject(settings, _)
+                if settings.mount.is_some() && !self.template.allow_mount =>
+            {
+                Decision::Deny(MOUNT_NOT_ALLOWED.to_owned())
+            }
+            decision => decision,
+        };
         let response = match &decision {
             Decision::Skip(_) => response,
             Decision::Deny(message) => response.deny(message),

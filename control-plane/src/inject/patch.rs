@@ -31,6 +31,10 @@ const OWN_CREDENTIALS: [&str; 4] = [
 pub const STATUS_ANNOTATION: &str = "ferry.dev/injected";
 /// Label of injected pods (a PodMonitor selects them by it).
 pub const PROXY_LABEL: &str = "ferry.dev/proxy";
+/// The `emptyDir` the sidecar mounts the data sets on (the mount option).
+pub const MOUNT_VOLUME: &str = "ferry-mount";
+/// Where that volume is in the sidecar: its `--mount` directory.
+pub const SIDECAR_MOUNT_DIR: &str = "/var/run/ferry/mount";
 
 /// What every injected sidecar shares.
 #[derive(Clone, Debug)]
@@ -47,6 +51,8 @@ pub struct SidecarTemplate {
     pub trust_bundle: String,
     /// A native sidecar (an init container with `restartPolicy: Always`).
     pub native: bool,
+    /// Pods may ask for the POSIX mount (a privileged sidecar).
+    pub allow_mount: bool,
 }
 
 /// The JSON patch (as a list of operations) that injects `pod` with `settings`.
@@ -57,11 +63,15 @@ pub fn patch(pod: &Pod, settings: &PodSettings, template: &SidecarTemplate) -> V
     let regular_inits = spec.init_containers.iter().flatten().enumerate();
     for (index, container) in regular_inits {
         if container.restart_policy.as_deref() != Some("Always") {
-            operations.extend(app_env(container, &format!("/spec/initContainers/{index}")));
+            let at = format!("/spec/initContainers/{index}");
+            operations.extend(app_env(container, &at, settings));
+            operations.extend(app_mount(container, &at, settings));
         }
     }
     for (index, container) in spec.containers.iter().enumerate() {
-        operations.extend(app_env(container, &format!("/spec/containers/{index}")));
+        let at = format!("/spec/containers/{index}");
+        operations.extend(app_env(container, &at, settings));
+        operations.extend(app_mount(container, &at, settings));
     }
     let sidecar = sidecar(settings, template);
     operations.push(if template.native {
@@ -79,10 +89,18 @@ pub fn patch(pod: &Pod, settings: &PodSettings, template: &SidecarTemplate) -> V
             "audience": TOKEN_AUDIENCE, "expirationSeconds": 3600, "path": "token",
         }}]},
     });
-    operations.push(match &spec.volumes {
-        Some(_) => json!({ "op": "add", "path": "/spec/volumes/-", "value": volume }),
-        None => json!({ "op": "add", "path": "/spec/volumes", "value": [volume] }),
-    });
+    let mut volumes = vec![volume];
+    if settings.mount.is_some() {
+        volumes.push(json!({ "name": MOUNT_VOLUME, "emptyDir": {} }));
+    }
+    match &spec.volumes {
+        Some(_) => operations.extend(
+            volumes
+                .into_iter()
+                .map(|v| json!({ "op": "add", "path": "/spec/volumes/-", "value": v })),
+        ),
+        None => operations.push(json!({ "op": "add", "path": "/spec/volumes", "value": volumes })),
+    }
     let status = format!(
         "/metadata/annotations/{}",
         STATUS_ANNOTATION.replace('/', "~1")
@@ -105,13 +123,16 @@ pub fn patch(pod: &Pod, settings: &PodSettings, template: &SidecarTemplate) -> V
 /// The variables an app container gets, none that it sets already; AWS
 /// placeholder credentials only where it brings none (the front door
 /// ignores signatures; clients just need something to sign with).
-fn app_env(container: &Container, at: &str) -> Vec<Value> {
+fn app_env(container: &Container, at: &str, settings: &PodSettings) -> Vec<Value> {
     let env = container.env.as_deref().unwrap_or_default();
     let has = |name: &str| env.iter().any(|e| e.name == name);
     let mut wanted = vec![
         ("AWS_ENDPOINT_URL_S3", ENDPOINT),
         ("FERRY_ENDPOINT", ENDPOINT),
     ];
+    if let Some(path) = &settings.mount {
+        wanted.push(("FERRY_MOUNT", path.as_str()));
+    }
     // Variables from envFrom cannot be seen here, and `env` would win over
     // them: a container with envFrom keeps whatever credentials it has.
     if container.env_from.is_none() && !OWN_CREDENTIALS.iter().any(|name| has(name)) {
@@ -131,6 +152,22 @@ fn app_env(container: &Container, at: &str) -> Vec<Value> {
             .map(|value| json!({ "op": "add", "path": format!("{at}/env/-"), "value": value }))
             .collect(),
     }
+}
+
+/// The app's view of the mount: the sidecar's `emptyDir`, read-only, with
+/// the sidecar's FUSE mount propagated into it (`HostToContainer`).
+fn app_mount(container: &Container, at: &str, settings: &PodSettings) -> Vec<Value> {
+    let Some(path) = &settings.mount else {
+        return Vec::new();
+    };
+    let mount = json!({
+        "name": MOUNT_VOLUME, "mountPath": path.as_str(),
+        "mountPropagation": "HostToContainer", "readOnly": true,
+    });
+    vec![match &container.volume_mounts {
+        Some(_) => json!({ "op": "add", "path": format!("{at}/volumeMounts/-"), "value": mount }),
+        None => json!({ "op": "add", "path": format!("{at}/volumeMounts"), "value": [mount] }),
+    }]
 }
 
 /// The `ferry-proxy` container.
@@ -155,6 +192,9 @@ fn sidecar(settings: &PodSettings, template: &SidecarTemplate) -> Value {
     }
     if let Some(policy) = settings.cache_policy {
         args.extend(["--cache-policy".to_owned(), policy.as_str().to_owned()]);
+    }
+    if settings.mount.is_some() {
+        args.extend(["--mount".to_owned(), SIDECAR_MOUNT_DIR.to_owned()]);
     }
     let field = |path: &str| json!({ "fieldRef": { "fieldPath": path } });
     let mut env = vec![
@@ -206,6 +246,23 @@ fn sidecar(settings: &PodSettings, template: &SidecarTemplate) -> Value {
     for (key, map) in [("requests", requests), ("limits", limits)] {
         if !map.is_empty() {
             container["resources"][key] = Value::Object(map);
+        }
+    }
+    if settings.mount.is_some() {
+        // Mounting FUSE takes CAP_SYS_ADMIN and /dev/fuse, and sharing the
+        // mount (Bidirectional) takes a privileged container: the price of
+        // the option, which the operator has to allow.
+        container["securityContext"] = json!({
+            "privileged": true,
+            "runAsUser": 0,
+            "runAsNonRoot": false,
+            "readOnlyRootFilesystem": true,
+        });
+        if let Some(mounts) = container["volumeMounts"].as_array_mut() {
+            mounts.push(json!({
+                "name": MOUNT_VOLUME, "mountPath": SIDECAR_MOUNT_DIR,
+                "mountPropagation": "Bidirectional",
+            }));
         }
     }
     if template.native {
