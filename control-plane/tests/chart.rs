@@ -21,7 +21,7 @@ const NAMESPACE: &str = "ferry-system";
 const ALL_ON: &str = r#"
 workers: { disk: { enabled: true, persistent: true, size: 200Gi, storageClassName: fast } }
 identity: { issuer: { existingSecret: ferry-issuer } }
-injection: { nativeSidecars: never, sidecar: { cacheSize: 2GiB, cachePolicy: lru, cpuLimit: "2", memoryLimit: 4Gi } }
+injection: { nativeSidecars: never, sidecar: { cacheSize: 2GiB, cachePolicy: lru, cpuLimit: "2", memoryLimit: 4Gi }, mount: { allowed: true, path: /data } }
 datasets:
   - { name: imagenet, origin: "s3://ml-datasets/imagenet/train/", chunk_size: 4MiB, cache: { sidecar: { size: 4GiB }, worker: { size: 64GiB } } }
 tenants:
@@ -97,6 +97,18 @@ fn bad_values_are_refused_by_the_schema_with_their_key() {
         ("controlPlane: { replcas: 3 }", "replcas"),
         ("datasets: [{ name: imagenet }]", "origin"),
         ("tenants: [{ namespace: Team_A }]", "tenants.0.namespace"),
+        (
+            "injection: { mount: { allowed: true, path: data } }",
+            "injection.mount.path",
+        ),
+        (
+            "injection: { mount: { allowed: true, path: /a/../b } }",
+            "injection.mount.path",
+        ),
+        (
+            "injection: { mount: { path: /data } }",
+            "injection.mount.path needs injection.mount.allowed",
+        ),
     ] {
         let error = chart::render(&helm, NAMESPACE, values).expect_err(values);
         assert!(error.contains(says), "{values}: {error}");
@@ -225,7 +237,16 @@ fn the_settings_and_flags_the_chart_passes_are_what_the_binaries_take() {
         let config: ControlPlaneConfig = ferry_config::from_yaml(settings, "control-plane.yaml")
             .expect("the control plane reads it");
         assert!(config.kubernetes);
+        config
+            .injection
+            .validate()
+            .expect("consistent injection settings");
         assert_eq!(config.injection.enabled, values != ALTERNATIVES);
+        assert_eq!(config.injection.allow_mount, values == ALL_ON);
+        assert_eq!(
+            config.injection.defaults.mount.as_ref().map(|p| p.as_str()),
+            (values == ALL_ON).then_some("/data")
+        );
         assert_eq!(config.namespace, NAMESPACE);
         assert!(
             config
