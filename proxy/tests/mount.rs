@@ -412,8 +412,9 @@ fn sigterm_unmounts_and_a_restart_clears_a_stale_mount() {
 /// What a pod with the mount option does, on this kernel: the sidecar
 /// mounts on its view of an `emptyDir` (a shared bind mount,
 /// `mountPropagation: Bidirectional`); the app's view of the same volume
-/// (a slave bind, `HostToContainer`) sees the data sets, and sees them go
-/// when the sidecar stops. Run in a mount namespace of its own.
+/// (a slave bind, `HostToContainer`) sees the data sets; a sidecar that
+/// crashes leaves it stale until its restart clears and remounts it; a
+/// sidecar that stops takes it away. Run in a mount namespace of its own.
 #[test]
 fn a_mount_on_a_shared_volume_reaches_the_app_s_view_of_it() {
     let base = std::env::temp_dir().join(format!("ferry-propagation-{}", std::process::id()));
@@ -427,16 +428,27 @@ mkdir -p "$base/volume" "$base/sidecar" "$base/app"
 mount --bind "$base/volume" "$base/volume"; mount --make-shared "$base/volume"
 mount --rbind "$base/volume" "$base/sidecar"; mount --make-rshared "$base/sidecar"
 mount --rbind "$base/volume" "$base/app"; mount --make-rslave "$base/app"
-"$proxy" worker --origin "$origin" --bucket imagenet --listen 127.0.0.1:0 \
-    --admin 127.0.0.1:0 --inbound 127.0.0.1:0 --mount "$base/sidecar" \
-    > "$base/ready" 2> "$base/log" &
-pid=$!
+pid=
 # Whatever fails below, the proxy goes with the script.
-trap 'kill -KILL "$pid" 2>/dev/null || true' EXIT
-# The ready line comes once the mount is in place.
-for _ in $(seq 300); do grep -q '"ready"' "$base/ready" && break; sleep 0.05; done
+trap '[ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true' EXIT
+start() {
+  : > "$base/ready"
+  "$proxy" worker --origin "$origin" --bucket imagenet --listen 127.0.0.1:0 \
+      --admin 127.0.0.1:0 --inbound 127.0.0.1:0 --mount "$base/sidecar" \
+      > "$base/ready" 2>> "$base/log" &
+  pid=$!
+  # The ready line comes once the mount is in place.
+  for _ in $(seq 300); do grep -q '"ready"' "$base/ready" && return 0; sleep 0.05; done
+  return 1
+}
+start
 cp "$base/app/imagenet/$key" "$base/seen-by-app"
-kill -TERM "$pid"; wait "$pid"
+# The sidecar crashes: the app's view is stale until a new one starts.
+kill -KILL "$pid"; wait "$pid" || true
+if ls "$base/app/imagenet" > /dev/null 2>&1; then echo alive > "$base/stale"; else echo stale > "$base/stale"; fi
+start
+cp "$base/app/imagenet/$key" "$base/seen-after-restart"
+kill -TERM "$pid"; wait "$pid"; pid=
 ls -A "$base/app" > "$base/left-for-app"
 "#;
     let status = Command::new("unshare")
@@ -448,12 +460,28 @@ ls -A "$base/app" > "$base/left-for-app"
         .status()
         .expect("unshare");
     let seen = std::fs::read(base.join("seen-by-app"));
+    let stale = std::fs::read_to_string(base.join("stale"));
+    let again = std::fs::read(base.join("seen-after-restart"));
     let left = std::fs::read_to_string(base.join("left-for-app"));
+    let log = std::fs::read_to_string(base.join("log")).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&base);
-    assert!(status.success(), "the pod-like setup failed: {status}");
     assert!(
-        seen.expect("the app's view had the file") == common::synthetic_object(SPEC, 7),
+        status.success(),
+        "the pod-like setup failed: {status}\n{log}"
+    );
+    let object = common::synthetic_object(SPEC, 7);
+    assert!(
+        seen.expect("the app's view had the file") == object,
         "the app reads the object's bytes through its own view"
+    );
+    assert_eq!(
+        stale.expect("checked").trim(),
+        "stale",
+        "a crash leaves it stale"
+    );
+    assert!(
+        again.expect("the app's view had the file again") == object,
+        "a restarted sidecar clears the stale mount and the app reads again"
     );
     assert_eq!(
         left.expect("listed"),
