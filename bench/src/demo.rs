@@ -62,6 +62,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         classes: None,
         tmpfs_dir: None,
         drop_pages: false,
+        mount_threads: None,
         cache_policy: ferry_config::CachePolicy::Pin,
         cache_size: None,
         workers: 3,

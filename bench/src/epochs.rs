@@ -127,6 +127,9 @@ pub struct EpochsArgs {
     /// when the data set is larger than memory; tmpfs keeps its pages).
     #[arg(long)]
     pub drop_pages: bool,
+    /// FUSE session threads of the mount mode's proxy (default: its own).
+    #[arg(long)]
+    pub mount_threads: Option<usize>,
     /// Ferry's cache policy.
     #[arg(long, default_value = "pin")]
     pub cache_policy: CachePolicy,
@@ -535,7 +538,16 @@ async fn prepare(
                     cache_size: args.cache_size.unwrap_or_else(|| data.cache_for_all()),
                     cache_policy: args.cache_policy,
                     read_ahead: None,
-                    extra: mount.flags(),
+                    extra: mount
+                        .flags()
+                        .into_iter()
+                        .chain(
+                            args.mount_threads
+                                .map(|n| ["--mount-threads".to_owned(), n.to_string()])
+                                .into_iter()
+                                .flatten(),
+                        )
+                        .collect(),
                 },
             )?;
             idle_rss = proxy.rss_bytes();

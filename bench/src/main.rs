@@ -190,6 +190,7 @@ impl PoolArgs {
             classes: None,
             tmpfs_dir: None,
             drop_pages: false,
+            mount_threads: None,
             seed: 1,
             origin_latency: std::time::Duration::from_millis(10),
             modes: vec![

@@ -185,6 +185,7 @@ impl MtlsArgs {
             classes: None,
             tmpfs_dir: None,
             drop_pages: false,
+            mount_threads: None,
             cache_policy: CachePolicy::Pin,
             cache_size: None,
             workers: self.workers,
