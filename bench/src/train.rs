@@ -91,6 +91,9 @@ pub struct TrainEpoch {
     pub starved_seconds: f64,
     /// Samples that failed to load.
     pub errors: usize,
+    /// Reads that reached Ferry through the mount (the rest came from the
+    /// kernel's page cache); posix access only.
+    pub mount_reads: Option<f64>,
 }
 
 /// The comparison.
@@ -145,7 +148,7 @@ pub async fn run(args: &TrainArgs) -> anyhow::Result<TrainReport> {
     let origin = ChildProcess::origin_server(&query, args.origin_latency)?;
     let origin_url = format!("http://{}/", origin.addr);
     // Keep the processes alive for the whole run.
-    let (_worker, _pool, addr) = match args.topology {
+    let (worker, pool, addr) = match args.topology {
         Topology::Worker => {
             let worker = ChildProcess::ferry_worker(
                 &args.proxy.program(),
@@ -183,6 +186,11 @@ pub async fn run(args: &TrainArgs) -> anyhow::Result<TrainReport> {
         }
     };
     list_all(addr, "/imagenet").await?;
+    // The proxy the job reads through: the worker, or the pool's sidecar.
+    let admin = worker
+        .as_ref()
+        .and_then(|w| w.admin)
+        .or_else(|| pool.as_ref().and_then(|p| p.sidecar.admin));
     let ferry_source = match &mount {
         Some(mount) => Source::Files(Arc::new(mount.path().join("imagenet"))),
         None => Source::Ferry {
@@ -203,7 +211,12 @@ pub async fn run(args: &TrainArgs) -> anyhow::Result<TrainReport> {
     // Jobs alternate epoch by epoch so machine noise touches both alike.
     for epoch in 1..=args.epochs {
         synthetic.push(run_epoch(args, &data, &Source::Synthetic, epoch).await);
-        ferry.push(run_epoch(args, &data, &ferry_source, epoch).await);
+        let before = mount_reads(admin, &mount).await;
+        let mut stats = run_epoch(args, &data, &ferry_source, epoch).await;
+        if let (Some(before), Some(after)) = (before, mount_reads(admin, &mount).await) {
+            stats.mount_reads = Some(after - before);
+        }
+        ferry.push(stats);
     }
     let ratios: Vec<f64> = synthetic
         .iter()
@@ -324,7 +337,17 @@ async fn run_epoch(args: &TrainArgs, data: &DataSet, source: &Source, epoch: usi
         seconds,
         starved_seconds: starved.as_secs_f64(),
         errors,
+        mount_reads: None,
     }
+}
+
+/// Reads the proxy at `admin` has served through its mount, if it has one.
+async fn mount_reads(admin: Option<SocketAddr>, mount: &Option<MountPoint>) -> Option<f64> {
+    mount.as_ref()?;
+    let labels = [("dataset", "imagenet"), ("direction", "mount")];
+    crate::client::scrape(admin?, "request_total", &labels)
+        .await
+        .ok()
 }
 
 fn print(report: &TrainReport) {
@@ -334,6 +357,7 @@ fn print(report: &TrainReport) {
         "ferry s",
         "ferry starved s",
         "synthetic/ferry",
+        "reads at the mount",
         "errors",
     ]);
     for ((s, f), ratio) in report
@@ -348,6 +372,7 @@ fn print(report: &TrainReport) {
             format!("{:.2}", f.seconds),
             format!("{:.2}", f.starved_seconds),
             format!("{ratio:.3}"),
+            f.mount_reads.map_or("-".to_owned(), |n| format!("{n:.0}")),
             (s.errors + f.errors).to_string(),
         ]);
     }

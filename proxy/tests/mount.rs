@@ -83,7 +83,7 @@ fn run(command: &str, args: &[&str]) -> (bool, String, String) {
 #[test]
 fn a_mounted_data_set_walks_like_a_file_system() {
     let mount = MountDir::new("walk");
-    let _proxy = worker_with_mount(&mount, &format!("synthetic://?{SPEC}"), &[]);
+    let proxy = worker_with_mount(&mount, &format!("synthetic://?{SPEC}"), &[]);
     let spec = spec();
     let root = mount.path().join("imagenet");
     // find: every object, in its class directory.
@@ -148,6 +148,15 @@ print(files)
     let (ok, out, err) = run(&common::python(), &["-c", &script]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), spec.count.to_string());
+    // Python asks every file it opens whether it is a terminal (an ioctl
+    // that reaches the mount): answered quietly, like every call a plain
+    // walk makes.
+    let (status, log) = proxy.terminate_with_log();
+    assert!(status.success());
+    assert!(
+        !log.contains("Not Implemented"),
+        "calls the mount does not answer:\n{log}"
+    );
 }
 
 #[test]

@@ -1,8 +1,11 @@
 //! The FUSE file system: every data set a directory named after its bucket,
 //! directories from listings (prefixes folded at `/`), attributes from
 //! object metadata, reads from the chunk layer. Read-only: the mount says
-//! so (the kernel answers writes with `EROFS` itself), and every call that
-//! would change something is refused with `EROFS` here too.
+//! so, and the kernel answers writes, creates, renames and unlinks with
+//! `EROFS` before they get here; an open for writing that does is refused
+//! with `EROFS` too. Calls a read-only tree has no use for (extended
+//! attributes, `ioctl`, `fsync`, `lseek` for holes) are answered at once and
+//! quietly, most of them so that the kernel stops asking.
 //!
 //! fuser calls these methods on its session threads; anything that may wait
 //! (metadata, chunks, listings) runs as a task on the proxy's runtime and
@@ -22,8 +25,8 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Bytes, BytesMut};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, Request,
+    IoctlFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyXattr, Request,
 };
 use futures::StreamExt;
 
@@ -291,6 +294,64 @@ impl Filesystem for FerryFs {
         reply: ReplyEmpty,
     ) {
         // Nothing to write back; the kernel stops sending flushes after this.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        // ENOSYS: the kernel stops asking (`ls -l` asks for security.selinux).
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // Python's open() asks every file whether it is a terminal; the
+        // kernel does not remember the answer, so it comes once per open.
+        reply.error(Errno::ENOTTY);
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing to write; the kernel stops asking.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: ReplyLseek,
+    ) {
+        // Files have no holes; ENOSYS makes the kernel answer SEEK_DATA and
+        // SEEK_HOLE itself from now on.
         reply.error(Errno::ENOSYS);
     }
 

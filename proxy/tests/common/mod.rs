@@ -37,6 +37,7 @@ pub struct ProxyProcess {
     /// A worker's listener for sidecars.
     pub inbound: Option<SocketAddr>,
     stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ProxyProcess {
@@ -66,7 +67,7 @@ impl ProxyProcess {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut child_stderr = child.stderr.take().expect("stderr");
         let sink = stderr.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             let mut text = String::new();
             let _ = child_stderr.read_to_string(&mut text);
             sink.lock().expect("stderr lock").push_str(&text);
@@ -95,6 +96,7 @@ impl ProxyProcess {
             inbound: ready["inbound"].as_str().and_then(|a| a.parse().ok()),
             child,
             stderr,
+            stderr_reader: Some(stderr_reader),
         }
     }
 
@@ -131,6 +133,19 @@ impl ProxyProcess {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
         self.child.wait().expect("wait for ferry-proxy")
+    }
+
+    /// SIGTERMs the process, waits for it, and returns everything it logged.
+    pub fn terminate_with_log(mut self) -> (std::process::ExitStatus, String) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let status = self.child.wait().expect("wait for ferry-proxy");
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+        let log = self.stderr.lock().expect("stderr lock").clone();
+        (status, log)
     }
 
     /// Waits for the process to exit on its own.
