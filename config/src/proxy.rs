@@ -185,6 +185,29 @@ impl ProxyConfig {
                 format!("{} session threads: allowed 1 to 64", mount.threads),
             ));
         }
+        if self.limits.max_requests == Some(0) {
+            return Err(error(
+                "limits.max_requests".into(),
+                "0 requests at once would refuse every request: give at least 1".into(),
+            ));
+        }
+        if let Some(bytes) = self.limits.inflight_memory
+            && bytes.bytes() < 64 * 1024
+        {
+            return Err(error(
+                "limits.inflight_memory".into(),
+                format!("{bytes} in flight is less than one 64 KiB unit: give at least 64KiB"),
+            ));
+        }
+        if self.limits.admission_wait.0 > Duration::from_secs(60) {
+            return Err(error(
+                "limits.admission_wait".into(),
+                format!(
+                    "{:?} is longer than S3 clients wait for an answer: allowed up to 60s",
+                    self.limits.admission_wait.0
+                ),
+            ));
+        }
         if self.disk_cache.is_some() && self.role != Role::Worker {
             return Err(error(
                 "disk_cache".into(),
@@ -231,8 +254,16 @@ fn parse_default_addr(text: &str) -> SocketAddr {
 pub struct Limits {
     /// Open client connections accepted at once; more wait in the listen backlog.
     pub max_connections: usize,
-    /// Chunk bytes being fetched from upstream at once; more fetches wait.
-    pub inflight_memory: ByteSize,
+    /// Requests served at once on each listener; past it a request waits
+    /// `admission_wait`, then gets 503 `SlowDown`. Absent: 128 per CPU.
+    pub max_requests: Option<usize>,
+    /// Bytes in flight, twice over: chunk bytes being fetched upstream, and
+    /// bytes of responses not yet sent. Past either, new work waits
+    /// `admission_wait` (then 503 `SlowDown`). Absent: an eighth of the
+    /// container's memory limit, at most 512 MiB.
+    pub inflight_memory: Option<ByteSize>,
+    /// How long a request waits for a slot or memory before `SlowDown`.
+    pub admission_wait: HumanDuration,
     /// Largest request head accepted; larger gets 431.
     pub max_header_bytes: ByteSize,
     /// Deadline for one upstream request.
@@ -246,11 +277,42 @@ pub struct Limits {
     pub removed_dataset_grace: HumanDuration,
 }
 
+/// In-flight bytes without a configured value or a memory limit to size them from.
+pub const DEFAULT_INFLIGHT_MEMORY: ByteSize = ByteSize::mib(512);
+/// The least in-flight bytes a memory limit sizes: one 4 MiB chunk each way, twice.
+pub const MIN_INFLIGHT_MEMORY: ByteSize = ByteSize::mib(8);
+/// Requests per CPU when `max_requests` is absent.
+pub const REQUESTS_PER_CPU: usize = 128;
+
+impl Limits {
+    /// The in-flight byte bound in force.
+    pub fn inflight_bytes(&self) -> u64 {
+        self.inflight_memory
+            .unwrap_or(DEFAULT_INFLIGHT_MEMORY)
+            .bytes()
+    }
+
+    /// Fills the absent bounds from the container's `cpus` and memory
+    /// limit (`None`: unlimited).
+    pub fn size_from(&mut self, cpus: usize, memory_limit: Option<u64>) {
+        self.max_requests
+            .get_or_insert(REQUESTS_PER_CPU.saturating_mul(cpus.max(1)));
+        if self.inflight_memory.is_none() {
+            let sized = memory_limit.map_or(DEFAULT_INFLIGHT_MEMORY.bytes(), |limit| {
+                (limit / 8).clamp(MIN_INFLIGHT_MEMORY.bytes(), DEFAULT_INFLIGHT_MEMORY.bytes())
+            });
+            self.inflight_memory = Some(ByteSize(sized));
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 4096,
-            inflight_memory: ByteSize::mib(512),
+            max_requests: None,
+            inflight_memory: None,
+            admission_wait: HumanDuration(Duration::from_secs(1)),
             max_header_bytes: ByteSize::kib(16),
             upstream_timeout: HumanDuration(Duration::from_secs(30)),
             metadata_entries: 2_000_000,

@@ -76,9 +76,17 @@ pub struct CommonArgs {
     /// Runtime worker threads (default: the container's CPU quota).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Bound on chunk bytes being fetched upstream at once.
+    /// Bound on chunk bytes being fetched upstream at once, and again on
+    /// response bytes not yet sent (default: an eighth of the memory limit,
+    /// at most 512MiB).
     #[arg(long)]
     pub inflight_memory: Option<ByteSize>,
+    /// Requests served at once per listener (default: 128 per CPU).
+    #[arg(long)]
+    pub max_requests: Option<usize>,
+    /// How long a request waits for a slot or memory before 503 SlowDown, e.g. 1s.
+    #[arg(long)]
+    pub admission_wait: Option<humantime::Duration>,
     /// Mesh identity: control-plane (certificates, mutual TLS) or disabled (plaintext).
     #[arg(long)]
     pub identity: Option<IdentityMode>,
@@ -259,7 +267,13 @@ impl CommonArgs {
             config.threads = Some(threads);
         }
         if let Some(bytes) = self.inflight_memory {
-            config.limits.inflight_memory = bytes;
+            config.limits.inflight_memory = Some(bytes);
+        }
+        if let Some(requests) = self.max_requests {
+            config.limits.max_requests = Some(requests);
+        }
+        if let Some(wait) = self.admission_wait {
+            config.limits.admission_wait = ferry_config::units::HumanDuration(wait.into());
         }
         let identity = &mut config.identity;
         if let Some(url) = &self.control_plane {
@@ -405,8 +419,11 @@ impl SidecarArgs {
 
 /// Runs the proxy described by `cli` until SIGINT, SIGTERM or `/shutdown`.
 pub fn main_with(cli: Cli) -> anyhow::Result<()> {
-    let config = cli.into_config()?;
+    let mut config = cli.into_config()?;
     let threads = runtime::worker_threads(config.threads);
+    let memory_limit = runtime::memory_limit();
+    config.limits.size_from(threads, memory_limit);
+    let purging = runtime::return_memory_when_idle();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name("ferry-proxy")
@@ -419,6 +436,15 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
         let tracing = telemetry::traces::init(&service)?;
         let mut stop = Box::pin(stop_signal());
         let role = config.role;
+        tracing::info!(
+            threads,
+            memory_limit = memory_limit.map(|b| ByteSize(b).to_string()),
+            max_requests = config.limits.max_requests,
+            inflight_memory = %ByteSize(config.limits.inflight_bytes()),
+            admission_wait = ?config.limits.admission_wait.0,
+            returns_freed_memory = purging,
+            "limits in force"
+        );
         // Machine-readable lines on stdout: tests and the bench read the
         // bound addresses from them (ports may have been 0). A proxy that
         // waits for its first certificate says so first: its admin answers

@@ -2,6 +2,7 @@
 //! from their origins through a chunk cache behind an S3 front door.
 
 pub mod admin;
+pub mod admission;
 pub mod cache;
 pub mod chunk;
 pub mod cli;

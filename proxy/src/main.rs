@@ -2,6 +2,9 @@
 
 use clap::Parser;
 
+#[global_allocator]
+static ALLOCATOR: ferry_proxy::runtime::Allocator = ferry_proxy::runtime::Allocator;
+
 fn main() -> std::process::ExitCode {
     // One crypto provider for every TLS user in the process (see DEPENDENCIES.md).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

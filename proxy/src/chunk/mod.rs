@@ -184,6 +184,12 @@ impl ChunkStore {
         self.chunk_size
     }
 
+    /// The most bytes one read's stream holds at once: its first chunk and
+    /// the window of chunks after it.
+    pub fn window_bytes(&self) -> u64 {
+        (u64::from(self.read_ahead.max(1)) + 2) * self.chunk_size
+    }
+
     /// The hot cache.
     pub fn cache(&self) -> &ChunkCache {
         &self.cache

@@ -63,7 +63,7 @@ impl Dataset {
         let timeout = config.limits.upstream_timeout.0;
         let chunk_size = policy.chunk_size.bytes();
         let staging_bytes = (u64::from(policy.read_ahead) * chunk_size * STAGED_STREAMS)
-            .min(config.limits.inflight_memory.bytes());
+            .min(config.limits.inflight_bytes());
         // The chunk size is part of every fingerprint: chunk 3 of an object
         // at 4 MiB is not chunk 3 at 8 MiB, on disk or anywhere.
         let seed = disk.as_ref().map_or_else(random_seed, |d| d.seed);
@@ -235,7 +235,7 @@ impl Datasets {
         let budget = match previous {
             // One bound on fetch memory for the process, across changes.
             Some(previous) => previous.budget.clone(),
-            None => FetchBudget::new(config.limits.inflight_memory.bytes()),
+            None => FetchBudget::new(config.limits.inflight_bytes()),
         };
         let origins = origin::OriginSettings {
             timeout: config.limits.upstream_timeout.0,

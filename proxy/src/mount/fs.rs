@@ -184,9 +184,32 @@ async fn children(
     Ok(entries)
 }
 
-/// Bytes `range` of version `object`, in one piece. Pinned to that version:
-/// a changed object is an error (EIO), never a mix of two versions.
+/// The longest pause between retries of a read a busy upstream refused.
+const MAX_BUSY_BACKOFF: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// Bytes `range` of version `object`, in one piece. A file reader cannot be
+/// told to slow down, so a busy upstream (`SlowDown`) is waited out, backing
+/// off from 50 ms to 4 s (about 8 s in all) before the read fails with EIO.
 async fn read_range(
+    dataset: &Dataset,
+    object: &Arc<ObjectInfo>,
+    range: std::ops::Range<u64>,
+) -> Result<Bytes, OriginError> {
+    let mut backoff = std::time::Duration::from_millis(50);
+    loop {
+        match read_range_once(dataset, object, range.clone()).await {
+            Err(OriginError::Busy { .. }) if backoff <= MAX_BUSY_BACKOFF => {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            read => return read,
+        }
+    }
+}
+
+/// [`read_range`], once. Pinned to that version: a changed object is an
+/// error (EIO), never a mix of two versions.
+async fn read_range_once(
     dataset: &Dataset,
     object: &Arc<ObjectInfo>,
     range: std::ops::Range<u64>,

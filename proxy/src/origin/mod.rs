@@ -91,6 +91,15 @@ pub enum OriginError {
         /// What did not fit.
         detail: String,
     },
+    /// The upstream is overloaded and asked for a slower pace (`SlowDown`):
+    /// back-pressure, not a failure.
+    #[error("{origin} is busy: {detail}")]
+    Busy {
+        /// The upstream that said so.
+        origin: String,
+        /// What it said.
+        detail: String,
+    },
     /// The origin is down, slow or answered nonsense.
     #[error("origin {origin} is unavailable: {detail}")]
     Unavailable {

@@ -27,6 +27,9 @@ enum AttemptError {
     Definite(OriginError),
     /// The worker could not answer; another one may.
     Retryable(String),
+    /// The worker is overloaded (`SlowDown`): back-pressure to pass on to
+    /// the app, not a failure to eject it for or to spill to another worker.
+    Busy(String),
 }
 
 type Attempt<T> = Result<T, AttemptError>;
@@ -99,6 +102,15 @@ impl PoolUpstream {
         response: http::Response<Incoming>,
     ) -> AttemptError {
         let status = response.status();
+        if status == StatusCode::SERVICE_UNAVAILABLE
+            && response
+                .headers()
+                .get("x-amz-error-code")
+                .is_some_and(|code| code == "SlowDown")
+        {
+            member.metrics.busy.increment(1);
+            return AttemptError::Busy(format!("worker {} asked to slow down", member.address));
+        }
         match wire::definite_error(&self.describe, key, status) {
             Some(OriginError::Denied { origin, .. }) => {
                 let message = error_message(response)
@@ -323,6 +335,16 @@ impl PoolUpstream {
                     Err(AttemptError::Retryable(why)) => {
                         self.pool.failed(&member);
                         member.metrics.failovers.increment(1);
+                        failures.push(format!("{}: {why}", member.address));
+                    }
+                    // A hedge still running may answer; else the app backs off.
+                    Err(AttemptError::Busy(why)) => {
+                        if running.is_empty() {
+                            return Err(OriginError::Busy {
+                                origin: self.describe.clone(),
+                                detail: why,
+                            });
+                        }
                         failures.push(format!("{}: {why}", member.address));
                     }
                 },

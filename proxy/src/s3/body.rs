@@ -9,6 +9,7 @@ use futures::stream::BoxStream;
 use http_body::{Frame, SizeHint};
 use metrics::Counter;
 
+use crate::admission::Admitted;
 use crate::origin::OriginError;
 
 /// Why a streamed body stopped early; hyper then aborts the response
@@ -17,27 +18,68 @@ use crate::origin::OriginError;
 #[error("response aborted: {0}")]
 pub struct BodyError(#[from] pub OriginError);
 
-/// A response body that never allocates for the common cases.
-pub enum ProxyBody {
-    /// No body.
+/// A response body that never allocates for the common cases. It holds
+/// its request's admission (slot and bytes) until it has been sent.
+pub struct ProxyBody {
+    kind: Kind,
+    held: Option<Admitted>,
+}
+
+enum Kind {
     Empty,
-    /// One buffer, sent at once.
     Full(Option<Bytes>),
-    /// Chunks as they are fetched; `remaining` bytes still to come.
+    /// Chunks as they are fetched; `remaining` bytes still to come; `sent`
+    /// counts bytes as they go out (an aborted body counts what was sent).
     Stream {
-        /// The chunks.
         chunks: BoxStream<'static, Result<Bytes, OriginError>>,
-        /// Bytes not yet sent.
         remaining: u64,
-        /// Counts bytes as they go out (an aborted body counts what was sent).
         sent: Counter,
     },
 }
 
 impl ProxyBody {
+    /// No body.
+    pub const EMPTY: Self = Self {
+        kind: Kind::Empty,
+        held: None,
+    };
+
     /// A body of one buffer.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
-        Self::Full(Some(bytes.into()))
+        Self {
+            kind: Kind::Full(Some(bytes.into())),
+            held: None,
+        }
+    }
+
+    /// Chunks as they arrive, `remaining` bytes in all; `sent` counts them out.
+    pub fn stream(
+        chunks: BoxStream<'static, Result<Bytes, OriginError>>,
+        remaining: u64,
+        sent: Counter,
+    ) -> Self {
+        Self {
+            kind: Kind::Stream {
+                chunks,
+                remaining,
+                sent,
+            },
+            held: None,
+        }
+    }
+
+    /// This body, keeping `admitted` until it has been sent.
+    pub fn holding(mut self, admitted: Admitted) -> Self {
+        self.held = Some(admitted);
+        self
+    }
+
+    /// The length of a one-buffer body.
+    pub fn full_len(&self) -> Option<usize> {
+        match &self.kind {
+            Kind::Full(Some(bytes)) => Some(bytes.len()),
+            _ => None,
+        }
     }
 }
 
@@ -58,10 +100,11 @@ impl http_body::Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.get_mut() {
-            Self::Empty => Poll::Ready(None),
-            Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Self::Stream {
+        let this = self.get_mut();
+        let frame = match &mut this.kind {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Stream {
                 chunks,
                 remaining,
                 sent,
@@ -79,22 +122,27 @@ impl http_body::Body for ProxyBody {
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
+        };
+        if matches!(frame, Poll::Ready(None)) {
+            // Sent: the next request may have the slot and the bytes now.
+            this.held = None;
         }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Empty => true,
-            Self::Full(bytes) => bytes.is_none(),
-            Self::Stream { remaining, .. } => *remaining == 0,
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Stream { remaining, .. } => *remaining == 0,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Empty => SizeHint::with_exact(0),
-            Self::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Self::Stream { remaining, .. } => SizeHint::with_exact(*remaining),
+        match &self.kind {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Stream { remaining, .. } => SizeHint::with_exact(*remaining),
         }
     }
 }

@@ -18,6 +18,8 @@ pub struct S3Error {
     pub message: String,
     /// For 416: the object's size, sent as `Content-Range: bytes */size`.
     pub object_size: Option<u64>,
+    /// For 503 `SlowDown`: seconds to wait, sent as `Retry-After`.
+    pub retry_after: Option<u64>,
 }
 
 impl S3Error {
@@ -27,6 +29,7 @@ impl S3Error {
             code,
             message: message.into(),
             object_size: None,
+            retry_after: None,
         }
     }
 
@@ -98,6 +101,14 @@ impl S3Error {
         )
     }
 
+    /// 503 `SlowDown` with `Retry-After`: the client should back off and retry.
+    pub fn slow_down(message: impl Into<String>) -> Self {
+        Self {
+            retry_after: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "SlowDown", message)
+        }
+    }
+
     /// 500 `InternalError`.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
@@ -114,6 +125,7 @@ impl S3Error {
                 Self::unavailable(format!("{err}; retry to read the new version"))
             }
             OriginError::Unavailable { .. } => Self::unavailable(err.to_string()),
+            OriginError::Busy { .. } => Self::slow_down(err.to_string()),
             OriginError::Corrupt { .. } => Self::internal(err.to_string()),
         }
     }
@@ -121,7 +133,7 @@ impl S3Error {
     /// The response: XML body (none for HEAD), `Content-Range` for 416.
     pub fn into_response(self, method: &Method, resource: &str) -> Response<ProxyBody> {
         let body = if method == Method::HEAD {
-            ProxyBody::Empty
+            ProxyBody::EMPTY
         } else {
             ProxyBody::full(xml::error(self.code, &self.message, resource))
         };
@@ -148,6 +160,9 @@ impl S3Error {
             .collect();
         if let Ok(value) = HeaderValue::from_str(&printable) {
             headers.insert("x-amz-error-message", value);
+        }
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if let Some(size) = self.object_size
             && let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}"))

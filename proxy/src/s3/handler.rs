@@ -16,6 +16,7 @@ use super::range::ByteRange;
 use super::route::{self, Operation};
 use super::token;
 use super::xml::{self, ListingFlavour, ListingPage};
+use crate::admission::{Admission, Admitted};
 use crate::chunk::ReadAhead;
 use crate::dataset::{Dataset, Datasets};
 use crate::mesh::Mesh;
@@ -24,7 +25,7 @@ use crate::metadata::list::ListRequest;
 use crate::origin::OriginError;
 use crate::telemetry::traces;
 use crate::telemetry::{Direction, TrafficMetrics};
-use ferry_config::{SpiffeId, SpiffePattern};
+use ferry_config::{Limits, SpiffeId, SpiffePattern};
 use metrics::counter;
 use tracing::Instrument;
 
@@ -44,12 +45,19 @@ pub struct FrontDoor {
     /// With mutual TLS: the trust domain whose workloads a data set with no
     /// `allow` list is served to. `None`: no authorization (plaintext).
     authorize: Option<String>,
+    /// Bounds on requests and response bytes at once.
+    admission: Admission,
 }
 
 impl FrontDoor {
     /// A front door for the data sets of `mesh` on the `direction`
-    /// listener; `domains` are virtual-host suffixes.
-    pub fn new(mesh: Arc<Mesh>, domains: Vec<String>, direction: Direction) -> Self {
+    /// listener, within `limits`; `domains` are virtual-host suffixes.
+    pub fn new(
+        mesh: Arc<Mesh>,
+        domains: Vec<String>,
+        direction: Direction,
+        limits: &Limits,
+    ) -> Self {
         Self {
             waiting: std::sync::Mutex::new(None),
             serving: std::sync::atomic::AtomicBool::new(true),
@@ -58,6 +66,7 @@ impl FrontDoor {
             started: SystemTime::now(),
             direction,
             authorize: None,
+            admission: Admission::new(limits, direction.as_str()),
         }
     }
 
@@ -131,10 +140,10 @@ impl FrontDoor {
         metrics.requests.increment(1);
         metrics.count_response(response.status().as_u16());
         // Streamed bodies count their bytes as they go out.
-        if let ProxyBody::Full(Some(bytes)) = response.body()
+        if let Some(len) = response.body().full_len()
             && request.method() != Method::HEAD
         {
-            metrics.response_bytes.increment(bytes.len() as u64);
+            metrics.response_bytes.increment(len as u64);
         }
         metrics.latency.record(started.elapsed());
         Ok(response)
@@ -180,19 +189,36 @@ impl FrontDoor {
                 Some(dataset.clone()),
             );
         }
+        let mut admitted = match self.admission.admit().await {
+            Ok(admitted) => admitted,
+            Err(refused) => {
+                let error = S3Error::slow_down(refused.message(self.admission.wait()));
+                return (
+                    error.into_response(method, uri.path()),
+                    Some(dataset.clone()),
+                );
+            }
+        };
         let result = match &operation {
             Operation::HeadBucket { .. } => Ok(empty(StatusCode::OK)),
             Operation::GetBucketLocation { .. } => Ok(xml_response(xml::bucket_location())),
             Operation::ListObjects { v2, .. } => list_objects(dataset, request, *v2).await,
-            Operation::GetObject { key, .. } => {
-                get_object(dataset, key, request.headers(), false, self.direction, span).await
-            }
-            Operation::HeadObject { key, .. } => {
-                get_object(dataset, key, request.headers(), true, self.direction, span).await
+            Operation::GetObject { key, .. } | Operation::HeadObject { key, .. } => {
+                let read = ObjectRead {
+                    dataset,
+                    key,
+                    head_only: matches!(operation, Operation::HeadObject { .. }),
+                    direction: self.direction,
+                    span,
+                    admission: &self.admission,
+                };
+                read.respond(request.headers(), &mut admitted).await
             }
             Operation::ListBuckets => Ok(self.list_buckets(datasets)),
         };
-        let response = result.unwrap_or_else(|err| err.into_response(method, uri.path()));
+        let response = result
+            .unwrap_or_else(|err| err.into_response(method, uri.path()))
+            .map(|body| body.holding(admitted));
         (response, Some(dataset.clone()))
     }
 
@@ -245,7 +271,7 @@ impl FrontDoor {
 }
 
 fn empty(status: StatusCode) -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::Empty);
+    let mut response = Response::new(ProxyBody::EMPTY);
     *response.status_mut() = status;
     response
 }
@@ -272,95 +298,116 @@ fn object_headers(headers: &mut HeaderMap, info: &ObjectInfo) {
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
 }
 
-async fn get_object(
-    dataset: &Arc<Dataset>,
-    key: &str,
-    request_headers: &HeaderMap,
+/// A GET or HEAD of one object.
+struct ObjectRead<'a> {
+    dataset: &'a Arc<Dataset>,
+    key: &'a str,
     head_only: bool,
     direction: Direction,
-    span: &tracing::Span,
-) -> Result<Response<ProxyBody>, S3Error> {
-    let info = dataset
-        .metadata
-        .object(key)
-        .await
-        .map_err(|e| origin_failure(dataset, e))?;
-    if conditional::evaluate(request_headers, &info.meta.etag, info.meta.modified)?
-        == Precondition::NotModified
-    {
-        let mut response = empty(StatusCode::NOT_MODIFIED);
-        object_headers(response.headers_mut(), &info);
-        return Ok(response);
-    }
-    let size = info.meta.size;
-    let (range, partial) = match request_headers.get(header::RANGE) {
-        Some(value) => {
-            let text = value
-                .to_str()
-                .map_err(|_| S3Error::invalid_argument("Range header is not ASCII"))?;
-            (ByteRange::parse(text)?.resolve(size, text)?, true)
-        }
-        None => (0..size, false),
-    };
-    let body = if head_only || range.is_empty() {
-        ProxyBody::Empty
-    } else {
-        body_of(dataset, &info, range.clone(), direction, span).await?
-    };
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
-    object_headers(headers, &info);
-    headers.insert(
-        header::CONTENT_LENGTH,
-        HeaderValue::from(range.end - range.start),
-    );
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    if partial {
-        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-        let content_range = format!("bytes {}-{}/{size}", range.start, range.end - 1);
-        if let Ok(value) = HeaderValue::from_str(&content_range) {
-            response.headers_mut().insert(header::CONTENT_RANGE, value);
-        }
-    }
-    Ok(response)
+    span: &'a tracing::Span,
+    admission: &'a Admission,
 }
 
-/// The body for a non-empty `range`: the first chunk is in hand before the
-/// response starts (so an origin failure is a clean 503), the rest stream
-/// as the chunk layer delivers them. Read-ahead is the app's front door's:
-/// a worker's inbound requests come from sidecars that read ahead themselves.
-async fn body_of(
-    dataset: &Arc<Dataset>,
-    info: &Arc<ObjectInfo>,
-    range: Range<u64>,
-    direction: Direction,
-    request_span: &tracing::Span,
-) -> Result<ProxyBody, S3Error> {
-    let ahead = match direction {
-        Direction::Outbound | Direction::Mount => ReadAhead::IfSequential,
-        Direction::Inbound => ReadAhead::Never,
-    };
-    let remaining = range.end - range.start;
-    let read = dataset
-        .read(info, range, ahead)
-        .await
-        .map_err(|e| S3Error::from_origin(e, &dataset.policy.bucket))?;
-    if !request_span.is_disabled() {
-        request_span.record("cache.outcome", read.first_source.as_str());
+impl ObjectRead<'_> {
+    async fn respond(
+        &self,
+        request_headers: &HeaderMap,
+        admitted: &mut Admitted,
+    ) -> Result<Response<ProxyBody>, S3Error> {
+        let dataset = self.dataset;
+        let info = dataset
+            .metadata
+            .object(self.key)
+            .await
+            .map_err(|e| origin_failure(dataset, e))?;
+        if conditional::evaluate(request_headers, &info.meta.etag, info.meta.modified)?
+            == Precondition::NotModified
+        {
+            let mut response = empty(StatusCode::NOT_MODIFIED);
+            object_headers(response.headers_mut(), &info);
+            return Ok(response);
+        }
+        let size = info.meta.size;
+        let (range, partial) = match request_headers.get(header::RANGE) {
+            Some(value) => {
+                let text = value
+                    .to_str()
+                    .map_err(|_| S3Error::invalid_argument("Range header is not ASCII"))?;
+                (ByteRange::parse(text)?.resolve(size, text)?, true)
+            }
+            None => (0..size, false),
+        };
+        let body = if self.head_only || range.is_empty() {
+            ProxyBody::EMPTY
+        } else {
+            self.body(&info, range.clone(), admitted).await?
+        };
+        let mut response = Response::new(body);
+        let headers = response.headers_mut();
+        object_headers(headers, &info);
+        headers.insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from(range.end - range.start),
+        );
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        if partial {
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let content_range = format!("bytes {}-{}/{size}", range.start, range.end - 1);
+            if let Ok(value) = HeaderValue::from_str(&content_range) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+        }
+        Ok(response)
     }
-    Ok(match read.rest {
-        None => ProxyBody::Full(Some(read.head)),
-        Some(rest) => ProxyBody::Stream {
-            chunks: stream::once(futures::future::ready(Ok(read.head)))
-                .chain(rest)
-                .boxed(),
-            remaining,
-            sent: dataset.metrics.traffic(direction).response_bytes.clone(),
-        },
-    })
+
+    /// The body for a non-empty `range`: the first chunk is in hand before
+    /// the response starts (so an origin failure is a clean 503), the rest
+    /// stream as the chunk layer delivers them. Read-ahead is the app's
+    /// front door's: a worker's inbound requests come from sidecars that
+    /// read ahead themselves. The bytes the body can hold at once (its
+    /// first chunk and a window of the next) are reserved first.
+    async fn body(
+        &self,
+        info: &Arc<ObjectInfo>,
+        range: Range<u64>,
+        admitted: &mut Admitted,
+    ) -> Result<ProxyBody, S3Error> {
+        let dataset = self.dataset;
+        let ahead = match self.direction {
+            Direction::Outbound | Direction::Mount => ReadAhead::IfSequential,
+            Direction::Inbound => ReadAhead::Never,
+        };
+        let remaining = range.end - range.start;
+        self.admission
+            .reserve(admitted, remaining.min(dataset.chunks.window_bytes()))
+            .await
+            .map_err(|refused| S3Error::slow_down(refused.message(self.admission.wait())))?;
+        let read = dataset
+            .read(info, range, ahead)
+            .await
+            .map_err(|e| S3Error::from_origin(e, &dataset.policy.bucket))?;
+        if !self.span.is_disabled() {
+            self.span
+                .record("cache.outcome", read.first_source.as_str());
+        }
+        Ok(match read.rest {
+            None => ProxyBody::full(read.head),
+            Some(rest) => ProxyBody::stream(
+                stream::once(futures::future::ready(Ok(read.head)))
+                    .chain(rest)
+                    .boxed(),
+                remaining,
+                dataset
+                    .metrics
+                    .traffic(self.direction)
+                    .response_bytes
+                    .clone(),
+            ),
+        })
+    }
 }
 
 async fn list_objects<B>(

@@ -124,9 +124,10 @@ pub async fn start_announcing(
         mesh.clone(),
         domains.clone(),
         Direction::Outbound,
+        &config.limits,
     ));
     let inbound_door = Arc::new(
-        FrontDoor::new(mesh.clone(), domains, Direction::Inbound).authorizing(
+        FrontDoor::new(mesh.clone(), domains, Direction::Inbound, &config.limits).authorizing(
             identity
                 .is_some()
                 .then(|| config.identity.trust_domain.clone()),

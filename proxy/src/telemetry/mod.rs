@@ -121,6 +121,18 @@ fn describe() {
         "upstream_ejections_total",
         "Times this worker was ejected after repeated failures."
     );
+    describe_counter!(
+        "upstream_slowdowns_total",
+        "Answers from this worker asking to slow down (SlowDown): passed on to the app, never a reason to eject."
+    );
+    describe_counter!(
+        "admission_refused_total",
+        "Requests refused with 503 SlowDown after waiting admission_wait, by listener and by the limit that was full (requests or memory)."
+    );
+    describe_gauge!(
+        "admission_requests_in_flight",
+        "Requests admitted and not yet finished (their bodies sent), by listener."
+    );
     describe_gauge!("upstream_inflight", "Requests in flight to this worker.");
     describe_gauge!(
         "upstream_member_ejected",

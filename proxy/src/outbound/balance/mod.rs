@@ -69,6 +69,8 @@ pub struct MemberMetrics {
     pub hedges_won: Counter,
     /// `upstream_ejections_total`.
     pub ejections: Counter,
+    /// `upstream_slowdowns_total`: answers asking to slow down (not failures).
+    pub busy: Counter,
     /// `upstream_inflight`.
     pub inflight: Gauge,
     /// `upstream_member_ejected`: 1 while ejected (until a probe succeeds).
@@ -85,6 +87,7 @@ impl MemberMetrics {
             hedges: counter!("upstream_hedges_total", &labels),
             hedges_won: counter!("upstream_hedges_won_total", &labels),
             ejections: counter!("upstream_ejections_total", &labels),
+            busy: counter!("upstream_slowdowns_total", &labels),
             inflight: gauge!("upstream_inflight", &labels),
             ejected: gauge!("upstream_member_ejected", &labels),
         }
