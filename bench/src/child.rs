@@ -207,6 +207,31 @@ impl ChildProcess {
         Self::spawn(command, "ferry-proxy")
     }
 
+    /// [`ChildProcess::proxy`] inside the cgroup whose `cgroup.procs` is
+    /// `procs`: a shell joins it, then becomes the proxy, so the proxy sizes
+    /// its limits from that cgroup from its first instruction.
+    pub fn proxy_in_cgroup(
+        program: &ProxyProgram,
+        args: &[String],
+        procs: &Path,
+    ) -> anyhow::Result<Self> {
+        let inner = program.command()?;
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
+            .arg(procs)
+            .arg(inner.get_program())
+            .args(inner.get_args())
+            .args(args)
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+        Self::spawn(command, "ferry-proxy (in a cgroup)")
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Starts a ferry-proxy worker as `worker` describes.
     pub fn ferry_worker(program: &ProxyProgram, worker: &WorkerSpec<'_>) -> anyhow::Result<Self> {
         Self::proxy(program, &worker.args())

@@ -17,6 +17,11 @@ use ferry_config::exposition::Exposition;
 /// Longest a single read may take before it counts as failed.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A server's 503 `SlowDown`: back off and retry (the connection stays usable).
+#[derive(Debug, thiserror::Error)]
+#[error("HTTP 503 SlowDown")]
+pub struct SlowDown;
+
 /// One reader's connection, reopened after failures.
 pub struct Reader {
     addr: SocketAddr,
@@ -76,6 +81,10 @@ impl Reader {
             sender.ready().await?;
             let response = sender.send_request(request).await?;
             let status = response.status();
+            let slow_down = response
+                .headers()
+                .get("x-amz-error-code")
+                .is_some_and(|code| code == "SlowDown");
             let mut body = response.into_body();
             let mut len = 0u64;
             let mut kept = keep.then(BytesMut::new);
@@ -87,6 +96,9 @@ impl Reader {
                     }
                 }
             }
+            if status == StatusCode::SERVICE_UNAVAILABLE && slow_down {
+                return Err(anyhow::Error::new(SlowDown));
+            }
             if status != StatusCode::OK && status != StatusCode::PARTIAL_CONTENT {
                 bail!("GET {path}: HTTP {status}");
             }
@@ -94,6 +106,7 @@ impl Reader {
         };
         match tokio::time::timeout(READ_TIMEOUT, attempt).await {
             Ok(Ok(result)) => Ok(result),
+            Ok(Err(err)) if err.is::<SlowDown>() => Err(err),
             Ok(Err(err)) => {
                 self.sender = None;
                 Err(err)

@@ -9,6 +9,7 @@ mod demo;
 mod epochs;
 mod inject;
 mod mtls;
+mod overload;
 mod plane;
 mod policies;
 mod report;
@@ -20,6 +21,9 @@ mod tree;
 mod workload;
 
 use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static ALLOCATOR: ferry_proxy::runtime::Allocator = ferry_proxy::runtime::Allocator;
 
 /// Ferry's benchmark and demo.
 #[derive(Parser, Debug)]
@@ -67,6 +71,8 @@ enum Command {
     Inject(inject::InjectArgs),
     /// rustls crypto providers and cipher suites, in memory: bulk transfer and handshakes.
     Crypto(crypto::CryptoArgs),
+    /// Admission control: a worker at and past its capacity; a sidecar's memory under and after a burst.
+    Overload(overload::OverloadArgs),
     /// A baseline server (used by the scenarios).
     #[command(hide = true)]
     Serve(serve::ServeArgs),
@@ -123,6 +129,11 @@ fn main() -> std::process::ExitCode {
                         Ok(())
                     }),
                     Command::Inject(args) => inject::run(&args).await.map(drop),
+                    Command::Overload(args) => overload::run(&args).await.and_then(|report| {
+                        let failures = report.failures();
+                        anyhow::ensure!(failures == 0, "{failures} reads failed or were wrong");
+                        Ok(())
+                    }),
                     Command::Chaos(args) => chaos::run(&args).await.and_then(|report| {
                         anyhow::ensure!(
                             report.failed_reads == 0 && report.wrong_bytes == 0,
