@@ -199,6 +199,17 @@ impl ProxyConfig {
                 format!("{bytes} in flight is less than one 64 KiB unit: give at least 64KiB"),
             ));
         }
+        for (field, value) in [
+            ("header_timeout", self.limits.header_timeout.0),
+            ("idle_timeout", self.limits.idle_timeout.0),
+        ] {
+            if value.is_zero() {
+                return Err(error(
+                    format!("limits.{field}"),
+                    "0 would close every connection at once: give a duration such as 10s".into(),
+                ));
+            }
+        }
         if self.limits.admission_wait.0 > Duration::from_secs(60) {
             return Err(error(
                 "limits.admission_wait".into(),
@@ -266,6 +277,11 @@ pub struct Limits {
     pub admission_wait: HumanDuration,
     /// Largest request head accepted; larger gets 431.
     pub max_header_bytes: ByteSize,
+    /// A connection must send a complete request head within this of
+    /// opening (and, over HTTP/1.1, of being ready for its next request).
+    pub header_timeout: HumanDuration,
+    /// A connection that moves no byte either way this long is closed.
+    pub idle_timeout: HumanDuration,
     /// Deadline for one upstream request.
     pub upstream_timeout: HumanDuration,
     /// Object metadata entries cached per data set.
@@ -314,6 +330,8 @@ impl Default for Limits {
             inflight_memory: None,
             admission_wait: HumanDuration(Duration::from_secs(1)),
             max_header_bytes: ByteSize::kib(16),
+            header_timeout: HumanDuration(Duration::from_secs(10)),
+            idle_timeout: HumanDuration(Duration::from_secs(120)),
             upstream_timeout: HumanDuration(Duration::from_secs(30)),
             metadata_entries: 2_000_000,
             listing_entries: 2_000_000,

@@ -87,6 +87,12 @@ pub struct CommonArgs {
     /// How long a request waits for a slot or memory before 503 SlowDown, e.g. 1s.
     #[arg(long)]
     pub admission_wait: Option<humantime::Duration>,
+    /// How long a connection has to send a complete request head, e.g. 10s.
+    #[arg(long)]
+    pub header_timeout: Option<humantime::Duration>,
+    /// How long a connection may move no byte before it is closed, e.g. 120s.
+    #[arg(long)]
+    pub idle_timeout: Option<humantime::Duration>,
     /// Mesh identity: control-plane (certificates, mutual TLS) or disabled (plaintext).
     #[arg(long)]
     pub identity: Option<IdentityMode>,
@@ -274,6 +280,12 @@ impl CommonArgs {
         }
         if let Some(wait) = self.admission_wait {
             config.limits.admission_wait = ferry_config::units::HumanDuration(wait.into());
+        }
+        if let Some(timeout) = self.header_timeout {
+            config.limits.header_timeout = ferry_config::units::HumanDuration(timeout.into());
+        }
+        if let Some(timeout) = self.idle_timeout {
+            config.limits.idle_timeout = ferry_config::units::HumanDuration(timeout.into());
         }
         let identity = &mut config.identity;
         if let Some(url) = &self.control_plane {

@@ -68,6 +68,20 @@ impl S3Error {
         Self::new(StatusCode::BAD_REQUEST, "InvalidArgument", message)
     }
 
+    /// 400 `InvalidRequest`.
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "InvalidRequest", message)
+    }
+
+    /// 414 (`InvalidURI`): a path and query of `len` bytes, over `max`.
+    pub fn uri_too_long(len: usize, max: usize) -> Self {
+        Self::new(
+            StatusCode::URI_TOO_LONG,
+            "InvalidURI",
+            format!("the path and query are {len} bytes long; at most {max} are accepted"),
+        )
+    }
+
     /// 400 `InvalidURI`.
     pub fn invalid_uri(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "InvalidURI", message)

@@ -89,11 +89,18 @@ impl FrontDoor {
 
     /// Answers one request; failures are S3 error responses, never panics.
     /// `peer` is the caller's verified identity (mutual TLS only).
-    pub async fn handle<B>(
+    pub async fn handle<B: http_body::Body>(
         self: Arc<Self>,
         request: Request<B>,
         peer: Option<Arc<SpiffeId>>,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        if let Some(refused) = malformed(&request) {
+            let metrics = self.mesh.datasets();
+            let metrics = metrics.unknown(self.direction);
+            metrics.requests.increment(1);
+            metrics.count_response(refused.status.as_u16());
+            return Ok(refused.into_response(request.method(), ""));
+        }
         if !self.serving.load(std::sync::atomic::Ordering::Acquire)
             && let Some(what) = *self.waiting.lock().unwrap_or_else(|p| p.into_inner())
         {
@@ -270,6 +277,38 @@ impl FrontDoor {
     }
 }
 
+/// Longest path and query accepted (S3 keys are at most 1,024 bytes; the
+/// head as a whole is bounded by `limits.max_header_bytes`, past which
+/// hyper answers 431 before the request gets here).
+const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// What is wrong with a request before it is routed: a URI too long for
+/// any key (414), or a read that carries a body (400, never read).
+fn malformed<B: http_body::Body>(request: &Request<B>) -> Option<S3Error> {
+    let uri = request.uri();
+    let uri_len = uri.path().len() + uri.query().map_or(0, str::len);
+    if uri_len > MAX_URI_BYTES {
+        return Some(S3Error::uri_too_long(uri_len, MAX_URI_BYTES));
+    }
+    let read = matches!(*request.method(), Method::GET | Method::HEAD);
+    if read && !request.body().is_end_stream() {
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|len| len != "0");
+        let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
+        // HTTP/2 marks a bodiless request by ending the stream with its
+        // headers; over HTTP/1.1 a body is announced by one of these.
+        if declared || chunked || request.version() == http::Version::HTTP_2 {
+            return Some(S3Error::invalid_request(format!(
+                "a {} carries no body: send it without one",
+                request.method()
+            )));
+        }
+    }
+    None
+}
+
 fn empty(status: StatusCode) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::EMPTY);
     *response.status_mut() = status;
@@ -333,7 +372,8 @@ impl ObjectRead<'_> {
                 let text = value
                     .to_str()
                     .map_err(|_| S3Error::invalid_argument("Range header is not ASCII"))?;
-                (ByteRange::parse(text)?.resolve(size, text)?, true)
+                let parsed = ByteRange::parse(text)?;
+                (parsed.resolve(size, text)?, parsed.is_partial())
             }
             None => (0..size, false),
         };

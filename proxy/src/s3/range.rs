@@ -16,12 +16,15 @@ pub enum ByteRange {
     },
     /// `bytes=-n`: the last `n` bytes.
     Suffix(u64),
+    /// Several ranges (`bytes=0-1,5-6`): S3 ignores such a header and
+    /// answers 200 with the whole object, and so does Ferry.
+    Several,
 }
 
 const FORMS: &str = "expected bytes=FIRST-LAST, bytes=FIRST- or bytes=-SUFFIX_LENGTH";
 
 impl ByteRange {
-    /// Parses a Range header value; malformed or multi-range is a 400.
+    /// Parses a Range header value; malformed is a 400.
     pub fn parse(text: &str) -> Result<Self, S3Error> {
         let malformed =
             || S3Error::invalid_argument(format!("Range header '{text}' is malformed: {FORMS}"));
@@ -31,9 +34,7 @@ impl ByteRange {
             .ok_or_else(malformed)?
             .trim();
         if spec.contains(',') {
-            return Err(S3Error::invalid_argument(format!(
-                "Range header '{text}' asks for several ranges; S3 serves one range per request"
-            )));
+            return Ok(Self::Several);
         }
         let (first, last) = spec.split_once('-').ok_or_else(malformed)?;
         let number = |digits: &str| -> Result<u64, S3Error> {
@@ -62,10 +63,16 @@ impl ByteRange {
         })
     }
 
+    /// Whether the answer is a 206 with `Content-Range` (not the whole object as a 200).
+    pub fn is_partial(self) -> bool {
+        self != Self::Several
+    }
+
     /// The half-open byte range within an object of `size` bytes; a range
     /// that starts past the end is a 416 naming the size.
     pub fn resolve(self, size: u64, text: &str) -> Result<Range<u64>, S3Error> {
         match self {
+            Self::Several => Ok(0..size),
             Self::From { start, end } => {
                 if start >= size {
                     return Err(S3Error::invalid_range(text, size));
@@ -117,13 +124,21 @@ mod tests {
     }
 
     #[test]
+    fn several_ranges_mean_the_whole_object_as_s3_answers() {
+        let several = ByteRange::parse("bytes=0-1,4-5").expect("parses");
+        assert_eq!(several, ByteRange::Several);
+        assert!(!several.is_partial());
+        assert_eq!(resolve("bytes=0-1,4-5", 100), Ok(0..100));
+        assert!(ByteRange::parse("bytes=0-9").expect("one").is_partial());
+    }
+
+    #[test]
     fn malformed_ranges_are_400() {
         for text in [
             "bytes=",
             "bytes=a-b",
             "bytes=5-2",
             "items=0-1",
-            "bytes=0-1,4-5",
             "bytes=--1",
             "0-1",
             "bytes=1",

@@ -3,6 +3,7 @@
 //! bound on open connections and graceful shutdown.
 
 mod accept;
+mod deadline;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use metrics::counter;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
@@ -30,8 +32,6 @@ pub use accept::{Accept, Peer, Plain, Tls};
 
 /// How long open connections get to finish after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Slowloris guard: a request head must arrive within this.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// HTTP/2 flow-control windows sized for multi-MiB chunks.
 const H2_STREAM_WINDOW: u32 = 4 << 20;
 const H2_CONNECTION_WINDOW: u32 = 16 << 20;
@@ -158,11 +158,13 @@ pub async fn start_announcing(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
-    let builder = Arc::new(http_builder(header_buffer));
+    let builder = Arc::new(http_builder(header_buffer, config.limits.header_timeout.0));
     let listeners = Listeners {
         builder: builder.clone(),
         stop: stop_rx,
         graceful: graceful.clone(),
+        header_timeout: config.limits.header_timeout.0,
+        idle_timeout: config.limits.idle_timeout.0,
     };
     let admin_for_loop = admin.clone();
     let admin_task = tokio::spawn(listeners.clone().serve(
@@ -272,12 +274,12 @@ pub async fn start_announcing(
     })
 }
 
-fn http_builder(header_buffer: usize) -> auto::Builder<TokioExecutor> {
+fn http_builder(header_buffer: usize, header_timeout: Duration) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .max_buf_size(header_buffer)
         .keep_alive(true);
     builder
@@ -295,6 +297,8 @@ struct Listeners {
     builder: Arc<auto::Builder<TokioExecutor>>,
     stop: watch::Receiver<bool>,
     graceful: Arc<GracefulShutdown>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 impl Listeners {
@@ -344,6 +348,7 @@ impl Listeners {
             let builder = self.builder.clone();
             let graceful = self.graceful.clone();
             let open = open.clone();
+            let (header_timeout, idle_timeout) = (self.header_timeout, self.idle_timeout);
             tokio::spawn(async move {
                 // The handshake runs in the connection's own task, so a slow
                 // one never holds up the accept loop.
@@ -352,14 +357,40 @@ impl Listeners {
                     return;
                 };
                 let peer = Peer { address, identity };
-                let service = service_fn(move |request| serve(request, peer.clone()));
+                let activity = deadline::Activity::new();
+                let requests = activity.clone();
+                let service = service_fn(move |request| {
+                    requests.saw_request();
+                    serve(request, peer.clone())
+                });
+                let io = deadline::Tracked::new(io, activity.clone());
                 let connection = builder
                     .serve_connection(TokioIo::new(io), service)
                     .into_owned();
                 let connection = graceful.watcher().watch(connection);
                 open.increment(1.0);
-                if let Err(err) = connection.await {
-                    tracing::debug!(%address, %err, "connection ended with an error");
+                let expired = tokio::select! {
+                    ended = connection => match ended {
+                        Ok(()) => None,
+                        Err(err) => {
+                            tracing::debug!(%address, %err, "connection ended with an error");
+                            // hyper's own timer for later HTTP/1.1 heads.
+                            err.downcast_ref::<hyper::Error>()
+                                .filter(|err| err.is_timeout())
+                                .map(|_| deadline::Expired::HeaderTimeout)
+                        }
+                    },
+                    // Dropping the connection closes it; response bodies in
+                    // flight go with it, and their admission too.
+                    expired = activity.expired(header_timeout, idle_timeout) => Some(expired),
+                };
+                if let Some(expired) = expired {
+                    counter!(
+                        "connections_closed_total",
+                        "direction" => direction,
+                        "reason" => expired.as_str()
+                    )
+                    .increment(1);
                 }
                 open.decrement(1.0);
                 drop(permit);

@@ -144,6 +144,10 @@ fn describe() {
         "Chunks fetched ahead of a sequential reader."
     );
     describe_gauge!("connections_open", "Client connections open, by direction.");
+    describe_counter!(
+        "connections_closed_total",
+        "Connections closed by their deadlines, by direction and reason (header_timeout: no request head in time; idle: no byte either way)."
+    );
     describe_gauge!(
         "inflight_fetch_bytes",
         Unit::Bytes,
