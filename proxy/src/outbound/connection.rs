@@ -142,6 +142,9 @@ impl Connection {
             .max_frame_size(1 << 20)
             .keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
+            // Pings while idle keep the worker's idle deadline from closing
+            // a pooled connection just as a request takes it.
+            .keep_alive_while_idle(true)
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| SendError::Connect(format!("HTTP/2 handshake: {e}")))?;
