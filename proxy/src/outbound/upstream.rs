@@ -257,7 +257,8 @@ impl PoolUpstream {
         let mut next = 0;
         let mut started = 0usize;
         let mut running: Running<'a, T> = FuturesUnordered::new();
-        let mut primary_arriving: Option<Arc<AtomicBool>> = None;
+        // The attempt a hedge may race: its worker, and whether its headers came.
+        let mut primary: Option<(Arc<Member>, Arc<AtomicBool>)> = None;
         let hedge_delay = self.pool.hedge_after();
         let mut hedge = hedge_delay.map(|delay| Box::pin(tokio::time::sleep(delay)));
 
@@ -267,7 +268,7 @@ impl PoolUpstream {
                       next: &mut usize,
                       running: &mut Running<'a, T>,
                       failures: &mut Vec<String>|
-         -> Option<Arc<AtomicBool>> {
+         -> Option<(Arc<Member>, Arc<AtomicBool>)> {
             while *next < candidates.len() {
                 let member = Arc::clone(&candidates[*next]);
                 *next += 1;
@@ -299,7 +300,7 @@ impl PoolUpstream {
                     }
                     .instrument(span),
                 ) as BoxFuture<'a, _>);
-                return Some(arriving);
+                return Some((candidates[*next - 1].clone(), arriving));
             }
             None
         };
@@ -311,9 +312,9 @@ impl PoolUpstream {
                     break;
                 }
                 match launch(false, started + 1, &mut next, &mut running, &mut failures) {
-                    Some(arriving) => {
+                    Some(launched) => {
                         started += 1;
-                        primary_arriving = Some(arriving);
+                        primary = Some(launched);
                     }
                     None => break,
                 }
@@ -324,6 +325,15 @@ impl PoolUpstream {
                         self.pool.succeeded(&member);
                         if hedged {
                             member.metrics.hedges_won.increment(1);
+                            // A primary that has not even sent headers by the
+                            // time the hedge has its whole answer failed: else
+                            // a black-holed worker, always beaten by hedges,
+                            // would never time out and never be ejected.
+                            if let Some((primary, arriving)) = &primary
+                                && !arriving.load(Ordering::Acquire)
+                            {
+                                self.pool.failed(primary);
+                            }
                         }
                         // Dropping `running` cancels the loser (RST_STREAM).
                         return Ok(value);
@@ -350,7 +360,7 @@ impl PoolUpstream {
                 },
                 () = async { if let Some(timer) = hedge.as_mut() { timer.await } }, if hedge.is_some() => {
                     hedge = None;
-                    let slow = primary_arriving.as_ref().is_some_and(|a| !a.load(Ordering::Acquire));
+                    let slow = primary.as_ref().is_some_and(|(_, a)| !a.load(Ordering::Acquire));
                     if slow
                         && running.len() == 1
                         && next < candidates.len()

@@ -1,0 +1,202 @@
+//! Partitions made by the kernel, on loopback: nftables rules that drop
+//! every packet of one worker (a black hole: no RST, the sidecar has to time
+//! out) or a share of them (`numgen random`). Every read must succeed with
+//! the right bytes; the black-holed worker is ejected and, once the rule is
+//! gone, probed back into rotation. Needs root and `nft` (CI installs it);
+//! without them the tests say so and pass.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::ProxyProcess;
+
+const SPEC: &str = "count=120&size=16KiB&seed=11";
+
+fn worker() -> ProxyProcess {
+    let origin = format!("synthetic://?{SPEC}");
+    ProxyProcess::start(&[
+        "worker",
+        "--origin",
+        &origin,
+        "--bucket",
+        "data",
+        "--cache-size",
+        "64MiB",
+    ])
+}
+
+fn sidecar(workers: &[&ProxyProcess]) -> ProxyProcess {
+    let pool = workers
+        .iter()
+        .map(|w| w.inbound.expect("inbound").to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    ProxyProcess::start(&[
+        "sidecar",
+        "--pool",
+        &pool,
+        "--bucket",
+        "data",
+        "--cache-size",
+        "0",
+        "--hedge",
+        "100ms",
+        "--chunk-timeout",
+        "1s",
+    ])
+}
+
+/// An nftables table of its own that drops packets to and from one port;
+/// removed when dropped.
+struct PacketDrop {
+    table: String,
+}
+
+impl PacketDrop {
+    /// Drops `percent` % of the packets to and from `port` (100: all).
+    fn port(port: u16, percent: u32) -> Option<Self> {
+        let table = format!("ferry_test_{}_{port}", std::process::id());
+        let matcher = if percent >= 100 {
+            String::new()
+        } else {
+            format!("numgen random mod 100 < {percent} ")
+        };
+        let script = format!(
+            "table inet {table} {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n    \
+             tcp dport {port} {matcher}drop\n    tcp sport {port} {matcher}drop\n  }}\n}}\n"
+        );
+        let applied = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                if let Some(stdin) = child.stdin.as_mut() {
+                    stdin.write_all(script.as_bytes())?;
+                }
+                child.wait()
+            });
+        match applied {
+            Ok(status) if status.success() => Some(Self { table }),
+            other => {
+                eprintln!("skipped: cannot add nftables rules (root and nft needed): {other:?}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for PacketDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .status();
+    }
+}
+
+fn key(index: u64) -> String {
+    ferry_config::SyntheticSpec::from_query(SPEC)
+        .expect("spec")
+        .key(index)
+}
+
+/// Reads every object once; returns the latencies, sorted. Every read must
+/// be a 200 with the right bytes.
+async fn read_all(client: &reqwest::Client, proxy: &ProxyProcess) -> Vec<Duration> {
+    let mut latencies = Vec::new();
+    let count = ferry_config::SyntheticSpec::from_query(SPEC)
+        .expect("spec")
+        .count;
+    for index in 0..count {
+        let begun = Instant::now();
+        let body = client
+            .get(proxy.url(&format!("/data/{}", key(index))))
+            .send()
+            .await
+            .expect("get")
+            .error_for_status()
+            .unwrap_or_else(|err| panic!("object {index}: {err}"))
+            .bytes()
+            .await
+            .expect("body");
+        assert!(
+            body[..] == common::synthetic_object(SPEC, index)[..],
+            "object {index}: wrong bytes"
+        );
+        latencies.push(begun.elapsed());
+    }
+    latencies.sort();
+    latencies
+}
+
+fn p99(sorted: &[Duration]) -> Duration {
+    sorted[(sorted.len() * 99).div_ceil(100).saturating_sub(1)]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_black_holed_worker_is_timed_out_ejected_and_probed_back() {
+    let healthy = worker();
+    let holed = worker();
+    let proxy = sidecar(&[&healthy, &holed]);
+    let client = reqwest::Client::new();
+    let before = read_all(&client, &proxy).await;
+    let member = holed.inbound.expect("inbound").to_string();
+    let member_label = [("member", member.as_str())];
+    let Some(rule) = PacketDrop::port(holed.inbound.expect("inbound").port(), 100) else {
+        return;
+    };
+    let during = read_all(&client, &proxy).await;
+    let ejections = proxy
+        .metric("upstream_ejections_total", &member_label)
+        .await;
+    assert!(ejections >= 1.0, "the black-holed worker was ejected");
+    eprintln!(
+        "black hole: p99 {:?} before, {:?} during ({} reads, every one right)",
+        p99(&before),
+        p99(&during),
+        during.len()
+    );
+    drop(rule);
+    // Probed back: requests reach it again once its ejection runs out
+    // (1 s, doubling per ejection), bounded here at 30 s.
+    let sent_before = proxy.metric("upstream_requests_total", &member_label).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        read_all(&client, &proxy).await;
+        let sent = proxy.metric("upstream_requests_total", &member_label).await;
+        let ejected = proxy.metric("upstream_member_ejected", &member_label).await;
+        if sent > sent_before && ejected == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker came back but was not probed back within 30 s"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn five_percent_loss_on_a_worker_loses_no_read() {
+    let lossy = worker();
+    let other = worker();
+    let proxy = sidecar(&[&lossy, &other]);
+    let client = reqwest::Client::new();
+    read_all(&client, &proxy).await;
+    let Some(_rule) = PacketDrop::port(lossy.inbound.expect("inbound").port(), 5) else {
+        return;
+    };
+    let mut reads = 0;
+    let mut latencies = Vec::new();
+    for _ in 0..3 {
+        let pass = read_all(&client, &proxy).await;
+        reads += pass.len();
+        latencies.extend(pass);
+    }
+    latencies.sort();
+    eprintln!(
+        "5 % loss: {reads} reads, every one right, p99 {:?}",
+        p99(&latencies)
+    );
+}
