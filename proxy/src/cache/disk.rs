@@ -27,6 +27,9 @@ const MAGIC: &[u8; 8] = b"FERRYCK1";
 const HEADER_LEN: usize = 8 + 16 + 4 + 8 + 8;
 /// Chunk bytes waiting to be written at once; beyond this, writes are skipped.
 const MAX_PENDING_WRITE_BYTES: u64 = 256 << 20;
+/// After the disk refuses a write (full, read-only, over quota), how long
+/// new chunks are not even tried: reads go on from memory and upstream.
+const DISK_FAULT_PAUSE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Counters the disk tier updates.
 #[derive(Clone)]
@@ -86,6 +89,9 @@ pub struct DiskTier {
     index: Arc<Mutex<Index>>,
     pending: Arc<AtomicU64>,
     counters: DiskCounters,
+    /// Milliseconds after `opened` until which admissions are paused.
+    paused_until_ms: Arc<AtomicU64>,
+    opened: std::time::Instant,
 }
 
 impl DiskTier {
@@ -100,6 +106,7 @@ impl DiskTier {
         fs::create_dir_all(dir)
             .with_context(|| format!("cannot create disk cache {}", dir.display()))?;
         let mut found = Vec::new();
+        let mut dropped = 0usize;
         for shard in fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
             let shard = shard?.path();
             if !shard.is_dir() {
@@ -111,12 +118,21 @@ impl DiskTier {
                     Some((key, len, modified)) if path == chunk_path(dir, &key) => {
                         found.push((modified, key, len))
                     }
-                    // Torn writes, foreign files, renamed files: not ours to serve.
+                    // Torn writes, truncated, foreign or renamed files: not ours to serve.
                     _ => {
+                        dropped += 1;
                         let _ = fs::remove_file(&path);
                     }
                 }
             }
+        }
+        if dropped > 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                dropped,
+                kept = found.len(),
+                "disk cache: dropped files that were not whole chunks (torn writes, truncation); kept the rest"
+            );
         }
         found.sort_by_key(|(modified, _, _)| *modified);
         let mut index = Index::default();
@@ -130,6 +146,8 @@ impl DiskTier {
             index: Arc::new(Mutex::new(index)),
             pending: Arc::new(AtomicU64::new(0)),
             counters,
+            paused_until_ms: Arc::new(AtomicU64::new(0)),
+            opened: std::time::Instant::now(),
         };
         // The capacity may have shrunk since the last run.
         let doomed = {
@@ -195,7 +213,8 @@ impl DiskTier {
     /// Stores a chunk in the background (the caller never waits for the disk).
     pub fn put(&self, key: ChunkKey, chunk: Bytes) {
         let len = chunk.len() as u64;
-        if len > self.capacity {
+        let now_ms = self.opened.elapsed().as_millis() as u64;
+        if len > self.capacity || now_ms < self.paused_until_ms.load(Ordering::Relaxed) {
             self.counters.rejections.increment(1);
             return;
         }
@@ -236,17 +255,30 @@ impl DiskTier {
         let pending = Arc::clone(&self.pending);
         let index = Arc::clone(&self.index);
         let counters = self.counters.clone();
+        let paused_until_ms = Arc::clone(&self.paused_until_ms);
         tokio::task::spawn_blocking(move || {
             for old in evicted {
                 let _ = fs::remove_file(chunk_path(&dir, &old));
             }
             if let Err(err) = write_chunk(&dir, &key, &chunk) {
                 // A failed write must not leave an index entry pointing at nothing.
-                tracing::warn!(%err, "disk cache write failed");
                 let mut index = index.lock().unwrap_or_else(|p| p.into_inner());
                 index.remove(&key);
                 counters.bytes.set(index.used as f64);
                 counters.rejections.increment(1);
+                drop(index);
+                if disk_refuses_writes(&err) {
+                    let until = now_ms + DISK_FAULT_PAUSE.as_millis() as u64;
+                    if paused_until_ms.swap(until, Ordering::Relaxed) <= now_ms {
+                        tracing::warn!(
+                            %err,
+                            pause = ?DISK_FAULT_PAUSE,
+                            "disk cache: the disk refuses writes; not storing chunks for a while (reads go on)"
+                        );
+                    }
+                } else {
+                    tracing::warn!(%err, "disk cache write failed");
+                }
             }
             pending.fetch_sub(len, Ordering::AcqRel);
         });
@@ -269,19 +301,36 @@ fn header(key: &ChunkKey, data: &[u8]) -> [u8; HEADER_LEN] {
     header
 }
 
+/// A disk that is full, read-only or over its quota: trying again at once
+/// would fail the same way.
+fn disk_refuses_writes(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        err.kind(),
+        ErrorKind::StorageFull | ErrorKind::ReadOnlyFilesystem | ErrorKind::QuotaExceeded
+    )
+}
+
 /// Writes to a temporary name and renames, so a crash leaves no half file
-/// under the chunk's name.
+/// under the chunk's name; a write that fails leaves no file at all (a full
+/// disk keeps no half-written chunks).
 fn write_chunk(dir: &Path, key: &ChunkKey, data: &[u8]) -> std::io::Result<()> {
     let path = chunk_path(dir, key);
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent)?;
     }
     let temporary = path.with_extension("partial");
-    let mut file = fs::File::create(&temporary)?;
-    file.write_all(&header(key, data))?;
-    file.write_all(data)?;
-    drop(file);
-    fs::rename(&temporary, &path)
+    let written = (|| {
+        let mut file = fs::File::create(&temporary)?;
+        file.write_all(&header(key, data))?;
+        file.write_all(data)?;
+        drop(file);
+        fs::rename(&temporary, &path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&temporary);
+    }
+    written
 }
 
 /// The key, length and modification time a chunk file's header claims.
@@ -324,29 +373,53 @@ fn read_chunk(path: &Path, key: &ChunkKey, expected_len: u64) -> Result<Bytes, S
     Ok(Bytes::from(bytes).slice(HEADER_LEN..))
 }
 
+/// A disk cache's fingerprint seed, and whether the chunks beside it were
+/// keyed with a seed that is lost (so can never be found, and must go).
+pub struct Seed {
+    /// The seed.
+    pub value: u64,
+    /// The seed file was missing or unreadable while chunks may exist.
+    pub chunks_orphaned: bool,
+}
+
 /// The fingerprint seed of a disk cache: random on first use, then kept in
 /// the directory so a restarted worker finds its chunks under the same keys.
-pub fn persistent_seed(dir: &Path) -> anyhow::Result<u64> {
+/// A seed file that is unreadable (truncated, garbage) is replaced, and the
+/// chunks keyed with the old one are reported orphaned; one that cannot be
+/// written (a read-only disk) leaves a seed for this run only.
+pub fn persistent_seed(dir: &Path) -> Seed {
     use std::hash::BuildHasher;
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join("seed");
-    if let Ok(text) = fs::read_to_string(&path)
-        && let Ok(seed) = u64::from_str_radix(text.trim(), 16)
+    let existing = fs::read_to_string(&path);
+    if let Ok(text) = &existing
+        && let Ok(value) = u64::from_str_radix(text.trim(), 16)
     {
-        return Ok(seed);
+        return Seed {
+            value,
+            chunks_orphaned: false,
+        };
     }
-    let seed = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    let value = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    let chunks_orphaned = existing.is_ok() || dir.join("chunks").exists();
+    if existing.is_ok() {
+        tracing::warn!(path = %path.display(), "disk cache: the seed file is unreadable; starting a new one");
+    }
     let mut options = fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options
-        .open(&path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    writeln!(file, "{seed:016x}")?;
-    Ok(seed)
+    let written = fs::create_dir_all(dir)
+        .and_then(|()| options.open(&path))
+        .and_then(|mut file| writeln!(file, "{value:016x}"));
+    if let Err(err) = written {
+        tracing::warn!(path = %path.display(), %err, "disk cache: cannot keep a seed; chunks stored now will not outlive this run");
+    }
+    Seed {
+        value,
+        chunks_orphaned,
+    }
 }
 
 #[cfg(test)]
@@ -467,8 +540,14 @@ mod tests {
     #[test]
     fn the_seed_is_kept() {
         let dir = temp_dir("seed");
-        let first = persistent_seed(&dir).expect("seed");
-        assert_eq!(persistent_seed(&dir).expect("seed"), first);
+        let first = persistent_seed(&dir);
+        assert!(
+            !first.chunks_orphaned,
+            "a new cache has no chunks to orphan"
+        );
+        let again = persistent_seed(&dir);
+        assert_eq!(again.value, first.value);
+        assert!(!again.chunks_orphaned);
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(dir.join("seed"))
             .expect("meta")
@@ -476,6 +555,11 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(mode, 0o600);
+        // Truncated: a new seed, and the chunks keyed with the old one are orphans.
+        fs::write(dir.join("seed"), "12").expect("truncate");
+        let replaced = persistent_seed(&dir);
+        assert!(replaced.chunks_orphaned);
+        assert_ne!(replaced.value, first.value);
         let _ = fs::remove_dir_all(&dir);
     }
 }

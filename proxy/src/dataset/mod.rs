@@ -334,7 +334,7 @@ impl Datasets {
             // owns the directory, and the chunk size is in the fingerprints.
             let old_disk = old.and_then(|old| {
                 let tier = old.chunks.disk()?.clone();
-                let seed = persistent_seed(&config.disk_cache.as_ref()?.dir.join(name)).ok()?;
+                let seed = persistent_seed(&config.disk_cache.as_ref()?.dir.join(name)).value;
                 Some(DiskPlacement { tier, seed })
             });
             let disk = match &config.disk_cache {
@@ -342,6 +342,12 @@ impl Datasets {
                 Some(spec) if config.role == Role::Worker => {
                     // Each data set gets its own directory and an equal share.
                     let dir = spec.dir.join(name);
+                    let seed = persistent_seed(&dir);
+                    if seed.chunks_orphaned && dir.join("chunks").exists() {
+                        // Keyed with a seed that is gone: never found again.
+                        tracing::warn!(dir = %dir.display(), "disk cache: dropping chunks keyed with a lost seed");
+                        let _ = std::fs::remove_dir_all(dir.join("chunks"));
+                    }
                     let share = spec.size.bytes() / config.datasets.len().max(1) as u64;
                     let evict = policy.cache.worker.policy != CachePolicy::Pin;
                     metrics.disk.capacity.set(share as f64);
@@ -359,8 +365,7 @@ impl Datasets {
                     .with_context(|| format!("data set '{name}': disk cache"))?;
                     Some(DiskPlacement {
                         tier: Arc::new(tier),
-                        seed: persistent_seed(&dir)
-                            .with_context(|| format!("data set '{name}': disk cache"))?,
+                        seed: seed.value,
                     })
                 }
                 _ => None,
