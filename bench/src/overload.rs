@@ -6,6 +6,11 @@
 //! `SlowDown` as S3 clients do (jittered, doubling, at most `Retry-After`).
 //! Every body is checked against the synthetic data set.
 //!
+//! Part 3, slow-loris: readers of cached samples against a worker alone,
+//! then with `--loris` connections that each trickle a request head one
+//! header line a second and reconnect when cut (the worker's header
+//! timeout, 10 s by default, cuts them).
+//!
 //! Part 2, memory: a sidecar with a 1 MiB cache over one worker, `--range-readers`
 //! connections reading 4 MiB ranges of 64 MiB shards for `--range-load`,
 //! then `--idle`; the sidecar's RSS is sampled throughout. Run for the
@@ -70,6 +75,15 @@ pub struct OverloadArgs {
     /// Skip part 1.
     #[arg(long)]
     pub memory_only: bool,
+    /// Slow-loris connections in part 3 (0: skip it).
+    #[arg(long, default_value_t = 10_000)]
+    pub loris: usize,
+    /// Readers of part 3, and how long each half of it runs.
+    #[arg(long, default_value_t = 16)]
+    pub loris_readers: usize,
+    /// How long each half of part 3 runs.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub loris_phase: Duration,
     /// Seed of sizes, contents and choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -142,6 +156,23 @@ pub struct OverloadReport {
     pub throughput_ratio: Option<f64>,
     /// Part 2.
     pub memory: Vec<MemoryRun>,
+    /// Part 3: readers alone, then under the slow-loris connections.
+    pub loris: Option<Loris>,
+}
+
+/// Part 3.
+#[derive(Debug, Serialize)]
+pub struct Loris {
+    /// Slow-loris connections kept open (reopened when cut).
+    pub connections: usize,
+    /// Readers alone.
+    pub alone: Phase,
+    /// The same readers under the slow-loris connections.
+    pub attacked: Phase,
+    /// Good reads per second attacked / alone.
+    pub throughput_ratio: f64,
+    /// Slow-loris connections the worker cut (its header timeout).
+    pub cut: u64,
 }
 
 impl OverloadReport {
@@ -154,6 +185,16 @@ impl OverloadReport {
             .map(|p| p.failed + p.wrong_bytes)
             .sum::<u64>()
             + self.memory.iter().map(|m| m.failed).sum::<u64>()
+            + self
+                .loris
+                .iter()
+                .map(|l| {
+                    l.alone.failed
+                        + l.alone.wrong_bytes
+                        + l.attacked.failed
+                        + l.attacked.wrong_bytes
+                })
+                .sum::<u64>()
     }
 }
 
@@ -169,12 +210,16 @@ pub async fn run(args: &OverloadArgs) -> anyhow::Result<OverloadReport> {
         overloaded: None,
         throughput_ratio: None,
         memory: Vec::new(),
+        loris: None,
     };
     if !args.memory_only {
         let (at_capacity, overloaded) = capacity(args, &program).await?;
         report.throughput_ratio = Some(overloaded.reads_per_second / at_capacity.reads_per_second);
         report.at_capacity = Some(at_capacity);
         report.overloaded = Some(overloaded);
+    }
+    if args.loris > 0 {
+        report.loris = Some(loris(args, &program).await?);
     }
     if let Some(baseline) = &args.baseline_bin {
         let program = ProxyProgram::Binary(baseline.clone());
@@ -344,6 +389,107 @@ async fn samples_phase(
         p50_ms: percentile_ms(&total.latencies_us, 0.50),
         p99_ms: percentile_ms(&total.latencies_us, 0.99),
         worker_rss_bytes: None,
+    }
+}
+
+async fn loris(args: &OverloadArgs, program: &ProxyProgram) -> anyhow::Result<Loris> {
+    let spec = Arc::new(sample_spec(args.samples, args.size, args.seed)?);
+    let origin = spec.to_url();
+    let worker = ChildProcess::ferry_worker(
+        program,
+        &WorkerSpec {
+            origin: &origin,
+            bucket: "data",
+            cache_size: ByteSize::gib(1),
+            cache_policy: CachePolicy::Lru,
+            read_ahead: None,
+            extra: Vec::new(),
+        },
+    )?;
+    eprintln!("overload: slow-loris, warming the cache");
+    samples_phase(
+        worker.addr,
+        &spec,
+        args.loris_readers,
+        Duration::from_secs(5),
+        args.seed,
+    )
+    .await;
+    eprintln!(
+        "overload: {} readers alone for {:?}",
+        args.loris_readers, args.loris_phase
+    );
+    let alone = samples_phase(
+        worker.addr,
+        &spec,
+        args.loris_readers,
+        args.loris_phase,
+        args.seed,
+    )
+    .await;
+    eprintln!(
+        "overload: {} readers and {} slow-loris connections for {:?}",
+        args.loris_readers, args.loris, args.loris_phase
+    );
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let cut = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let attackers: Vec<_> = (0..args.loris)
+        .map(|_| tokio::spawn(trickle(worker.addr, stop.clone(), cut.clone())))
+        .collect();
+    let attacked = samples_phase(
+        worker.addr,
+        &spec,
+        args.loris_readers,
+        args.loris_phase,
+        args.seed,
+    )
+    .await;
+    stop.notify_waiters();
+    for attacker in attackers {
+        attacker.abort();
+    }
+    Ok(Loris {
+        connections: args.loris,
+        throughput_ratio: attacked.reads_per_second / alone.reads_per_second,
+        alone,
+        attacked,
+        cut: cut.load(std::sync::atomic::Ordering::Relaxed),
+    })
+}
+
+/// One slow-loris connection: a request head, one header line a second,
+/// never finished; reconnects whenever the server cuts it.
+async fn trickle(
+    addr: std::net::SocketAddr,
+    stop: Arc<tokio::sync::Notify>,
+    cut: Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let attack = async {
+        loop {
+            let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            if stream
+                .write_all(b"GET /data/x HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if stream.write_all(b"X-Loris: 1\r\n").await.is_err() {
+                    cut.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = attack => {}
+        () = stop.notified() => {}
     }
 }
 
@@ -576,4 +722,26 @@ fn print(args: &OverloadArgs, report: &OverloadReport) {
         ]);
     }
     table.print();
+    if let Some(loris) = &report.loris {
+        println!(
+            "\nReaders of cached {} samples, alone and with {} slow-loris connections:",
+            args.size, loris.connections
+        );
+        let mut table = Table::new(&["", "good reads/s", "p50 ms", "p99 ms", "failed", "wrong"]);
+        for (label, phase) in [("alone", &loris.alone), ("slow-loris", &loris.attacked)] {
+            table.row(vec![
+                label.to_owned(),
+                format!("{:.0}", phase.reads_per_second),
+                format!("{:.2}", phase.p50_ms),
+                format!("{:.2}", phase.p99_ms),
+                phase.failed.to_string(),
+                phase.wrong_bytes.to_string(),
+            ]);
+        }
+        table.print();
+        println!(
+            "throughput with slow-loris / alone: {:.3} ({} slow-loris connections cut)",
+            loris.throughput_ratio, loris.cut
+        );
+    }
 }

@@ -200,3 +200,94 @@ async fn five_percent_loss_on_a_worker_loses_no_read() {
         p99(&latencies)
     );
 }
+
+/// A TCP relay to `target` that delays every byte by `delay` each way (this
+/// kernel has no netem): a delay line per direction, so throughput is kept
+/// and only latency is added.
+async fn delaying_relay(target: std::net::SocketAddr, delay: Duration) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind relay");
+    let addr = listener.local_addr().expect("relay address");
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                continue;
+            };
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            for (mut from, mut to) in [
+                (
+                    Box::new(client_read) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                    Box::new(server_write) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                ),
+                (Box::new(server_read) as _, Box::new(client_write) as _),
+            ] {
+                let (line, mut due) = tokio::sync::mpsc::channel::<(Instant, Vec<u8>)>(1024);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = from.read(&mut buf).await {
+                        if n == 0
+                            || line
+                                .send((Instant::now() + delay, buf[..n].to_vec()))
+                                .await
+                                .is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    while let Some((at, bytes)) = due.recv().await {
+                        tokio::time::sleep_until(at.into()).await;
+                        if to.write_all(&bytes).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown().await;
+                });
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_200_ms_away_is_hedged_and_no_read_is_lost() {
+    let slow = worker();
+    let fast = worker();
+    let relay = delaying_relay(slow.inbound.expect("inbound"), Duration::from_millis(200)).await;
+    let pool = format!("{relay},{}", fast.inbound.expect("inbound"));
+    let proxy = ProxyProcess::start(&[
+        "sidecar",
+        "--pool",
+        &pool,
+        "--bucket",
+        "data",
+        "--cache-size",
+        "0",
+        "--hedge",
+        "50ms",
+        "--chunk-timeout",
+        "5s",
+    ]);
+    let client = reqwest::Client::new();
+    let mut latencies = Vec::new();
+    for _ in 0..2 {
+        latencies.extend(read_all(&client, &proxy).await);
+    }
+    latencies.sort();
+    let hedges_won = proxy
+        .metric(
+            "upstream_hedges_won_total",
+            &[("member", &fast.inbound.expect("inbound").to_string())],
+        )
+        .await;
+    assert!(hedges_won >= 1.0, "reads the slow worker owns are hedged");
+    eprintln!(
+        "200 ms on one worker: {} reads, every one right, p99 {:?}",
+        latencies.len(),
+        p99(&latencies)
+    );
+}
