@@ -205,3 +205,60 @@ async fn malformed_requests_get_their_s3_errors() {
         .await;
     assert!(refused >= 3.0, "the refusals are counted: {refused}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rapid_reset_streams_are_bounded_and_others_are_served() {
+    let proxy = worker(&[]);
+    let stream = TcpStream::connect(proxy.listen).await.expect("connect");
+    let (client, connection) = h2::client::handshake(stream).await.expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let mut client = Some(client);
+    // Open a stream and reset it at once, over and over (CVE-2023-44487),
+    // bounded in count and time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut opened = 0u32;
+    while opened < 20_000 && std::time::Instant::now() < deadline {
+        let Some(idle) = client.take() else {
+            break;
+        };
+        let Ok(mut ready) = idle.ready().await else {
+            break;
+        };
+        let request = http::Request::get(format!("http://x/data/{}", key(0)))
+            .body(())
+            .expect("request");
+        let Ok((_response, mut send)) = ready.send_request(request, true) else {
+            break;
+        };
+        send.send_reset(h2::Reason::CANCEL);
+        client = Some(ready);
+        opened += 1;
+    }
+    drop(client);
+    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    // Whatever the flood did, the proxy serves others and holds no work for it.
+    let body = reqwest::get(proxy.url(&format!("/data/{}", key(1))))
+        .await
+        .expect("get")
+        .error_for_status()
+        .expect("200")
+        .bytes()
+        .await
+        .expect("body");
+    assert_eq!(body[..], common::synthetic_object(SPEC, 1)[..]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let in_flight = proxy
+            .metric("admission_requests_in_flight", &[("direction", "outbound")])
+            .await;
+        if in_flight == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reset streams left {in_flight} requests admitted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("rapid reset: {opened} streams opened and reset before the connection ended");
+}

@@ -287,7 +287,12 @@ fn http_builder(header_buffer: usize, header_timeout: Duration) -> auto::Builder
         .timer(TokioTimer::new())
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
-        .max_concurrent_streams(1024);
+        .max_concurrent_streams(1024)
+        // Rapid reset (CVE-2023-44487): a peer whose streams keep ending in
+        // resets before or while they are served gets GOAWAY; the work of
+        // a reset stream is dropped with it, admission slot included.
+        .max_pending_accept_reset_streams(64)
+        .max_local_error_reset_streams(1024);
     builder
 }
 
