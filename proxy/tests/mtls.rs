@@ -323,6 +323,45 @@ async fn refused_with(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn garbage_on_the_inbound_port_is_refused_and_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("mtls-garbage");
+    let plane = ControlPlane::start(dir.path(), &[]);
+    let worker = worker(&plane, "worker-token", &[]);
+    let inbound = worker.inbound.expect("inbound");
+    for probe in [
+        &b"GET /imagenet/x HTTP/1.1\r\nHost: worker\r\n\r\n"[..],
+        &[0x16, 0x03, 0x01, 0xff, 0xff, 0x00, 0x13, 0x37, 0xde, 0xad][..],
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(inbound)
+            .await
+            .expect("connect");
+        stream.write_all(probe).await.expect("send");
+        let mut answer = Vec::new();
+        let closed = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read_to_end(&mut answer),
+        )
+        .await;
+        assert!(
+            closed.is_ok(),
+            "the worker closes a connection that is not TLS"
+        );
+        assert!(
+            !String::from_utf8_lossy(&answer).contains("HTTP/1.1"),
+            "and never answers it in HTTP"
+        );
+    }
+    let refused = worker
+        .metric(
+            "inbound_tls_handshake_failures_total",
+            &[("reason", "not_tls")],
+        )
+        .await;
+    assert_eq!(refused, 2.0, "both probes are counted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn no_client_certificate_is_refused() {
     refused_with("no_certificate", |_| None).await;
 }

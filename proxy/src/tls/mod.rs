@@ -300,6 +300,8 @@ pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
             _ => "bad_certificate",
         },
         Error::NoApplicationProtocol => "no_alpn",
+        // Plaintext HTTP, a port scanner's probe, random bytes.
+        Error::InvalidMessage(_) => "not_tls",
         _ => "other",
     }
 }
