@@ -227,6 +227,11 @@ impl ChildProcess {
         Self::spawn(command, "ferry-proxy (in a cgroup)")
     }
 
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

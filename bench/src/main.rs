@@ -14,6 +14,7 @@ mod plane;
 mod policies;
 mod report;
 mod serve;
+mod soak;
 mod telemetry;
 mod topology;
 mod train;
@@ -73,6 +74,8 @@ enum Command {
     Crypto(crypto::CryptoArgs),
     /// Admission control: a worker at and past its capacity; a sidecar's memory under and after a burst.
     Overload(overload::OverloadArgs),
+    /// A long run with restarts, policy changes and renewals; RSS, descriptors and tasks sampled for slopes.
+    Soak(soak::SoakArgs),
     /// A baseline server (used by the scenarios).
     #[command(hide = true)]
     Serve(serve::ServeArgs),
@@ -129,6 +132,11 @@ fn main() -> std::process::ExitCode {
                         Ok(())
                     }),
                     Command::Inject(args) => inject::run(&args).await.map(drop),
+                    Command::Soak(args) => soak::run(&args).await.and_then(|report| {
+                        let failures = report.failed_reads + report.wrong_bytes;
+                        anyhow::ensure!(failures == 0, "{failures} reads failed or were wrong");
+                        Ok(())
+                    }),
                     Command::Overload(args) => overload::run(&args).await.and_then(|report| {
                         let failures = report.failures();
                         anyhow::ensure!(failures == 0, "{failures} reads failed or were wrong");

@@ -113,24 +113,26 @@ impl ControlPlaneReport {
 }
 
 /// A directory of policy files, removed on drop.
-struct PolicyDir(PathBuf);
+pub struct PolicyDir(PathBuf);
 
 impl PolicyDir {
-    fn new(label: &str) -> anyhow::Result<Self> {
+    /// A new, empty directory named after `label`.
+    pub fn new(label: &str) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("ferry-bench-{label}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Self(dir))
     }
 
     /// Writes `text` as `name` whole (temporary file, then rename).
-    fn write(&self, name: &str, text: &str) -> anyhow::Result<()> {
+    pub fn write(&self, name: &str, text: &str) -> anyhow::Result<()> {
         let temporary = self.0.join(format!(".{name}.tmp"));
         std::fs::write(&temporary, text)?;
         std::fs::rename(&temporary, self.0.join(name))?;
         Ok(())
     }
 
-    fn path(&self) -> &Path {
+    /// The directory.
+    pub fn path(&self) -> &Path {
         &self.0
     }
 }

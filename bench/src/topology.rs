@@ -136,6 +136,11 @@ impl PoolTopology {
         Ok(())
     }
 
+    /// Worker `index`, while it runs.
+    pub fn worker(&self, index: usize) -> Option<&ChildProcess> {
+        self.workers.get(index)?.as_ref()
+    }
+
     /// Admin addresses of the sidecar and the running workers.
     pub fn admins(&self) -> Vec<SocketAddr> {
         std::iter::once(&self.sidecar)

@@ -498,3 +498,97 @@ fn inject_times_the_webhook_for_injected_and_untouched_pods() {
             .is_empty()
     );
 }
+
+#[test]
+fn overload_refuses_past_capacity_and_memory_is_given_back() {
+    let json = temp_json("overload");
+    bench(&[
+        "overload",
+        "--samples",
+        "200",
+        "--size",
+        "8KiB",
+        "--capacity",
+        "2",
+        "--factor",
+        "4",
+        "--phase",
+        "2s",
+        "--origin-latency",
+        "20ms",
+        "--admission-wait",
+        "10ms",
+        "--range-readers",
+        "4",
+        "--range-load",
+        "2s",
+        "--idle",
+        "1s",
+        "--loris",
+        "50",
+        "--loris-readers",
+        "2",
+        "--loris-phase",
+        "2s",
+        "--json",
+        json.to_str().expect("path"),
+    ]);
+    let report = read_json(&json);
+    assert_eq!(report["overloaded"]["readers"], 8);
+    assert!(
+        report["overloaded"]["slow_downs"].as_u64().expect("count") > 0,
+        "8 readers at 2 slots: some told to slow down"
+    );
+    assert_eq!(report["overloaded"]["failed"], 0);
+    assert_eq!(report["overloaded"]["wrong_bytes"], 0);
+    assert!(report["memory"][0]["reads"].as_u64().expect("reads") > 0);
+    assert!(report["loris"]["attacked"]["ok"].as_u64().expect("reads") > 0);
+}
+
+#[test]
+fn soak_samples_every_process_and_loses_no_read() {
+    let json = temp_json("soak");
+    let svg = std::env::temp_dir().join(format!("ferry-bench-{}-soak.svg", std::process::id()));
+    bench(&[
+        "soak",
+        "--minutes",
+        "0.25",
+        "--samples",
+        "300",
+        "--size",
+        "8KiB",
+        "--readers",
+        "4",
+        "--restart-every",
+        "6s",
+        "--policy-every",
+        "4s",
+        "--cert-lifetime",
+        "10s",
+        "--sample-every",
+        "2s",
+        "--svg",
+        svg.to_str().expect("path"),
+        "--json",
+        json.to_str().expect("path"),
+    ]);
+    let report = read_json(&json);
+    assert_eq!(report["failed_reads"], 0);
+    assert_eq!(report["wrong_bytes"], 0);
+    assert!(report["restarts"].as_u64().expect("restarts") >= 1);
+    assert!(report["policy_changes"].as_u64().expect("changes") >= 2);
+    let series = report["series"].as_array().expect("series");
+    assert_eq!(series.len(), 3);
+    assert!(
+        series
+            .iter()
+            .all(|s| s["samples"].as_array().is_some_and(|v| v.len() >= 3))
+    );
+    let plot = std::fs::read_to_string(&svg).expect("plot written");
+    let _ = std::fs::remove_file(&svg);
+    assert_eq!(
+        plot.matches("<polyline").count(),
+        6,
+        "RSS and descriptors of 3 processes"
+    );
+}

@@ -187,6 +187,11 @@ impl Admin {
             );
         };
         // Gauges that are cheaper to read at scrape time than to keep current.
+        metrics::gauge!("runtime_alive_tasks").set(
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks() as f64,
+        );
         let mut inflight = 0;
         for dataset in self.mesh.datasets().iter() {
             dataset

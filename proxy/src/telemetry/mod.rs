@@ -144,6 +144,10 @@ fn describe() {
         "Chunks fetched ahead of a sequential reader."
     );
     describe_gauge!("connections_open", "Client connections open, by direction.");
+    describe_gauge!(
+        "runtime_alive_tasks",
+        "Tokio tasks alive in the proxy (read at scrape time): a count that only grows is a leak."
+    );
     describe_counter!(
         "connections_closed_total",
         "Connections closed by their deadlines, by direction and reason (header_timeout: no request head in time; idle: no byte either way)."
