@@ -84,6 +84,13 @@ pub struct OverloadArgs {
     /// How long each half of part 3 runs.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub loris_phase: Duration,
+    /// How often each slow-loris connection sends another header line
+    /// (the classic tool's default is 15 s; the worker cuts at 10 s).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub loris_interval: Duration,
+    /// Skip part 2.
+    #[arg(long)]
+    pub skip_memory: bool,
     /// Seed of sizes, contents and choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -173,6 +180,8 @@ pub struct Loris {
     pub throughput_ratio: f64,
     /// Slow-loris connections the worker cut (its header timeout).
     pub cut: u64,
+    /// The worker's CPU milliseconds per good read, alone and attacked.
+    pub worker_cpu_ms_per_read: (f64, f64),
 }
 
 impl OverloadReport {
@@ -220,6 +229,13 @@ pub async fn run(args: &OverloadArgs) -> anyhow::Result<OverloadReport> {
     }
     if args.loris > 0 {
         report.loris = Some(loris(args, &program).await?);
+    }
+    if args.skip_memory {
+        print(args, &report);
+        if let Some(path) = &args.json {
+            report::write_json(path, &report)?;
+        }
+        return Ok(report);
     }
     if let Some(baseline) = &args.baseline_bin {
         let program = ProxyProgram::Binary(baseline.clone());
@@ -419,6 +435,7 @@ async fn loris(args: &OverloadArgs, program: &ProxyProgram) -> anyhow::Result<Lo
         "overload: {} readers alone for {:?}",
         args.loris_readers, args.loris_phase
     );
+    let cpu_before = worker.cpu_seconds().unwrap_or(0.0);
     let alone = samples_phase(
         worker.addr,
         &spec,
@@ -427,15 +444,35 @@ async fn loris(args: &OverloadArgs, program: &ProxyProgram) -> anyhow::Result<Lo
         args.seed,
     )
     .await;
+    let cpu_alone = worker.cpu_seconds().unwrap_or(0.0) - cpu_before;
     eprintln!(
         "overload: {} readers and {} slow-loris connections for {:?}",
         args.loris_readers, args.loris, args.loris_phase
     );
-    let stop = Arc::new(tokio::sync::Notify::new());
+    // The attack runs on a thread and runtime of its own, as a separate
+    // client would: its 10,000 tasks must not queue the readers' wakeups.
     let cut = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let attackers: Vec<_> = (0..args.loris)
-        .map(|_| tokio::spawn(trickle(worker.addr, stop.clone(), cut.clone())))
-        .collect();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let attack = {
+        let (cut, addr, interval, connections) =
+            (cut.clone(), worker.addr, args.loris_interval, args.loris);
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let attackers: Vec<_> = (0..connections)
+                    .map(|_| tokio::spawn(trickle(addr, interval, cut.clone())))
+                    .collect();
+                let _ = stopped.await;
+                for attacker in attackers {
+                    attacker.abort();
+                }
+            });
+            anyhow::Ok(())
+        })
+    };
+    let cpu_before = worker.cpu_seconds().unwrap_or(0.0);
     let attacked = samples_phase(
         worker.addr,
         &spec,
@@ -444,52 +481,52 @@ async fn loris(args: &OverloadArgs, program: &ProxyProgram) -> anyhow::Result<Lo
         args.seed,
     )
     .await;
-    stop.notify_waiters();
-    for attacker in attackers {
-        attacker.abort();
-    }
+    let cpu_attacked = worker.cpu_seconds().unwrap_or(0.0) - cpu_before;
+    let _ = stop.send(());
+    attack
+        .join()
+        .map_err(|_| anyhow::anyhow!("the slow-loris thread panicked"))??;
+    let per_read = |cpu: f64, reads: u64| cpu * 1000.0 / reads.max(1) as f64;
     Ok(Loris {
         connections: args.loris,
         throughput_ratio: attacked.reads_per_second / alone.reads_per_second,
+        worker_cpu_ms_per_read: (
+            per_read(cpu_alone, alone.ok),
+            per_read(cpu_attacked, attacked.ok),
+        ),
         alone,
         attacked,
         cut: cut.load(std::sync::atomic::Ordering::Relaxed),
     })
 }
 
-/// One slow-loris connection: a request head, one header line a second,
-/// never finished; reconnects whenever the server cuts it.
+/// One slow-loris connection: a request head, one header line every
+/// `interval`, never finished; reconnects whenever the server cuts it.
 async fn trickle(
     addr: std::net::SocketAddr,
-    stop: Arc<tokio::sync::Notify>,
+    interval: Duration,
     cut: Arc<std::sync::atomic::AtomicU64>,
 ) {
     use tokio::io::AsyncWriteExt;
-    let attack = async {
+    loop {
+        let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        if stream
+            .write_all(b"GET /data/x HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .is_err()
+        {
+            continue;
+        }
         loop {
-            let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            if stream
-                .write_all(b"GET /data/x HTTP/1.1\r\nHost: x\r\n")
-                .await
-                .is_err()
-            {
-                continue;
-            }
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                if stream.write_all(b"X-Loris: 1\r\n").await.is_err() {
-                    cut.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    break;
-                }
+            tokio::time::sleep(interval).await;
+            if stream.write_all(b"X-Loris: 1\r\n").await.is_err() {
+                cut.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                break;
             }
         }
-    };
-    tokio::select! {
-        () = attack => {}
-        () = stop.notified() => {}
     }
 }
 
@@ -740,8 +777,13 @@ fn print(args: &OverloadArgs, report: &OverloadReport) {
         }
         table.print();
         println!(
-            "throughput with slow-loris / alone: {:.3} ({} slow-loris connections cut)",
-            loris.throughput_ratio, loris.cut
+            "throughput with slow-loris / alone: {:.3} ({} slow-loris connections cut, a header line every {:?}); \
+             worker CPU per read {:.3} ms alone, {:.3} ms attacked",
+            loris.throughput_ratio,
+            loris.cut,
+            args.loris_interval,
+            loris.worker_cpu_ms_per_read.0,
+            loris.worker_cpu_ms_per_read.1
         );
     }
 }
