@@ -41,6 +41,10 @@ pub struct ControlPlaneArgs {
     /// How long the control plane is down in the outage run; 0s skips it.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub outage: Duration,
+    /// Make the outage a partition: the control plane keeps running but an
+    /// nftables rule drops every packet to and from it (no RST; root).
+    #[arg(long)]
+    pub partition: bool,
     /// Objects read in a loop during the outage run.
     #[arg(long, default_value_t = 2_000)]
     pub samples: u64,
@@ -78,6 +82,8 @@ pub struct ScaleRun {
 /// The outage run.
 #[derive(Debug, Serialize)]
 pub struct OutageRun {
+    /// Killed, or cut off by dropped packets.
+    pub kind: &'static str,
     /// How long the control plane was down.
     pub down_seconds: f64,
     /// Reads completed over the whole run.
@@ -88,8 +94,10 @@ pub struct OutageRun {
     pub wrong_bytes: usize,
     /// Worst epoch p99 latency, ms.
     pub worst_p99_ms: f64,
-    /// From the restart until the sidecar watched again.
+    /// From the restart (or the partition's end) until the sidecar watched again.
     pub resubscribed_after_seconds: Option<f64>,
+    /// Whether the sidecar's watch was ever seen down during the outage.
+    pub watch_dropped: bool,
 }
 
 /// Everything measured.
@@ -366,12 +374,28 @@ async fn outage(args: &ControlPlaneArgs) -> anyhow::Result<OutageRun> {
         epochs: Vec::new(),
     };
     reads.until(Instant::now() + Duration::from_secs(3)).await;
-    plane.kill();
+    let partition = if args.partition {
+        let port = plane.running()?.addr.port();
+        Some(Blackhole::port(port)?)
+    } else {
+        plane.kill();
+        None
+    };
     let down_at = Instant::now();
-    reads.until(down_at + args.outage).await;
+    let mut watch_dropped = false;
+    while down_at.elapsed() < args.outage {
+        reads.until(Instant::now() + Duration::from_secs(1)).await;
+        watch_dropped |= scrape(admin, "control_plane_connected", &[])
+            .await
+            .unwrap_or(1.0)
+            == 0.0;
+    }
     let down_seconds = down_at.elapsed().as_secs_f64();
     let restarted = Instant::now();
-    plane.restart()?;
+    match partition {
+        Some(rule) => drop(rule),
+        None => plane.restart()?,
+    }
     let mut resubscribed_after_seconds = None;
     while restarted.elapsed() < Duration::from_secs(60) {
         reads
@@ -390,6 +414,12 @@ async fn outage(args: &ControlPlaneArgs) -> anyhow::Result<OutageRun> {
     let epochs = reads.epochs;
     drop((sidecar, worker, origin));
     Ok(OutageRun {
+        kind: if args.partition {
+            "partitioned"
+        } else {
+            "killed"
+        },
+        watch_dropped,
         down_seconds,
         reads: epochs.iter().map(|e| e.reads).sum(),
         failed_reads: epochs.iter().map(|e| e.errors).sum(),
@@ -397,6 +427,42 @@ async fn outage(args: &ControlPlaneArgs) -> anyhow::Result<OutageRun> {
         worst_p99_ms: epochs.iter().map(|e| e.p99_ms).fold(0.0, f64::max),
         resubscribed_after_seconds,
     })
+}
+
+/// An nftables table that drops every packet to and from one local port
+/// (a partition without resets); removed when dropped.
+struct Blackhole {
+    table: String,
+}
+
+impl Blackhole {
+    fn port(port: u16) -> anyhow::Result<Self> {
+        use std::io::Write;
+        let table = format!("ferry_bench_{}_{port}", std::process::id());
+        let script = format!(
+            "table inet {table} {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n    \
+             tcp dport {port} drop\n    tcp sport {port} drop\n  }}\n}}\n"
+        );
+        let mut nft = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .context("running nft (nftables; root)")?;
+        nft.stdin
+            .as_mut()
+            .context("nft's stdin")?
+            .write_all(script.as_bytes())?;
+        anyhow::ensure!(nft.wait()?.success(), "nft refused the partition rule");
+        Ok(Self { table })
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .status();
+    }
 }
 
 /// Epochs of reads, each checked byte by byte.
@@ -451,13 +517,15 @@ fn print(report: &ControlPlaneReport) {
     }
     if let Some(outage) = &report.outage {
         println!(
-            "\noutage: control plane down {:.1} s under reads through a sidecar and a worker: {} reads, \
-             {} failed, {} wrong bytes, worst p99 {:.2} ms; resubscribed {}",
+            "\noutage: control plane {} for {:.1} s under reads through a sidecar and a worker: {} reads, \
+             {} failed, {} wrong bytes, worst p99 {:.2} ms; watch seen down: {}; resubscribed {}",
+            outage.kind,
             outage.down_seconds,
             outage.reads,
             outage.failed_reads,
             outage.wrong_bytes,
             outage.worst_p99_ms,
+            outage.watch_dropped,
             outage
                 .resubscribed_after_seconds
                 .map_or("never (within 60 s)".to_owned(), |s| format!(
