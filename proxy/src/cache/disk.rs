@@ -391,7 +391,10 @@ pub fn persistent_seed(dir: &Path) -> Seed {
     use std::hash::BuildHasher;
     let path = dir.join("seed");
     let existing = fs::read_to_string(&path);
+    // Written as exactly 16 hex digits: anything shorter is a torn write,
+    // even where what is left still parses.
     if let Ok(text) = &existing
+        && text.trim().len() == 16
         && let Ok(value) = u64::from_str_radix(text.trim(), 16)
     {
         return Seed {
