@@ -1,7 +1,7 @@
 //! `ferry-bench control-plane`: how fast a policy change reaches every
 //! proxy, at 1,000 and 5,000 watchers, and what it costs the control plane;
 //! then reads through a sidecar and a worker while the control plane is
-//! down for 30 s.
+//! down for 30 s, or (`--partition`) unreachable from the sidecar alone.
 //!
 //! The watchers are simulated proxies: each opens its own connection (TCP,
 //! mutual TLS, HTTP/2) and watch, exactly as a proxy does, with one
@@ -41,8 +41,10 @@ pub struct ControlPlaneArgs {
     /// How long the control plane is down in the outage run; 0s skips it.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub outage: Duration,
-    /// Make the outage a partition: the control plane keeps running but an
-    /// nftables rule drops every packet to and from it (no RST; root).
+    /// Make the outage a partition of the sidecar alone: the control plane
+    /// keeps running and the worker keeps its watch, but an nftables rule
+    /// drops every packet between the sidecar and the control plane (no
+    /// RST; root).
     #[arg(long)]
     pub partition: bool,
     /// Objects read in a loop during the outage run.
@@ -98,6 +100,9 @@ pub struct OutageRun {
     pub resubscribed_after_seconds: Option<f64>,
     /// Whether the sidecar's watch was ever seen down during the outage.
     pub watch_dropped: bool,
+    /// Whether the worker's watch was ever seen down (a partition of the
+    /// sidecar alone must leave it up).
+    pub worker_watch_dropped: bool,
 }
 
 /// Everything measured.
@@ -354,9 +359,22 @@ async fn outage(args: &ControlPlaneArgs) -> anyhow::Result<OutageRun> {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A partition cuts the sidecar alone off: it reaches the control plane
+    // through a relay port of its own, and the rule drops that port.
+    let relay = if args.partition {
+        Some(Relay::start(plane.running()?.addr).await?)
+    } else {
+        None
+    };
     let mut sidecar_args = vec!["sidecar".to_owned()];
-    sidecar_args.extend(plane.identity.sidecar_watch_flags());
+    sidecar_args.extend(plane.identity.sidecar_watch_flags().into_iter().map(
+        |flag| match &relay {
+            Some(relay) if flag == plane.identity.url => format!("https://{}", relay.addr),
+            _ => flag,
+        },
+    ));
     let sidecar = ChildProcess::proxy(&program, &sidecar_args)?;
+    let worker_admin = worker.admin.context("the worker has no admin address")?;
     let admin = sidecar.admin.context("the sidecar has no admin address")?;
     list_all(sidecar.addr, "/imagenet").await?;
     let target = Target::Http {
@@ -374,21 +392,24 @@ async fn outage(args: &ControlPlaneArgs) -> anyhow::Result<OutageRun> {
         epochs: Vec::new(),
     };
     reads.until(Instant::now() + Duration::from_secs(3)).await;
-    let partition = if args.partition {
-        let port = plane.running()?.addr.port();
-        Some(Blackhole::port(port)?)
+    let partition = if let Some(relay) = &relay {
+        Some(Blackhole::port(relay.addr.port())?)
     } else {
         plane.kill();
         None
     };
     let down_at = Instant::now();
-    let mut watch_dropped = false;
-    while down_at.elapsed() < args.outage {
-        reads.until(Instant::now() + Duration::from_secs(1)).await;
-        watch_dropped |= scrape(admin, "control_plane_connected", &[])
+    let (mut watch_dropped, mut worker_watch_dropped) = (false, false);
+    let is_down = |admin| async move {
+        scrape(admin, "control_plane_connected", &[])
             .await
             .unwrap_or(1.0)
-            == 0.0;
+            == 0.0
+    };
+    while down_at.elapsed() < args.outage {
+        reads.until(Instant::now() + Duration::from_secs(1)).await;
+        watch_dropped |= is_down(admin).await;
+        worker_watch_dropped |= is_down(worker_admin).await;
     }
     let down_seconds = down_at.elapsed().as_secs_f64();
     let restarted = Instant::now();
@@ -415,11 +436,12 @@ async fn outage(args: &ControlPlaneArgs) -> anyhow::Result<OutageRun> {
     drop((sidecar, worker, origin));
     Ok(OutageRun {
         kind: if args.partition {
-            "partitioned"
+            "partitioned from the sidecar"
         } else {
             "killed"
         },
         watch_dropped,
+        worker_watch_dropped: relay.is_some() && worker_watch_dropped,
         down_seconds,
         reads: epochs.iter().map(|e| e.reads).sum(),
         failed_reads: epochs.iter().map(|e| e.errors).sum(),
@@ -427,6 +449,36 @@ async fn outage(args: &ControlPlaneArgs) -> anyhow::Result<OutageRun> {
         worst_p99_ms: epochs.iter().map(|e| e.p99_ms).fold(0.0, f64::max),
         resubscribed_after_seconds,
     })
+}
+
+/// A plain TCP relay to `target` on a port of its own, so a rule on that
+/// port cuts off only the connections made through it.
+struct Relay {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(target: std::net::SocketAddr) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Ok(Self { addr, task })
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// An nftables table that drops every packet to and from one local port
@@ -518,7 +570,7 @@ fn print(report: &ControlPlaneReport) {
     if let Some(outage) = &report.outage {
         println!(
             "\noutage: control plane {} for {:.1} s under reads through a sidecar and a worker: {} reads, \
-             {} failed, {} wrong bytes, worst p99 {:.2} ms; watch seen down: {}; resubscribed {}",
+             {} failed, {} wrong bytes, worst p99 {:.2} ms; sidecar's watch seen down: {}{}; resubscribed {}",
             outage.kind,
             outage.down_seconds,
             outage.reads,
@@ -526,6 +578,11 @@ fn print(report: &ControlPlaneReport) {
             outage.wrong_bytes,
             outage.worst_p99_ms,
             outage.watch_dropped,
+            if outage.kind != "killed" {
+                format!(", the worker's: {}", outage.worker_watch_dropped)
+            } else {
+                String::new()
+            },
             outage
                 .resubscribed_after_seconds
                 .map_or("never (within 60 s)".to_owned(), |s| format!(

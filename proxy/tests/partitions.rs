@@ -2,15 +2,17 @@
 //! every packet of one worker (a black hole: no RST, the sidecar has to time
 //! out) or a share of them (`numgen random`). Every read must succeed with
 //! the right bytes; the black-holed worker is ejected and, once the rule is
-//! gone, probed back into rotation. Needs root and `nft` (CI installs it);
-//! without them the tests say so and pass.
+//! gone, probed back into rotation. A sidecar cut off from the control plane
+//! alone reads on and catches up afterwards. Needs root and `nft` (CI
+//! installs it); without them the tests say so and pass.
 
 mod common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::ProxyProcess;
+use common::plane::ControlPlane;
+use common::{ProxyProcess, TempDir};
 
 const SPEC: &str = "count=120&size=16KiB&seed=11";
 
@@ -147,13 +149,24 @@ async fn a_black_holed_worker_is_timed_out_ejected_and_probed_back() {
     let Some(rule) = PacketDrop::port(holed.inbound.expect("inbound").port(), 100) else {
         return;
     };
-    let during = read_all(&client, &proxy).await;
+    let holed_at = Instant::now();
+    let ejection = async {
+        while holed_at.elapsed() < Duration::from_secs(30) {
+            if proxy.metric("upstream_member_ejected", &member_label).await == 1.0 {
+                return Some(holed_at.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    };
+    let (during, ejected_after) = tokio::join!(read_all(&client, &proxy), ejection);
     let ejections = proxy
         .metric("upstream_ejections_total", &member_label)
         .await;
     assert!(ejections >= 1.0, "the black-holed worker was ejected");
     eprintln!(
-        "black hole: p99 {:?} before, {:?} during ({} reads, every one right)",
+        "black hole: p99 {:?} before, {:?} during ({} reads, every one right); \
+         ejected {ejected_after:?} after the rule (chunk timeout 1 s, hedge 100 ms)",
         p99(&before),
         p99(&during),
         during.len()
@@ -289,5 +302,150 @@ async fn a_worker_200_ms_away_is_hedged_and_no_read_is_lost() {
         "200 ms on one worker: {} reads, every one right, p99 {:?}",
         latencies.len(),
         p99(&latencies)
+    );
+}
+
+/// The control plane's data sets: `buckets`, each the synthetic data set
+/// behind the pool `workers`, readable by the training namespace.
+fn datasets_yaml(buckets: &[&str]) -> String {
+    let mut text = String::from("datasets:\n");
+    for bucket in buckets {
+        text.push_str(&format!(
+            "  - name: {bucket}\n    bucket: {bucket}\n    origin: \"synthetic://?{SPEC}\"\n    \
+             pool: workers\n    allow: [\"spiffe://cluster.local/ns/train/sa/*\"]\n"
+        ));
+    }
+    text
+}
+
+/// Writes `text` to `dir/name` whole, as an editor's save would.
+fn write(dir: &std::path::Path, name: &str, text: &str) {
+    let temporary = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&temporary, text).expect("write");
+    std::fs::rename(&temporary, dir.join(name)).expect("rename");
+}
+
+async fn status_of(client: &reqwest::Client, proxy: &ProxyProcess, bucket: &str) -> u16 {
+    client
+        .get(proxy.url(&format!("/{bucket}/{}", key(1))))
+        .send()
+        .await
+        .expect("get")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sidecar_cut_off_from_the_control_plane_reads_on_and_catches_up() {
+    let dir = TempDir::new("cp-partition");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).expect("policies dir");
+    write(&policies, "datasets.yaml", &datasets_yaml(&["data"]));
+    let plane = ControlPlane::start(
+        dir.path(),
+        &["--config-dir", policies.to_str().expect("path")],
+    );
+    let start = |flags: Vec<String>, role: &str| {
+        let mut args = vec![role.to_owned()];
+        args.extend(flags);
+        ProxyProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let worker = start(plane.flags("worker-token"), "worker");
+    write(
+        &policies,
+        "pools.yaml",
+        &format!(
+            "pools:\n  - name: workers\n    identity: spiffe://cluster.local/ns/ferry/sa/worker\n    \
+             members: [{{ address: \"{}\" }}]\n",
+            worker.inbound.expect("inbound")
+        ),
+    );
+    let client = reqwest::Client::new();
+    let taken_in = Instant::now();
+    while !client
+        .get(format!("http://{}/policies", plane.admin))
+        .send()
+        .await
+        .expect("policies")
+        .text()
+        .await
+        .expect("policies text")
+        .contains("pools.yaml")
+    {
+        assert!(
+            taken_in.elapsed() < Duration::from_secs(10),
+            "the control plane never took pools.yaml in"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The cut-off sidecar reaches the control plane through a port of its
+    // own, so a rule on that port partitions it and nothing else.
+    let plane_addr = plane
+        .url
+        .trim_start_matches("https://")
+        .parse()
+        .expect("control plane address");
+    let relay = delaying_relay(plane_addr, Duration::ZERO).await;
+    let relayed = plane
+        .flags("train-token")
+        .into_iter()
+        .map(|flag| {
+            if flag == plane.url {
+                format!("https://{relay}")
+            } else {
+                flag
+            }
+        })
+        .collect();
+    let cut = start(relayed, "sidecar");
+    let other = start(plane.flags("train-token"), "sidecar");
+    read_all(&client, &cut).await;
+
+    let Some(rule) = PacketDrop::port(relay.port(), 100) else {
+        return;
+    };
+    let cut_at = Instant::now();
+    write(
+        &policies,
+        "datasets.yaml",
+        &datasets_yaml(&["data", "data-new"]),
+    );
+    let mut reads = Vec::new();
+    let mut other_has_it = false;
+    while cut_at.elapsed() < Duration::from_secs(5) || !other_has_it {
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(20),
+            "the sidecar the partition spares never got the change"
+        );
+        reads.extend(read_all(&client, &cut).await);
+        other_has_it = other_has_it || status_of(&client, &other, "data-new").await == 200;
+    }
+    assert_ne!(
+        status_of(&client, &cut, "data-new").await,
+        200,
+        "a change cannot cross the partition"
+    );
+    assert_eq!(
+        worker.metric("control_plane_connected", &[]).await,
+        1.0,
+        "the worker's watch is not touched"
+    );
+    drop(rule);
+    let healed_at = Instant::now();
+    while status_of(&client, &cut, "data-new").await != 200 {
+        assert!(
+            healed_at.elapsed() < Duration::from_secs(60),
+            "the cut-off sidecar never caught up"
+        );
+        reads.extend(read_all(&client, &cut).await);
+    }
+    reads.sort();
+    eprintln!(
+        "control plane cut off from one sidecar for {:?}: {} reads, every one right, p99 {:?}; \
+         the change made meanwhile applied {:?} after the partition",
+        healed_at - cut_at,
+        reads.len(),
+        p99(&reads),
+        healed_at.elapsed()
     );
 }
