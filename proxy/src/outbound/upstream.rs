@@ -325,14 +325,10 @@ impl PoolUpstream {
                         self.pool.succeeded(&member);
                         if hedged {
                             member.metrics.hedges_won.increment(1);
-                            // A primary that has not even sent headers by the
-                            // time the hedge has its whole answer failed: else
-                            // a black-holed worker, always beaten by hedges,
-                            // would never time out and never be ejected.
                             if let Some((primary, arriving)) = &primary
                                 && !arriving.load(Ordering::Acquire)
                             {
-                                self.pool.failed(primary);
+                                self.pool.beaten_by_hedge(primary);
                             }
                         }
                         // Dropping `running` cancels the loser (RST_STREAM).

@@ -31,6 +31,7 @@ pub struct EjectionPolicy {
 /// One member's failure record.
 #[derive(Debug, Default)]
 pub struct Health {
+    last_answer: Option<Instant>,
     consecutive_failures: u32,
     ejections: u32,
     ejected_until: Option<Instant>,
@@ -60,9 +61,18 @@ impl Health {
         }
     }
 
-    /// Records a success: the member is back in full rotation.
-    pub fn succeeded(&mut self) {
-        *self = Health::default();
+    /// Records a success at `now`: the member is back in full rotation.
+    pub fn succeeded(&mut self, now: Instant) {
+        *self = Health {
+            last_answer: Some(now),
+            ..Health::default()
+        };
+    }
+
+    /// Whether the member answered anything within `window` before `now`.
+    pub fn answered_within(&self, now: Instant, window: Duration) -> bool {
+        self.last_answer
+            .is_some_and(|at| now.saturating_duration_since(at) < window)
     }
 
     /// Records a failure; returns the ejection length if this ejects the member.
@@ -124,7 +134,7 @@ mod tests {
         );
         let later = later + Duration::from_secs(5);
         assert!(health.claim(later));
-        health.succeeded();
+        health.succeeded(Instant::now());
         assert_eq!(health.availability(later), Availability::Healthy);
         assert_eq!(health.failed(later, &POLICY), None, "the count starts over");
     }
@@ -135,7 +145,7 @@ mod tests {
         let now = Instant::now();
         health.failed(now, &POLICY);
         health.failed(now, &POLICY);
-        health.succeeded();
+        health.succeeded(Instant::now());
         assert_eq!(health.failed(now, &POLICY), None);
         assert_eq!(health.failed(now, &POLICY), None);
     }

@@ -25,6 +25,11 @@ use latency::LatencyTracker;
 
 /// Shortest hedge delay: below this a second request costs more than it saves.
 const MIN_HEDGE_DELAY: Duration = Duration::from_millis(2);
+/// How long a member must have answered nothing before a hedge beating it
+/// counts as its failure: far above a healthy worker's tail (the soak saw
+/// 30 ejections a minute of live, CPU-starved workers when every lost race
+/// counted) and short enough to eject a black hole within about two seconds.
+const SILENT_BEFORE_HEDGE_FAILURES: Duration = Duration::from_secs(1);
 /// Time constant of the smoothed load. Instantaneous in-flight counts swing
 /// by several requests at random even in a balanced pool; bounding on them
 /// would send a tenth of the chunks away from their owners (measured: pool
@@ -401,11 +406,28 @@ impl Pool {
             .health
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .succeeded();
+            .succeeded(Instant::now());
         if member.counted_ejected.load(Ordering::Relaxed)
             && member.counted_ejected.swap(false, Ordering::Relaxed)
         {
             member.metrics.ejected.decrement(1.0);
+        }
+    }
+
+    /// Records that a hedge answered before `member` sent headers. That is
+    /// a failure only if the member has answered nothing for
+    /// [`SILENT_BEFORE_HEDGE_FAILURES`]: a black-holed worker, always beaten
+    /// by hedges, would otherwise never time out and never be ejected, while
+    /// a worker that is only slow now and then (the tail hedging is for)
+    /// keeps answering its other requests and must not be ejected for it.
+    pub fn beaten_by_hedge(&self, member: &Member) {
+        let answering = member
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .answered_within(Instant::now(), SILENT_BEFORE_HEDGE_FAILURES);
+        if !answering {
+            self.failed(member);
         }
     }
 
@@ -475,6 +497,24 @@ mod tests {
             owner.address,
             "back once the load is gone"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn losing_hedge_races_ejects_only_a_member_that_answers_nothing() {
+        let pool = pool(&["a:1"]);
+        let member = pool.members()[0].clone();
+        let ejected =
+            |member: &Member| member.availability(Instant::now()) == Availability::Ejected;
+        pool.succeeded(&member);
+        for _ in 0..20 {
+            pool.beaten_by_hedge(&member);
+        }
+        assert!(!ejected(&member), "it answered 0 s ago: only slow");
+        tokio::time::advance(SILENT_BEFORE_HEDGE_FAILURES).await;
+        for _ in 0..pool.ejection.after_failures {
+            pool.beaten_by_hedge(&member);
+        }
+        assert!(ejected(&member), "silent for a second: a black hole");
     }
 
     #[tokio::test(start_paused = true)]
