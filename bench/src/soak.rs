@@ -362,7 +362,8 @@ fn print(report: &SoakReport) {
     table.print();
 }
 
-/// RSS (top) and open descriptors (bottom) of each process against time.
+/// RSS, open descriptors and live tasks of each process against time, a
+/// panel each (a process that reports no task count is left out of that one).
 fn svg(report: &SoakReport) -> String {
     const WIDTH: f64 = 760.0;
     const PANEL: f64 = 220.0;
@@ -371,11 +372,12 @@ fn svg(report: &SoakReport) -> String {
     let seconds = report.seconds.max(1.0);
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n",
-        PANEL * 2.0 + 90.0
+        PANEL * 3.0 + 130.0
     );
-    let panels: [(&str, Measure); 2] = [
+    let panels: [(&str, Measure); 3] = [
         ("RSS (MiB)", |s| s.1 as f64 / f64::from(1 << 20)),
         ("open descriptors", |s| s.2 as f64),
+        ("live Tokio tasks", |s| s.3.unwrap_or(f64::NAN)),
     ];
     for (panel, (label, value)) in panels.iter().enumerate() {
         let top = 20.0 + panel as f64 * (PANEL + 40.0);
@@ -383,6 +385,7 @@ fn svg(report: &SoakReport) -> String {
             .series
             .iter()
             .flat_map(|s| s.samples.iter().map(value))
+            .filter(|v| v.is_finite())
             .fold(1.0_f64, f64::max)
             * 1.1;
         out.push_str(&format!(
@@ -396,6 +399,7 @@ fn svg(report: &SoakReport) -> String {
             let points: Vec<String> = series
                 .samples
                 .iter()
+                .filter(|s| value(s).is_finite())
                 .map(|s| {
                     let x = LEFT + s.0 / seconds * (WIDTH - LEFT - 20.0);
                     let y = top + 18.0 + PANEL - value(s) / max * PANEL;
@@ -413,7 +417,7 @@ fn svg(report: &SoakReport) -> String {
         out.push_str(&format!(
             "<text x=\"{}\" y=\"{}\" fill=\"{}\">{}</text>\n",
             LEFT + index as f64 * 230.0,
-            PANEL * 2.0 + 80.0,
+            PANEL * 3.0 + 120.0,
             COLOURS[index % COLOURS.len()],
             series.process
         ));

@@ -37,6 +37,10 @@ pub fn describe_metrics() {
         "Documents whose latest content is refused (their last good version stays)."
     );
     metrics::describe_gauge!("watch_streams", "Proxies watching now.");
+    metrics::describe_gauge!(
+        "runtime_alive_tasks",
+        "Tokio tasks alive in the control plane (read at scrape time): a count that only grows is a leak."
+    );
     metrics::describe_counter!(
         "injection_total",
         "Pods the injection webhook decided on, by result (injected, skipped, denied) and reason."

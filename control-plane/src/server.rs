@@ -359,6 +359,13 @@ async fn serve_admin(
                         },
                         "/metrics" => match prometheus.as_ref() {
                             Some(handle) => {
+                                // Read at scrape time: cheaper than keeping it current.
+                                metrics::gauge!("runtime_alive_tasks").set(
+                                    tokio::runtime::Handle::current()
+                                        .metrics()
+                                        .num_alive_tasks()
+                                        as f64,
+                                );
                                 handle.run_upkeep();
                                 Response::new(Full::new(Bytes::from(handle.render())))
                             }
