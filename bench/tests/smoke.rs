@@ -588,7 +588,7 @@ fn soak_samples_every_process_and_loses_no_read() {
     let _ = std::fs::remove_file(&svg);
     assert_eq!(
         plot.matches("<polyline").count(),
-        6,
-        "RSS and descriptors of 3 processes"
+        9,
+        "RSS, descriptors and live tasks of 3 processes"
     );
 }
