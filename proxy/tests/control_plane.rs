@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::plane::ControlPlane;
+use common::plane::{ControlPlane, datasets_yaml, write_policy};
 use common::{ProxyProcess, TempDir, get_json};
 use ferry_config::SyntheticSpec;
 use reqwest::StatusCode;
@@ -21,24 +20,6 @@ fn expected(index: u64) -> Vec<u8> {
 
 fn key_of(index: u64) -> String {
     SyntheticSpec::from_query(SPEC).expect("spec").key(index)
-}
-
-/// Writes `text` to `dir/name` whole: a reader never sees half a file.
-fn write(dir: &Path, name: &str, text: &str) {
-    let temporary = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&temporary, text).expect("write");
-    std::fs::rename(&temporary, dir.join(name)).expect("rename");
-}
-
-fn datasets_yaml(buckets: &[&str]) -> String {
-    let mut text = String::from("datasets:\n");
-    for bucket in buckets {
-        text.push_str(&format!(
-            "  - name: {bucket}\n    bucket: {bucket}\n    origin: \"synthetic://?{SPEC}\"\n    \
-             pool: workers\n    allow: [\"spiffe://cluster.local/ns/train/sa/*\"]\n"
-        ));
-    }
-    text
 }
 
 fn pools_yaml(worker: &ProxyProcess) -> String {
@@ -98,11 +79,15 @@ async fn policy_files_drive_running_proxies_and_reads_outlive_the_control_plane(
     let dir = TempDir::new("cp-files");
     let policies = dir.path().join("policies");
     std::fs::create_dir_all(&policies).expect("policies dir");
-    write(&policies, "datasets.yaml", &datasets_yaml(&["imagenet"]));
+    write_policy(
+        &policies,
+        "datasets.yaml",
+        &datasets_yaml(&["imagenet"], SPEC),
+    );
     let config_dir = policies.to_str().expect("path").to_owned();
     let plane = ControlPlane::start(dir.path(), &["--config-dir", &config_dir]);
     let worker = proxy(&plane, "worker", "worker-token");
-    write(&policies, "pools.yaml", &pools_yaml(&worker));
+    write_policy(&policies, "pools.yaml", &pools_yaml(&worker));
     let sidecar = proxy(&plane, "sidecar", "train-token");
     let client = reqwest::Client::new();
 
@@ -113,10 +98,10 @@ async fn policy_files_drive_running_proxies_and_reads_outlive_the_control_plane(
         version(&get_json(&client, sidecar.admin_url("/config")).await).expect("a version");
 
     // A new data set in the file reaches the running sidecar.
-    write(
+    write_policy(
         &policies,
         "datasets.yaml",
-        &datasets_yaml(&["imagenet", "imagenet-val"]),
+        &datasets_yaml(&["imagenet", "imagenet-val"], SPEC),
     );
     let took = wait_until(Duration::from_secs(10), || async {
         get(&client, &sidecar, "imagenet-val", 2).await == StatusCode::OK
@@ -128,7 +113,7 @@ async fn policy_files_drive_running_proxies_and_reads_outlive_the_control_plane(
     assert!(after > before, "version {before} → {after}");
 
     // A broken file is refused with its location; the last good policy stays.
-    write(
+    write_policy(
         &policies,
         "datasets.yaml",
         "datasets:\n  - name: imagenet\n    bucket: imagenet\n    chunk_size: 3 bananas\n",
@@ -209,7 +194,11 @@ async fn policy_files_drive_running_proxies_and_reads_outlive_the_control_plane(
         );
     }
     // Fixed, and shrunk to one data set: the sidecar follows.
-    write(&policies, "datasets.yaml", &datasets_yaml(&["imagenet"]));
+    write_policy(
+        &policies,
+        "datasets.yaml",
+        &datasets_yaml(&["imagenet"], SPEC),
+    );
     let gone = wait_until(Duration::from_secs(10), || async {
         get(&client, &sidecar, "imagenet-val", 5).await == StatusCode::NOT_FOUND
     })
@@ -234,7 +223,7 @@ async fn a_worker_leaving_the_pool_finishes_what_it_started_and_gets_nothing_new
     let dir = TempDir::new("cp-drain");
     let policies = dir.path().join("policies");
     std::fs::create_dir_all(&policies).expect("policies dir");
-    write(
+    write_policy(
         &policies,
         "datasets.yaml",
         &format!(
@@ -246,7 +235,7 @@ async fn a_worker_leaving_the_pool_finishes_what_it_started_and_gets_nothing_new
     let plane = ControlPlane::start(dir.path(), &["--config-dir", &config_dir]);
     let leaving = proxy(&plane, "worker", "worker-token");
     let staying = proxy(&plane, "worker", "worker-token");
-    write(&policies, "pools.yaml", &pools_yaml(&leaving));
+    write_policy(&policies, "pools.yaml", &pools_yaml(&leaving));
     let sidecar = proxy(&plane, "sidecar", "train-token");
     let client = reqwest::Client::new();
     let read = |key: &'static str| {
@@ -266,7 +255,7 @@ async fn a_worker_leaving_the_pool_finishes_what_it_started_and_gets_nothing_new
     .await;
     assert!(started.is_some(), "the worker is fetching k1");
     // The pool now holds only the other worker.
-    write(&policies, "pools.yaml", &pools_yaml(&staying));
+    write_policy(&policies, "pools.yaml", &pools_yaml(&staying));
     let staying_address = staying.inbound.expect("inbound").to_string();
     let switched = wait_until(Duration::from_secs(10), || async {
         let pools = get_json(&client, sidecar.admin_url("/pools")).await;

@@ -11,7 +11,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::plane::ControlPlane;
+use common::plane::{ControlPlane, datasets_yaml, write_policy};
 use common::{ProxyProcess, TempDir};
 
 const SPEC: &str = "count=120&size=16KiB&seed=11";
@@ -305,26 +305,6 @@ async fn a_worker_200_ms_away_is_hedged_and_no_read_is_lost() {
     );
 }
 
-/// The control plane's data sets: `buckets`, each the synthetic data set
-/// behind the pool `workers`, readable by the training namespace.
-fn datasets_yaml(buckets: &[&str]) -> String {
-    let mut text = String::from("datasets:\n");
-    for bucket in buckets {
-        text.push_str(&format!(
-            "  - name: {bucket}\n    bucket: {bucket}\n    origin: \"synthetic://?{SPEC}\"\n    \
-             pool: workers\n    allow: [\"spiffe://cluster.local/ns/train/sa/*\"]\n"
-        ));
-    }
-    text
-}
-
-/// Writes `text` to `dir/name` whole, as an editor's save would.
-fn write(dir: &std::path::Path, name: &str, text: &str) {
-    let temporary = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&temporary, text).expect("write");
-    std::fs::rename(&temporary, dir.join(name)).expect("rename");
-}
-
 async fn status_of(client: &reqwest::Client, proxy: &ProxyProcess, bucket: &str) -> u16 {
     client
         .get(proxy.url(&format!("/{bucket}/{}", key(1))))
@@ -340,7 +320,7 @@ async fn a_sidecar_cut_off_from_the_control_plane_reads_on_and_catches_up() {
     let dir = TempDir::new("cp-partition");
     let policies = dir.path().join("policies");
     std::fs::create_dir_all(&policies).expect("policies dir");
-    write(&policies, "datasets.yaml", &datasets_yaml(&["data"]));
+    write_policy(&policies, "datasets.yaml", &datasets_yaml(&["data"], SPEC));
     let plane = ControlPlane::start(
         dir.path(),
         &["--config-dir", policies.to_str().expect("path")],
@@ -351,7 +331,7 @@ async fn a_sidecar_cut_off_from_the_control_plane_reads_on_and_catches_up() {
         ProxyProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
     };
     let worker = start(plane.flags("worker-token"), "worker");
-    write(
+    write_policy(
         &policies,
         "pools.yaml",
         &format!(
@@ -405,10 +385,10 @@ async fn a_sidecar_cut_off_from_the_control_plane_reads_on_and_catches_up() {
         return;
     };
     let cut_at = Instant::now();
-    write(
+    write_policy(
         &policies,
         "datasets.yaml",
-        &datasets_yaml(&["data", "data-new"]),
+        &datasets_yaml(&["data", "data-new"], SPEC),
     );
     let mut reads = Vec::new();
     let mut other_has_it = false;

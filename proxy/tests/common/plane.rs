@@ -134,3 +134,24 @@ impl Drop for ControlPlane {
         let _ = self.child.wait();
     }
 }
+
+/// Writes the policy file `dir/name` whole (a temporary file, then a
+/// rename), as an editor's save would: the control plane never reads half.
+pub fn write_policy(dir: &Path, name: &str, text: &str) {
+    let temporary = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&temporary, text).expect("write");
+    std::fs::rename(&temporary, dir.join(name)).expect("rename");
+}
+
+/// Data sets named `buckets`, each the synthetic data set `spec` behind the
+/// pool `workers`, readable by the training namespace.
+pub fn datasets_yaml(buckets: &[&str], spec: &str) -> String {
+    let mut text = String::from("datasets:\n");
+    for bucket in buckets {
+        text.push_str(&format!(
+            "  - name: {bucket}\n    bucket: {bucket}\n    origin: \"synthetic://?{spec}\"\n    \
+             pool: workers\n    allow: [\"spiffe://cluster.local/ns/train/sa/*\"]\n"
+        ));
+    }
+    text
+}
