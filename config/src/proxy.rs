@@ -273,6 +273,9 @@ pub struct Limits {
     /// `admission_wait` (then 503 `SlowDown`). Absent: an eighth of the
     /// container's memory limit, at most 512 MiB.
     pub inflight_memory: Option<ByteSize>,
+    /// Chunks fetched ahead for posted read orders (`POST /v1/prefetch`)
+    /// and not yet read, across data sets. Absent: as `inflight_memory`.
+    pub prefetch_memory: Option<ByteSize>,
     /// How long a request waits for a slot or memory before `SlowDown`.
     pub admission_wait: HumanDuration,
     /// Largest request head accepted; larger gets 431.
@@ -308,6 +311,12 @@ impl Limits {
             .bytes()
     }
 
+    /// The prefetch byte bound in force.
+    pub fn prefetch_bytes(&self) -> u64 {
+        self.prefetch_memory
+            .map_or_else(|| self.inflight_bytes(), ByteSize::bytes)
+    }
+
     /// Fills the absent bounds from the container's `cpus` and memory
     /// limit (`None`: unlimited).
     pub fn size_from(&mut self, cpus: usize, memory_limit: Option<u64>) {
@@ -328,6 +337,7 @@ impl Default for Limits {
             max_connections: 4096,
             max_requests: None,
             inflight_memory: None,
+            prefetch_memory: None,
             admission_wait: HumanDuration(Duration::from_secs(1)),
             max_header_bytes: ByteSize::kib(16),
             header_timeout: HumanDuration(Duration::from_secs(10)),

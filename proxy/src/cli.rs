@@ -81,6 +81,10 @@ pub struct CommonArgs {
     /// at most 512MiB).
     #[arg(long)]
     pub inflight_memory: Option<ByteSize>,
+    /// Bound on chunk bytes fetched ahead for posted read orders and not yet
+    /// read (`POST /v1/prefetch/{bucket}`; default: as --inflight-memory).
+    #[arg(long)]
+    pub prefetch_memory: Option<ByteSize>,
     /// Requests served at once per listener (default: 128 per CPU).
     #[arg(long)]
     pub max_requests: Option<usize>,
@@ -275,6 +279,9 @@ impl CommonArgs {
         if let Some(bytes) = self.inflight_memory {
             config.limits.inflight_memory = Some(bytes);
         }
+        if let Some(bytes) = self.prefetch_memory {
+            config.limits.prefetch_memory = Some(bytes);
+        }
         if let Some(requests) = self.max_requests {
             config.limits.max_requests = Some(requests);
         }
@@ -453,6 +460,7 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
             memory_limit = memory_limit.map(|b| ByteSize(b).to_string()),
             max_requests = config.limits.max_requests,
             inflight_memory = %ByteSize(config.limits.inflight_bytes()),
+            prefetch_memory = %ByteSize(config.limits.prefetch_bytes()),
             admission_wait = ?config.limits.admission_wait.0,
             returns_freed_memory = purging,
             "limits in force"

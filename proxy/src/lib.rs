@@ -14,6 +14,7 @@ pub mod metadata;
 pub mod mount;
 pub mod origin;
 pub mod outbound;
+pub mod prefetch;
 pub mod readiness;
 pub mod runtime;
 pub mod s3;

@@ -3,6 +3,7 @@
 //! Bytes in flight are bounded; sequential readers get read-ahead. Every
 //! front door (S3, the mount) reads through [`ChunkStore::read`].
 
+mod planned;
 mod readahead;
 mod staging;
 
@@ -22,6 +23,7 @@ use crate::origin::OriginError;
 use crate::telemetry::DatasetMetrics;
 use crate::upstream::Upstream;
 
+pub use planned::{Planned, PlannedBudget};
 pub use readahead::SequentialDetector;
 pub use staging::Staging;
 
@@ -76,6 +78,8 @@ pub enum Source {
     Cache,
     /// A read-ahead chunk kept aside because the cache did not admit it.
     Staged,
+    /// A chunk fetched ahead for a posted read order.
+    Prefetched,
     /// A fetch another request had started.
     Joined,
     /// A fetch this request started.
@@ -88,6 +92,7 @@ impl Source {
         match self {
             Self::Cache => "hit",
             Self::Staged => "read-ahead",
+            Self::Prefetched => "prefetched",
             Self::Joined => "joined fetch",
             Self::Fetched => "miss",
         }
@@ -103,6 +108,17 @@ pub enum ReadAhead {
     /// chunk, from each chunk's owner (a worker reading ahead would cache
     /// chunks other workers own).
     Never,
+}
+
+/// Where a fetched chunk is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Keep {
+    /// In the hot cache, if it admits it (a reader's miss).
+    Cache,
+    /// In the hot cache, else in staging (read-ahead).
+    CacheOrStaging,
+    /// In the planned buffer, for this position of the posted order.
+    Planned(u32),
 }
 
 /// The bytes of one read: the first chunk's share in hand (so a failure
@@ -122,6 +138,7 @@ pub struct ChunkStore {
     cache: ChunkCache,
     disk: Option<Arc<DiskTier>>,
     staging: Staging,
+    planned: Planned,
     flights: Arc<SingleFlight<ChunkKey, Bytes, OriginError>>,
     upstream: Upstream,
     budget: Arc<FetchBudget>,
@@ -151,6 +168,8 @@ pub struct ChunkStoreParts {
     pub budget: Arc<FetchBudget>,
     /// Bytes of read-ahead kept aside when the cache does not admit it.
     pub staging_bytes: u64,
+    /// Bound on chunks fetched ahead for posted read orders (all data sets).
+    pub planned_budget: Arc<PlannedBudget>,
     /// Chunk size.
     pub chunk_size: u64,
     /// Chunks fetched ahead of a sequential reader.
@@ -168,6 +187,7 @@ impl ChunkStore {
             cache: parts.cache,
             disk: parts.disk,
             staging: Staging::new(parts.staging_bytes),
+            planned: Planned::new(parts.planned_budget),
             flights: Arc::new(SingleFlight::new(lost)),
             upstream: parts.upstream,
             budget: parts.budget,
@@ -193,6 +213,11 @@ impl ChunkStore {
     /// The hot cache.
     pub fn cache(&self) -> &ChunkCache {
         &self.cache
+    }
+
+    /// Chunks fetched ahead for a posted read order.
+    pub fn planned(&self) -> &Planned {
+        &self.planned
     }
 
     /// The disk tier, if there is one.
@@ -301,6 +326,13 @@ impl ChunkStore {
             self.metrics.memory.hits.increment(1);
             return Some((chunk, Source::Staged));
         }
+        if let Some(chunk) = self.planned.take(&key) {
+            self.metrics.memory.hits.increment(1);
+            // From here on the chunk is what a miss would have brought in:
+            // the cache admits it or not by its own policy.
+            self.cache.insert(key, chunk.clone());
+            return Some((chunk, Source::Prefetched));
+        }
         None
     }
 
@@ -316,8 +348,13 @@ impl ChunkStore {
             index,
         };
         self.metrics.memory.misses.increment(1);
-        let (flight, started) = self.start_fetch(key, object, false);
+        let (flight, started) = self.start_fetch(key, object, Keep::Cache);
         let chunk = flight.await?;
+        if !started {
+            // A prefetch this read joined put the chunk in the planned
+            // buffer for this very read: it has it now.
+            self.planned.take(&key);
+        }
         Ok((
             chunk,
             if started {
@@ -353,21 +390,50 @@ impl ChunkStore {
             return None;
         }
         self.metrics.readahead.increment(1);
-        Some(self.start_fetch(key, object, true).0)
+        Some(self.start_fetch(key, object, Keep::CacheOrStaging).0)
+    }
+
+    /// Starts fetching chunk `index` of `object` for `position` of a posted
+    /// read order, to be held in the planned buffer until read; `None` when
+    /// it is in memory or already coming. Unlike read-ahead it waits for
+    /// fetch memory: the prefetcher bounds itself.
+    pub fn prefetch_planned(
+        self: &Arc<Self>,
+        object: &Arc<ObjectInfo>,
+        index: u32,
+        position: u32,
+    ) -> Option<crate::flight::Flight<Bytes, OriginError>> {
+        let key = ChunkKey {
+            object: object.fingerprint,
+            index,
+        };
+        if self.flights.contains(&key)
+            || self.planned.contains(&key)
+            || self.cache.get(&key).is_some()
+            || self.staging.contains(&key)
+        {
+            return None;
+        }
+        self.metrics.prefetched.increment(1);
+        Some(self.start_fetch(key, object, Keep::Planned(position)).0)
     }
 
     fn start_fetch(
         self: &Arc<Self>,
         key: ChunkKey,
         object: &Arc<ObjectInfo>,
-        ahead: bool,
+        keep: Keep,
     ) -> (crate::flight::Flight<Bytes, OriginError>, bool) {
         let this = Arc::clone(self);
         let object = Arc::clone(object);
         self.flights.join_or_start(key, move || {
             // Created here, in the requester's span, and carried into the
             // fetch's own task.
-            let span = tracing::debug_span!("chunk fetch", chunk = key.index, read_ahead = ahead);
+            let span = tracing::debug_span!(
+                "chunk fetch",
+                chunk = key.index,
+                read_ahead = keep != Keep::Cache
+            );
             Box::pin(
                 async move {
                     let range = chunk_range(key.index, this.chunk_size, object.meta.size);
@@ -376,7 +442,7 @@ impl ChunkStore {
                             && chunk.len() as u64 == range.end - range.start
                         {
                             this.metrics.disk.hits.increment(1);
-                            this.keep(key, &chunk, ahead);
+                            this.keep(key, &chunk, keep);
                             return Ok(chunk);
                         }
                         this.metrics.disk.misses.increment(1);
@@ -422,7 +488,7 @@ impl ChunkStore {
                     this.metrics.origin_latency.record(started.elapsed());
                     let chunk = fetched.inspect_err(|_| this.metrics.origin_errors.increment(1))?;
                     this.metrics.origin_bytes.increment(chunk.len() as u64);
-                    this.keep(key, &chunk, ahead);
+                    this.keep(key, &chunk, keep);
                     if let Some(disk) = &this.disk {
                         disk.put(key, chunk.clone());
                     }
@@ -433,9 +499,16 @@ impl ChunkStore {
         })
     }
 
-    /// Puts a fetched chunk in memory; read-ahead the cache refuses waits in staging.
-    fn keep(&self, key: ChunkKey, chunk: &Bytes, ahead: bool) {
-        if !self.cache.insert(key, chunk.clone()) && ahead {
+    /// Puts a fetched chunk in memory: a reader's in the cache; read-ahead
+    /// the cache refuses in staging; a planned one in the planned buffer
+    /// (or, if that is full, where read-ahead goes).
+    fn keep(&self, key: ChunkKey, chunk: &Bytes, keep: Keep) {
+        if let Keep::Planned(position) = keep
+            && self.planned.put(key, chunk.clone(), position)
+        {
+            return;
+        }
+        if !self.cache.insert(key, chunk.clone()) && keep != Keep::Cache {
             self.staging.put(key, chunk.clone());
         }
     }
@@ -557,6 +630,7 @@ mod tests {
             upstream: Upstream::Origin(origin),
             budget: FetchBudget::new(budget_bytes),
             staging_bytes: 1 << 20,
+            planned_budget: PlannedBudget::new(1 << 20),
             chunk_size: 64 * 1024,
             read_ahead: 4,
             timeout: Duration::from_secs(5),

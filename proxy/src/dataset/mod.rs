@@ -12,12 +12,14 @@ use ferry_config::{CachePolicy, DatasetPolicy, PoolDownPolicy, ProxyConfig, Role
 
 use crate::cache::disk::persistent_seed;
 use crate::cache::{ChunkCache, DiskCounters, DiskTier};
-use crate::chunk::{ChunkRead, ChunkStore, ChunkStoreParts, FetchBudget, ReadAhead};
+use crate::chunk::{ChunkRead, ChunkStore, ChunkStoreParts, FetchBudget, PlannedBudget, ReadAhead};
 use crate::metadata::list::{self, ListOutcome, ListRequest, ListSource};
 use crate::metadata::{MetadataCache, MetadataSettings, ObjectInfo};
 use crate::origin::{self, OriginError};
 use crate::outbound::PoolUpstream;
 use crate::outbound::balance::{Pool, PoolTls};
+use crate::prefetch::order::{BadOrder, KeySource, OrderSpec};
+use crate::prefetch::{Keys, PlanParts, PlanStatus, Prefetcher};
 use crate::telemetry::{DatasetMetrics, Direction, TrafficMetrics};
 use crate::tls::TlsState;
 use crate::upstream::Upstream;
@@ -37,6 +39,33 @@ pub struct Dataset {
     pub chunks: Arc<ChunkStore>,
     /// Metrics.
     pub metrics: Arc<DatasetMetrics>,
+    /// Fetches ahead in a posted read order.
+    pub prefetch: Arc<Prefetcher>,
+}
+
+/// Why an order could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    /// The order itself is wrong.
+    #[error(transparent)]
+    Bad(#[from] BadOrder),
+    /// It reuses a key list, and there is none.
+    #[error(
+        "this order reuses the previous order's keys, and there is none: send 'keys' or 'prefix'"
+    )]
+    NoKeys,
+    /// Listing its prefix failed.
+    #[error(transparent)]
+    Origin(#[from] OriginError),
+}
+
+/// Budgets a data set's chunks charge, shared by every data set of a proxy.
+#[derive(Clone)]
+pub struct Budgets {
+    /// Chunk bytes being fetched.
+    pub fetch: Arc<FetchBudget>,
+    /// Chunk bytes fetched ahead for posted orders.
+    pub planned: Arc<PlannedBudget>,
 }
 
 /// Where a data set keeps chunks on disk, and with which key seed.
@@ -54,7 +83,7 @@ impl Dataset {
         role: Role,
         config: &ProxyConfig,
         upstream: Upstream,
-        budget: Arc<FetchBudget>,
+        budgets: Budgets,
         disk: Option<DiskPlacement>,
         metrics: Arc<DatasetMetrics>,
     ) -> Self {
@@ -72,8 +101,9 @@ impl Dataset {
             cache: ChunkCache::new(cache_spec, metrics.memory.cache_counters()),
             disk: disk.map(|d| d.tier),
             upstream: upstream.clone(),
-            budget,
+            budget: budgets.fetch,
             staging_bytes,
+            planned_budget: budgets.planned,
             chunk_size,
             read_ahead: policy.read_ahead,
             timeout,
@@ -97,6 +127,7 @@ impl Dataset {
             metadata,
             chunks,
             metrics,
+            prefetch: Arc::default(),
         }
     }
 
@@ -110,6 +141,7 @@ impl Dataset {
         range: std::ops::Range<u64>,
         ahead: ReadAhead,
     ) -> Result<ChunkRead, OriginError> {
+        self.prefetch.observe(&object.meta.key);
         let mut read = self
             .chunks
             .read(object, range, ahead)
@@ -136,6 +168,56 @@ impl Dataset {
         list::list(&source, request).await
     }
 
+    /// Starts fetching ahead in the order `spec` describes, replacing the
+    /// current order.
+    pub async fn post_order(&self, spec: OrderSpec) -> Result<PlanStatus, OrderError> {
+        let keys: Keys = match spec.keys {
+            KeySource::List(keys) => keys.into_iter().map(Arc::from).collect(),
+            KeySource::Prefix(prefix) => self.keys_under(&prefix).await?,
+            KeySource::Previous => self.prefetch.keys().ok_or(OrderError::NoKeys)?,
+        };
+        let order = spec.permutation.apply(keys.len())?;
+        let parts = PlanParts {
+            metadata: Arc::clone(&self.metadata),
+            chunks: Arc::clone(&self.chunks),
+            metrics: Arc::clone(&self.metrics),
+        };
+        Ok(self.prefetch.start(keys, order, parts))
+    }
+
+    /// Every key under `prefix`, in listing order.
+    async fn keys_under(&self, prefix: &str) -> Result<Keys, OrderError> {
+        let mut keys: Vec<Arc<str>> = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = self
+                .list(&ListRequest {
+                    prefix,
+                    delimiter: None,
+                    max_keys: 1000,
+                    after: &after,
+                })
+                .await?;
+            keys.extend(page.objects.iter().map(|o| Arc::from(o.key.as_str())));
+            if keys.len() > crate::prefetch::order::MAX_ORDER_SAMPLES {
+                return Err(BadOrder(format!(
+                    "more than {} keys are under '{prefix}'",
+                    crate::prefetch::order::MAX_ORDER_SAMPLES
+                ))
+                .into());
+            }
+            match (page.truncated, page.next_after, page.objects.last()) {
+                (true, Some(next), _) => after = next,
+                (true, None, Some(last)) => after.clone_from(&last.key),
+                _ => break,
+            }
+        }
+        if keys.is_empty() {
+            return Err(BadOrder(format!("no keys are under '{prefix}'")).into());
+        }
+        Ok(keys.into())
+    }
+
     /// Forgets the metadata of an object `err` says changed.
     pub fn forget_if_changed(&self, err: &OriginError) {
         if let OriginError::Changed { key } = err {
@@ -152,6 +234,7 @@ impl Dataset {
             metadata: self.metadata.clone(),
             chunks: self.chunks.clone(),
             metrics: self.metrics.clone(),
+            prefetch: self.prefetch.clone(),
         }
     }
 }
@@ -202,7 +285,7 @@ pub struct Datasets {
     ordered: Vec<Arc<Dataset>>,
     retired: Vec<Retired>,
     pools: Vec<Arc<Pool>>,
-    budget: Arc<FetchBudget>,
+    budgets: Budgets,
     unknown_outbound: TrafficMetrics,
     unknown_inbound: TrafficMetrics,
 }
@@ -232,10 +315,13 @@ impl Datasets {
         previous: Option<&Datasets>,
     ) -> anyhow::Result<Self> {
         config.validate("configuration")?;
-        let budget = match previous {
+        let budgets = match previous {
             // One bound on fetch memory for the process, across changes.
-            Some(previous) => previous.budget.clone(),
-            None => FetchBudget::new(config.limits.inflight_bytes()),
+            Some(previous) => previous.budgets.clone(),
+            None => Budgets {
+                fetch: FetchBudget::new(config.limits.inflight_bytes()),
+                planned: PlannedBudget::new(config.limits.prefetch_bytes()),
+            },
         };
         let origins = origin::OriginSettings {
             timeout: config.limits.upstream_timeout.0,
@@ -375,7 +461,7 @@ impl Datasets {
                 config.role,
                 config,
                 upstream,
-                budget.clone(),
+                budgets.clone(),
                 disk,
                 metrics,
             )));
@@ -398,7 +484,7 @@ impl Datasets {
                 });
             }
         }
-        let mut datasets = Self::index(built, pools, budget);
+        let mut datasets = Self::index(built, pools, budgets);
         datasets.retired = retired;
         Ok(datasets)
     }
@@ -413,7 +499,7 @@ impl Datasets {
         let mut datasets = Self::index(
             self.ordered.clone(),
             self.pools.clone(),
-            self.budget.clone(),
+            self.budgets.clone(),
         );
         datasets.retired = self
             .retired
@@ -431,11 +517,14 @@ impl Datasets {
 
     /// Indexes built data sets.
     pub fn new(datasets: Vec<Dataset>, pools: Vec<Arc<Pool>>) -> Self {
-        let budget = FetchBudget::new(u64::MAX >> 1);
-        Self::index(datasets.into_iter().map(Arc::new).collect(), pools, budget)
+        let budgets = Budgets {
+            fetch: FetchBudget::new(u64::MAX >> 1),
+            planned: PlannedBudget::new(u64::MAX >> 1),
+        };
+        Self::index(datasets.into_iter().map(Arc::new).collect(), pools, budgets)
     }
 
-    fn index(ordered: Vec<Arc<Dataset>>, pools: Vec<Arc<Pool>>, budget: Arc<FetchBudget>) -> Self {
+    fn index(ordered: Vec<Arc<Dataset>>, pools: Vec<Arc<Pool>>, budgets: Budgets) -> Self {
         let by_bucket = ordered
             .iter()
             .map(|d| (d.policy.bucket.clone(), d.clone()))
@@ -445,7 +534,7 @@ impl Datasets {
             ordered,
             retired: Vec::new(),
             pools,
-            budget,
+            budgets,
             unknown_outbound: TrafficMetrics::new("unknown", Direction::Outbound),
             unknown_inbound: TrafficMetrics::new("unknown", Direction::Inbound),
         }

@@ -12,6 +12,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use super::body::ProxyBody;
 use super::conditional::{self, Precondition};
 use super::error::S3Error;
+use super::prefetch;
 use super::range::ByteRange;
 use super::route::{self, Operation};
 use super::token;
@@ -89,11 +90,18 @@ impl FrontDoor {
 
     /// Answers one request; failures are S3 error responses, never panics.
     /// `peer` is the caller's verified identity (mutual TLS only).
-    pub async fn handle<B: http_body::Body>(
+    pub async fn handle<B>(
         self: Arc<Self>,
         request: Request<B>,
         peer: Option<Arc<SpiffeId>>,
-    ) -> Result<Response<ProxyBody>, Infallible> {
+    ) -> Result<Response<ProxyBody>, Infallible>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if let Some(bucket) = self.prefetch_bucket(&request) {
+            return Ok(self.prefetch(bucket, request, peer.as_deref()).await);
+        }
         if let Some(refused) = malformed(&request) {
             let metrics = self.mesh.datasets();
             let metrics = metrics.unknown(self.direction);
@@ -227,6 +235,46 @@ impl FrontDoor {
             .unwrap_or_else(|err| err.into_response(method, uri.path()))
             .map(|body| body.holding(admitted));
         (response, Some(dataset.clone()))
+    }
+
+    /// The bucket of a request to the prefetch endpoint. A virtual-hosted
+    /// GET of that path is a key of its bucket, not the endpoint.
+    fn prefetch_bucket<B>(&self, request: &Request<B>) -> Option<Result<String, S3Error>> {
+        let bucket = prefetch::bucket_of(request.uri().path())?;
+        let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok());
+        if reads && route::virtual_host_bucket(host, &self.domains).is_some() {
+            return None;
+        }
+        Some(bucket)
+    }
+
+    /// Answers `/v1/prefetch/{bucket}` for a peer that may read the bucket.
+    async fn prefetch<B>(
+        &self,
+        bucket: Result<String, S3Error>,
+        request: Request<B>,
+        peer: Option<&SpiffeId>,
+    ) -> Response<ProxyBody>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let bucket = match bucket {
+            Ok(bucket) => bucket,
+            Err(err) => return prefetch::from_s3(err),
+        };
+        let datasets = self.mesh.datasets();
+        let Some(dataset) = datasets.get(&bucket) else {
+            return prefetch::from_s3(S3Error::no_such_bucket(&bucket));
+        };
+        if let Err(denied) = self.authorized(dataset, peer) {
+            return prefetch::from_s3(denied);
+        }
+        prefetch::answer(dataset, request).await
     }
 
     /// Whether `peer` may read `dataset`: always without authorization; with

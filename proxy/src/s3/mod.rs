@@ -4,6 +4,7 @@ mod body;
 mod conditional;
 mod error;
 mod handler;
+mod prefetch;
 mod range;
 mod route;
 mod token;

@@ -129,7 +129,7 @@ pub fn route<'a>(
 }
 
 /// The bucket named by a `Host: <bucket>.<domain>[:port]` header, if any.
-fn virtual_host_bucket<'a>(host: Option<&'a str>, domains: &[String]) -> Option<&'a str> {
+pub fn virtual_host_bucket<'a>(host: Option<&'a str>, domains: &[String]) -> Option<&'a str> {
     let host = host?;
     let name = match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,

@@ -143,6 +143,15 @@ fn describe() {
         "readahead_chunks_total",
         "Chunks fetched ahead of a sequential reader."
     );
+    describe_counter!(
+        "prefetch_chunks_total",
+        "Chunks fetched ahead of the readers in a posted read order (POST /v1/prefetch)."
+    );
+    describe_counter!(
+        "prefetch_dropped_bytes_total",
+        Unit::Bytes,
+        "Bytes fetched for a posted order and dropped unread: the readers went another way, or a new order replaced it."
+    );
     describe_gauge!("connections_open", "Client connections open, by direction.");
     describe_gauge!(
         "runtime_alive_tasks",
@@ -354,6 +363,10 @@ pub struct DatasetMetrics {
     pub origin_latency: Histogram,
     /// `readahead_chunks_total`.
     pub readahead: Counter,
+    /// `prefetch_chunks_total`.
+    pub prefetched: Counter,
+    /// `prefetch_dropped_bytes_total`.
+    pub prefetch_dropped: Counter,
 }
 
 impl DatasetMetrics {
@@ -375,7 +388,9 @@ impl DatasetMetrics {
             origin_bytes: counter!("origin_bytes_total", "dataset" => name.clone()),
             origin_errors: counter!("origin_errors_total", "dataset" => name.clone()),
             origin_latency: histogram!("origin_latency_seconds", "dataset" => name.clone()),
-            readahead: counter!("readahead_chunks_total", "dataset" => name),
+            readahead: counter!("readahead_chunks_total", "dataset" => name.clone()),
+            prefetched: counter!("prefetch_chunks_total", "dataset" => name.clone()),
+            prefetch_dropped: counter!("prefetch_dropped_bytes_total", "dataset" => name),
         }
     }
 

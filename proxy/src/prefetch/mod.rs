@@ -1,0 +1,366 @@
+//! Prefetch in the sampler's order: a data set told the keys an epoch will
+//! read, in order, fetches ahead of its readers into the planned buffer of
+//! its chunk store, a window ahead that grows with the rate they read at.
+//! Reads find their chunks there (or in flight: one fetch, joined); chunks
+//! are dropped once read, or once the readers are far past them.
+
+pub mod order;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::chunk::ChunkStore;
+use crate::metadata::MetadataCache;
+use crate::origin::OriginError;
+use crate::telemetry::DatasetMetrics;
+
+/// Most samples fetched at once. Through a pool, a cold sample costs a
+/// worker's round trip plus the origin's first byte (10 ms in the benches,
+/// 20–40 ms under load): 64 at once keep ahead of 2,000 samples per second.
+const MAX_CONCURRENCY: usize = 64;
+/// Fewest samples fetched at once.
+const MIN_CONCURRENCY: usize = 4;
+/// The least read rate concurrency is sized for, before one is observed.
+const MIN_RATE: f64 = 1000.0;
+/// The least window ahead of the furthest reader, in samples. A data
+/// loader's workers start an epoch all at once, each on its own batch, so
+/// the front starts several batches in and everything behind it is fetched
+/// too; this is the margin past it until a read rate is measured.
+const MIN_WINDOW: u32 = 256;
+/// How far ahead, in time at the observed read rate, the window reaches.
+const LEAD: Duration = Duration::from_secs(1);
+/// How far behind the furthest reader a position is given up on (its
+/// chunks dropped unread), in samples, or four windows if more. A data
+/// loader's slowest worker trails the furthest by up to workers × batch
+/// samples (2,048 for 8 × 256, 16,384 for 16 × 1,024), so less would drop
+/// what it is about to read; more only holds a diverging reader's chunks
+/// longer, within `prefetch_memory` either way.
+const GIVE_UP_BEHIND: u32 = 16_384;
+/// How often the driver looks again without being woken (budget freed by
+/// reads taking their chunks, or by another data set).
+const TICK: Duration = Duration::from_millis(50);
+
+/// The keys of one order (shared between orders that reuse them).
+pub type Keys = Arc<[Arc<str>]>;
+
+/// What a data set's current order has done so far.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlanStatus {
+    /// Increases with each order posted to this proxy.
+    pub generation: u64,
+    /// Samples in the order.
+    pub samples: u32,
+    /// Reads of keys in the order seen so far.
+    pub reads: u64,
+    /// One past the furthest position read.
+    pub front: u32,
+    /// Next position the prefetcher will fetch.
+    pub next: u32,
+    /// Samples fetched ahead.
+    pub fetched: u64,
+    /// Samples whose fetch failed (their readers fetch them again).
+    pub failed: u64,
+    /// Samples the window reaches ahead of the front now.
+    pub window: u32,
+    /// Bytes fetched ahead and not yet read (this data set).
+    pub buffered_bytes: u64,
+    /// Whether every position has been fetched or passed.
+    pub done: bool,
+}
+
+/// One posted order.
+struct Plan {
+    generation: u64,
+    keys: Keys,
+    order: Vec<u32>,
+    /// Each key's first position.
+    positions: HashMap<Arc<str>, u32>,
+    consumed: Vec<AtomicBool>,
+    front: AtomicU32,
+    reads: AtomicU64,
+    next: AtomicU32,
+    fetched: AtomicU64,
+    failed: AtomicU64,
+    window: AtomicU32,
+    done: AtomicBool,
+    stopped: AtomicBool,
+    wake: Notify,
+}
+
+impl Plan {
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+}
+
+/// A data set's prefetcher: at most one order at a time.
+#[derive(Default)]
+pub struct Prefetcher {
+    active: ArcSwapOption<Plan>,
+    /// Serializes posting, so two posts cannot both start drivers.
+    posting: Mutex<()>,
+}
+
+/// Orders posted to this process, so generations are unique.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// What a new order's driver works with.
+pub struct PlanParts {
+    /// Object metadata (a sample's size and version).
+    pub metadata: Arc<MetadataCache>,
+    /// The chunk store the readers read through.
+    pub chunks: Arc<ChunkStore>,
+    /// The data set's metrics.
+    pub metrics: Arc<DatasetMetrics>,
+}
+
+impl Prefetcher {
+    /// Notes a read of `key`: the readers have reached its position.
+    pub fn observe(&self, key: &str) {
+        let guard = self.active.load();
+        let Some(plan) = guard.as_ref() else {
+            return;
+        };
+        let Some(&position) = plan.positions.get(key) else {
+            return;
+        };
+        if let Some(consumed) = plan.consumed.get(position as usize) {
+            consumed.store(true, Ordering::Relaxed);
+        }
+        plan.reads.fetch_add(1, Ordering::Relaxed);
+        if plan.front.fetch_max(position + 1, Ordering::Relaxed) <= position {
+            plan.wake.notify_one();
+        }
+    }
+
+    /// The keys of the current order, for an order that reuses them.
+    pub fn keys(&self) -> Option<Keys> {
+        self.active
+            .load()
+            .as_ref()
+            .map(|plan| Arc::clone(&plan.keys))
+    }
+
+    /// Replaces the current order (if any) with `order` over `keys` and
+    /// starts fetching ahead.
+    pub fn start(&self, keys: Keys, order: Vec<u32>, parts: PlanParts) -> PlanStatus {
+        let _posting = self.posting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut positions = HashMap::with_capacity(order.len());
+        for (position, &index) in order.iter().enumerate() {
+            if let Some(key) = keys.get(index as usize) {
+                positions.entry(Arc::clone(key)).or_insert(position as u32);
+            }
+        }
+        let plan = Arc::new(Plan {
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
+            consumed: (0..order.len()).map(|_| AtomicBool::new(false)).collect(),
+            keys,
+            order,
+            positions,
+            front: AtomicU32::new(0),
+            reads: AtomicU64::new(0),
+            next: AtomicU32::new(0),
+            fetched: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            window: AtomicU32::new(MIN_WINDOW),
+            done: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            wake: Notify::new(),
+        });
+        if let Some(old) = self.active.swap(Some(Arc::clone(&plan))) {
+            old.stop();
+        }
+        let dropped = parts.chunks.planned().bytes();
+        parts.chunks.planned().clear();
+        parts.metrics.prefetch_dropped.increment(dropped);
+        let status = status(&plan, &parts.chunks);
+        tokio::spawn(drive(plan, parts));
+        status
+    }
+
+    /// Stops the current order; whether there was one.
+    pub fn stop(&self, chunks: &ChunkStore) -> bool {
+        let _posting = self.posting.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(plan) = self.active.swap(None) else {
+            return false;
+        };
+        plan.stop();
+        chunks.planned().clear();
+        true
+    }
+
+    /// The current order's progress.
+    pub fn status(&self, chunks: &ChunkStore) -> Option<PlanStatus> {
+        self.active.load().as_ref().map(|plan| status(plan, chunks))
+    }
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        if let Some(plan) = self.active.swap(None) {
+            plan.stop();
+        }
+    }
+}
+
+fn status(plan: &Plan, chunks: &ChunkStore) -> PlanStatus {
+    PlanStatus {
+        generation: plan.generation,
+        samples: plan.order.len() as u32,
+        reads: plan.reads.load(Ordering::Relaxed),
+        front: plan.front.load(Ordering::Relaxed),
+        next: plan.next.load(Ordering::Relaxed),
+        fetched: plan.fetched.load(Ordering::Relaxed),
+        failed: plan.failed.load(Ordering::Relaxed),
+        window: plan.window.load(Ordering::Relaxed),
+        buffered_bytes: chunks.planned().bytes(),
+        done: plan.done.load(Ordering::Relaxed),
+    }
+}
+
+/// Fetches the order's samples ahead of the front, within the window, the
+/// concurrency bound and the planned budget; drops what the readers passed.
+async fn drive(plan: Arc<Plan>, parts: PlanParts) {
+    let len = plan.order.len() as u32;
+    let mut next = 0u32;
+    let mut fetching = FuturesUnordered::new();
+    let mut rate = RateMeter::new();
+    // A sample's likely size, to reserve budget before its size is known
+    // (a guess until one is fetched).
+    let mut typical: Option<u64> = None;
+    // How long a sample takes to fetch (smoothed; none yet: assume slow).
+    let mut latency: Option<f64> = None;
+
+    while !plan.stopped.load(Ordering::Acquire) {
+        let front = plan.front.load(Ordering::Relaxed);
+        let per_second = rate.update(plan.reads.load(Ordering::Relaxed));
+        let window = ((per_second * LEAD.as_secs_f64()) as u32).max(MIN_WINDOW);
+        plan.window.store(window, Ordering::Relaxed);
+        // Positions this far behind the front were skipped by the readers.
+        let passed = front.saturating_sub(window.saturating_mul(4).max(GIVE_UP_BEHIND));
+        let dropped = parts.chunks.planned().drop_before(passed);
+        parts.metrics.prefetch_dropped.increment(dropped);
+        next = next.max(passed);
+        let budget = parts.chunks.planned().budget();
+        // Enough fetches at once to stay ahead of the readers at twice their
+        // rate, no more: warm samples come in a millisecond, and 64 at once
+        // then only compete with the readers for CPU (measured: the first
+        // batch of a warm epoch waited 0.3–0.45 s with 64, 0.2 s without
+        // prefetch).
+        let concurrency = latency.map_or(MAX_CONCURRENCY, |seconds| {
+            ((2.0 * seconds * per_second.max(MIN_RATE)).ceil() as usize)
+                .clamp(MIN_CONCURRENCY, MAX_CONCURRENCY)
+        });
+        while next < len
+            && fetching.len() < concurrency
+            && next < front.saturating_add(window)
+            && (budget.room()
+                >= (fetching.len() as u64 + 1)
+                    * typical.unwrap_or(parts.chunks.chunk_size().min(1 << 20))
+                || (fetching.is_empty() && budget.room() > 0))
+        {
+            let position = next;
+            next += 1;
+            if plan.consumed[position as usize].load(Ordering::Relaxed) {
+                continue;
+            }
+            let key = Arc::clone(&plan.keys[plan.order[position as usize] as usize]);
+            let started = Instant::now();
+            let parts = &parts;
+            fetching
+                .push(async move { (fetch_sample(parts, key, position).await, started.elapsed()) });
+        }
+        plan.next.store(next, Ordering::Relaxed);
+        if next >= len && fetching.is_empty() {
+            plan.done.store(true, Ordering::Relaxed);
+            break;
+        }
+        tokio::select! {
+            Some((fetched, took)) = fetching.next(), if !fetching.is_empty() => match fetched {
+                Ok((size, fetched)) => {
+                    if fetched {
+                        let took = took.as_secs_f64();
+                        latency = Some(latency.map_or(took, |l| 0.9 * l + 0.1 * took));
+                    }
+                    plan.fetched.fetch_add(1, Ordering::Relaxed);
+                    if size > 0 {
+                        // A running mean over recent samples.
+                        typical = Some(typical.map_or(size, |t| (t * 7 + size) / 8));
+                    }
+                }
+                Err(err) => {
+                    plan.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%err, "prefetch: a sample failed; its reader will fetch it");
+                }
+            },
+            () = plan.wake.notified() => {}
+            () = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+/// Starts every chunk of the sample at `position` and waits for them:
+/// its size, and whether anything had to be fetched.
+async fn fetch_sample(
+    parts: &PlanParts,
+    key: Arc<str>,
+    position: u32,
+) -> Result<(u64, bool), OriginError> {
+    let object = parts.metadata.object(&key).await?;
+    let size = object.meta.size;
+    if size == 0 {
+        return Ok((0, false));
+    }
+    let last = ((size - 1) / parts.chunks.chunk_size()) as u32;
+    let flights: Vec<_> = (0..=last)
+        .filter_map(|index| parts.chunks.prefetch_planned(&object, index, position))
+        .collect();
+    let fetched = !flights.is_empty();
+    for flight in flights {
+        flight.await?;
+    }
+    Ok((size, fetched))
+}
+
+/// Reads per second, smoothed over the driver's passes.
+struct RateMeter {
+    at: Instant,
+    reads: u64,
+    per_second: f64,
+}
+
+impl RateMeter {
+    fn new() -> Self {
+        Self {
+            at: Instant::now(),
+            reads: 0,
+            per_second: 0.0,
+        }
+    }
+
+    fn update(&mut self, reads: u64) -> f64 {
+        let elapsed = self.at.elapsed();
+        // Half a second damps the burst of an epoch's start, when every
+        // loader worker fills its queue at once.
+        if elapsed >= Duration::from_millis(500) {
+            let now = (reads - self.reads) as f64 / elapsed.as_secs_f64();
+            self.per_second = if self.per_second == 0.0 {
+                now
+            } else {
+                0.5 * self.per_second + 0.5 * now
+            };
+            self.at = Instant::now();
+            self.reads = reads;
+        }
+        self.per_second
+    }
+}

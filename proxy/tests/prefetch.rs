@@ -1,0 +1,353 @@
+//! Prefetch in the sampler's order, with real processes: a sidecar over a
+//! worker over a slow synthetic origin. Reads in a posted order find their
+//! chunks fetched; a reader that goes another way still reads the right
+//! bytes; a new order replaces the old; bad requests get clear 4xx errors.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::ProxyProcess;
+use ferry_config::SyntheticSpec;
+use ferry_proxy::prefetch::order::shuffle;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+const SPEC: &str = "count=200&size=30KiB&seed=9&latency=20ms";
+
+fn spec() -> SyntheticSpec {
+    SyntheticSpec::from_query(SPEC).expect("spec")
+}
+
+/// A worker over the slow origin and a sidecar with no hot cache, so a
+/// hit can only be a chunk fetched ahead.
+fn mesh(sidecar_extra: &[&str]) -> (ProxyProcess, ProxyProcess) {
+    let origin = format!("synthetic://?{SPEC}");
+    let worker = ProxyProcess::start(&["worker", "--origin", &origin, "--bucket", "data"]);
+    let pool = worker.inbound.expect("inbound").to_string();
+    let mut args = vec![
+        "sidecar",
+        "--pool",
+        &pool,
+        "--bucket",
+        "data",
+        "--cache-size",
+        "0",
+    ];
+    args.extend_from_slice(sidecar_extra);
+    (worker, ProxyProcess::start(&args))
+}
+
+async fn post(
+    proxy: &ProxyProcess,
+    bucket: &str,
+    body: impl Into<reqwest::Body>,
+) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .post(proxy.url(&format!("/v1/prefetch/{bucket}")))
+        .body(body)
+        .send()
+        .await
+        .expect("post");
+    let status = response.status();
+    (
+        status,
+        serde_json::from_slice(&response.bytes().await.expect("body")).expect("a JSON answer"),
+    )
+}
+
+async fn status(proxy: &ProxyProcess) -> (StatusCode, Value) {
+    let response = reqwest::get(proxy.url("/v1/prefetch/data"))
+        .await
+        .expect("get");
+    let status = response.status();
+    (
+        status,
+        serde_json::from_slice(&response.bytes().await.expect("body")).expect("a JSON answer"),
+    )
+}
+
+/// Polls the order's progress until `done` (bounded: never a fixed sleep).
+async fn wait_for(proxy: &ProxyProcess, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, body) = status(proxy).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        if done(&body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the prefetcher never got there: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn read(proxy: &ProxyProcess, index: u64) {
+    let key = spec().key(index);
+    let response = reqwest::get(proxy.url(&format!("/data/{key}")))
+        .await
+        .expect("get");
+    assert_eq!(response.status(), StatusCode::OK, "{key}");
+    let body = response.bytes().await.expect("body");
+    assert!(
+        body[..] == common::synthetic_object(SPEC, index)[..],
+        "{key}: wrong bytes"
+    );
+}
+
+async fn memory(proxy: &ProxyProcess) -> (f64, f64) {
+    let labels = [("dataset", "data"), ("tier", "memory")];
+    (
+        proxy.metric("cache_hits_total", &labels).await,
+        proxy.metric("cache_misses_total", &labels).await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_in_the_posted_order_hit() {
+    let (worker, proxy) = mesh(&[]);
+    let order: Vec<u64> = (0..spec().count).rev().collect();
+    let keys: Vec<String> = order.iter().map(|&i| spec().key(i)).collect();
+    let (code, body) = post(&proxy, "data", keys.join("\n")).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["samples"], 200);
+    // The whole order fits the first window: wait until it is all fetched.
+    let done = wait_for(&proxy, |s| s["fetched"] == 200).await;
+    assert_eq!(done["failed"], 0);
+    assert!(done["buffered_bytes"].as_u64().unwrap_or(0) >= 200 * 30 * 1024 * 9 / 10);
+    let (hits, misses) = memory(&proxy).await;
+    for &index in &order {
+        read(&proxy, index).await;
+    }
+    let (hits_after, misses_after) = memory(&proxy).await;
+    assert_eq!(
+        hits_after - hits,
+        200.0,
+        "every read found its chunk fetched"
+    );
+    assert_eq!(misses_after - misses, 0.0);
+    let after = wait_for(&proxy, |s| s["reads"] == 200).await;
+    assert_eq!(after["buffered_bytes"], 0, "read chunks leave the buffer");
+    assert_eq!(
+        proxy
+            .metric(
+                "origin_requests_total",
+                &[("dataset", "data"), ("op", "get")]
+            )
+            .await,
+        200.0,
+        "each chunk went upstream once"
+    );
+    drop(worker);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compact_order_is_the_shuffle_of_a_listing() {
+    let (_worker, proxy) = mesh(&[]);
+    let (code, body) = post(
+        &proxy,
+        "data",
+        r#"{"prefix": "", "permutation": {"kind": "shuffle", "seed": 11}}"#,
+    )
+    .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["samples"], 200);
+    wait_for(&proxy, |s| s["fetched"] == 200).await;
+    // The listing is in key order; the synthetic keys sort as their indices.
+    let mut listed: Vec<(String, u64)> = (0..200).map(|i| (spec().key(i), i)).collect();
+    listed.sort();
+    let (hits, _) = memory(&proxy).await;
+    for position in shuffle(200, 11) {
+        read(&proxy, listed[position as usize].1).await;
+    }
+    let (hits_after, _) = memory(&proxy).await;
+    assert_eq!(
+        hits_after - hits,
+        200.0,
+        "the client's shuffle is the sidecar's"
+    );
+    // The next epoch reuses the keys: only a seed crosses.
+    let (code, body) = post(
+        &proxy,
+        "data",
+        r#"{"permutation": {"kind": "shuffle", "seed": 12}}"#,
+    )
+    .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["samples"], 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reader_that_diverges_still_reads_the_right_bytes() {
+    let (_worker, proxy) = mesh(&[]);
+    let keys: Vec<String> = (0..100).map(|i| spec().key(i)).collect();
+    let (code, _) = post(&proxy, "data", keys.join("\n")).await;
+    assert_eq!(code, StatusCode::ACCEPTED);
+    // Another order entirely, some of it outside the posted one.
+    for index in (50..200).rev().step_by(3) {
+        read(&proxy, index).await;
+    }
+    for index in 0..100 {
+        read(&proxy, index).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_order_replaces_the_old() {
+    let (_worker, proxy) = mesh(&[]);
+    let first: Vec<String> = (0..100).map(|i| spec().key(i)).collect();
+    let (_, one) = post(&proxy, "data", first.join("\n")).await;
+    wait_for(&proxy, |s| s["fetched"] == 100).await;
+    let second: Vec<String> = (100..150).map(|i| spec().key(i)).collect();
+    let (code, two) = post(&proxy, "data", second.join("\n")).await;
+    assert_eq!(code, StatusCode::ACCEPTED);
+    assert!(two["generation"].as_u64() > one["generation"].as_u64());
+    assert_eq!(two["samples"], 50);
+    let now = wait_for(&proxy, |s| s["fetched"] == 50).await;
+    assert_eq!(now["generation"], two["generation"]);
+    assert!(
+        now["buffered_bytes"].as_u64().unwrap_or(u64::MAX) <= 50 * 30 * 1024 * 11 / 10,
+        "the first order's chunks were dropped: {now}"
+    );
+    assert!(
+        proxy
+            .metric("prefetch_dropped_bytes_total", &[("dataset", "data")])
+            .await
+            >= 100.0 * 30.0 * 1024.0 * 0.9
+    );
+    let (hits, _) = memory(&proxy).await;
+    for index in 100..150 {
+        read(&proxy, index).await;
+    }
+    assert_eq!(memory(&proxy).await.0 - hits, 50.0);
+    // Stopped, there is no order.
+    let response = reqwest::Client::new()
+        .delete(proxy.url("/v1/prefetch/data"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(status(&proxy).await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_orders_get_clear_errors() {
+    let (_worker, proxy) = mesh(&[]);
+    let client = reqwest::Client::new();
+    let (code, body) = status(&proxy).await;
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("NoSuchOrder"))
+    );
+    for (bucket, body, code, error) in [
+        ("nope", "a\n", StatusCode::NOT_FOUND, "NoSuchBucket"),
+        ("data", "", StatusCode::BAD_REQUEST, "MalformedOrder"),
+        (
+            "data",
+            "{\"keys\": 3}",
+            StatusCode::BAD_REQUEST,
+            "MalformedOrder",
+        ),
+        (
+            "data",
+            "{\"prefix\": \"absent/\"}",
+            StatusCode::BAD_REQUEST,
+            "MalformedOrder",
+        ),
+        (
+            "data",
+            "{\"permutation\": {\"kind\": \"shuffle\", \"seed\": 1}}",
+            StatusCode::CONFLICT,
+            "NoPreviousKeys",
+        ),
+    ] {
+        let (got, answer) = post(&proxy, bucket, body).await;
+        assert_eq!(got, code, "{body}: {answer}");
+        assert_eq!(answer["code"], error, "{body}: {answer}");
+        assert!(answer["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let response = client
+        .put(proxy.url("/v1/prefetch/data"))
+        .body("a")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let response = client
+        .post(proxy.url("/v1/prefetch/"))
+        .body("a")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    // Keys that do not exist are the readers' problem, not the order's.
+    let (code, _) = post(&proxy, "data", "missing-1\nmissing-2\n").await;
+    assert_eq!(code, StatusCode::ACCEPTED);
+    let done = wait_for(&proxy, |s| s["done"] == true).await;
+    assert_eq!(done["failed"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_sampler_package_with_boto3_and_s3fs() {
+    common::require_python_modules(&["pytest", "boto3", "s3fs", "ferry_prefetch"]);
+    let (_worker, proxy) = mesh(&[]);
+    let expected = common::TempDir::new("prefetch-python");
+    let keys: Vec<String> = (0..spec().count).map(|i| spec().key(i)).collect();
+    std::fs::write(expected.path().join("keys"), keys.join("\n")).expect("keys");
+    for index in 0..spec().count {
+        let bytes = common::synthetic_object(SPEC, index);
+        std::fs::write(expected.path().join(index.to_string()), bytes).expect("object");
+    }
+    let tests = concat!(env!("CARGO_MANIFEST_DIR"), "/../clients/python/tests");
+    let output = tokio::process::Command::new(common::python())
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", tests])
+        .env("FERRY_ENDPOINT", proxy.url(""))
+        .env("FERRY_ADMIN", proxy.admin.to_string())
+        .env("FERRY_BUCKET", "data")
+        .env("FERRY_EXPECTED", expected.path())
+        .output()
+        .await
+        .expect("run pytest");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "pytest failed:\n{report}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !report.contains("skipped"),
+        "every sidecar test ran: {report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fetched_chunks_stay_within_prefetch_memory() {
+    // 200 samples of 30 KiB (6 MB) ahead of readers, in 256 KiB.
+    let (_worker, proxy) = mesh(&["--prefetch-memory", "256KiB"]);
+    let keys: Vec<String> = (0..spec().count).map(|i| spec().key(i)).collect();
+    let (code, _) = post(&proxy, "data", keys.join("\n")).await;
+    assert_eq!(code, StatusCode::ACCEPTED);
+    let (hits, _) = memory(&proxy).await;
+    for index in 0..spec().count {
+        read(&proxy, index).await;
+        if index % 10 == 0 {
+            let (_, now) = status(&proxy).await;
+            let buffered = now["buffered_bytes"].as_u64().expect("bytes");
+            assert!(
+                buffered <= 256 * 1024,
+                "{buffered} bytes held at read {index}: {now}"
+            );
+        }
+    }
+    let (_, done) = status(&proxy).await;
+    assert!(
+        done["fetched"].as_u64() > Some(100),
+        "it kept fetching as reads made room: {done}"
+    );
+    assert!(
+        memory(&proxy).await.0 - hits >= 100.0,
+        "most reads still found their sample fetched ahead"
+    );
+}
