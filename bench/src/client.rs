@@ -192,3 +192,20 @@ async fn exposition(admin: SocketAddr) -> anyhow::Result<Exposition> {
     let text = Reader::new(admin).get_text("/metrics").await?;
     Exposition::parse(&text).map_err(|e| anyhow::anyhow!("/metrics of {admin}: {e}"))
 }
+
+/// Posts an epoch's keys, in read order, to a proxy's prefetch endpoint
+/// (`POST /v1/prefetch/{bucket}`), as the Python sampler wrapper does.
+pub async fn post_order(addr: SocketAddr, bucket: &str, keys: String) -> anyhow::Result<()> {
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/prefetch/{bucket}"))
+        .body(keys)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status() == reqwest::StatusCode::ACCEPTED,
+        "{}: {}",
+        response.status(),
+        response.text().await.unwrap_or_default()
+    );
+    Ok(())
+}

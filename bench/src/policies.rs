@@ -1,7 +1,11 @@
 //! `ferry-bench policies`: each cache policy at several cache fractions c of
 //! the data set, under shuffled epochs. The best any cache can do on a fresh
 //! uniform shuffle is a hit ratio of c; `pin` should sit on that line while
-//! LRU thrashes below it. Prints a table and writes an SVG plot.
+//! LRU thrashes below it. `ordered` is `pin` told each epoch's order first
+//! (`POST /v1/prefetch`), with a prefetch buffer of `--ordered-buffer`
+//! besides the cache: it fetches ahead of the readers, so reads hit past c,
+//! while what it reads upstream stays what `pin` reads (the last column).
+//! Prints a table and writes an SVG plot.
 
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -12,7 +16,7 @@ use serde::Serialize;
 use ferry_config::{ByteSize, CachePolicy};
 
 use crate::child::{ChildProcess, ProxyArgs, WorkerSpec};
-use crate::client::scrape;
+use crate::client::{post_order, scrape};
 use crate::report::{self, Table};
 use crate::workload::{DataSet, Target, read_epoch, sample_spec};
 
@@ -28,9 +32,13 @@ pub struct PoliciesArgs {
     /// Cache sizes as fractions of the data set.
     #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,0.9")]
     pub fractions: Vec<f64>,
-    /// Policies to compare.
-    #[arg(long, value_delimiter = ',', default_value = "pin,lru,s3fifo")]
-    pub policies: Vec<CachePolicy>,
+    /// Policies to compare: pin, lru, s3fifo, and ordered (pin with each
+    /// epoch's order posted first).
+    #[arg(long, value_delimiter = ',', default_value = "pin,lru,s3fifo,ordered")]
+    pub policies: Vec<Policy>,
+    /// Prefetch buffer of `ordered` (`--prefetch-memory`), besides its cache.
+    #[arg(long, default_value = "16MiB")]
+    pub ordered_buffer: ByteSize,
     /// Epochs per run (hit ratios are averaged over epochs 2+).
     #[arg(long, default_value_t = 3)]
     pub epochs: usize,
@@ -51,6 +59,44 @@ pub struct PoliciesArgs {
     pub json: Option<PathBuf>,
 }
 
+/// A cache policy, or `pin` with the read order posted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// A cache policy alone.
+    Cache(CachePolicy),
+    /// `pin`, told each epoch's order before it is read.
+    Ordered,
+}
+
+impl Policy {
+    /// Its name in tables and the plot.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cache(policy) => policy.as_str(),
+            Self::Ordered => "ordered",
+        }
+    }
+}
+
+impl std::str::FromStr for Policy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "ordered" {
+            return Ok(Self::Ordered);
+        }
+        text.parse::<CachePolicy>()
+            .map(Self::Cache)
+            .map_err(|_| format!("'{text}' is not a policy: pin, lru, s3fifo or ordered"))
+    }
+}
+
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One policy at one cache fraction.
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyRun {
@@ -62,6 +108,8 @@ pub struct PolicyRun {
     pub epoch_hit_ratios: Vec<f64>,
     /// Mean hit ratio of epochs 2+.
     pub warm_hit_ratio: f64,
+    /// Upstream (origin) chunk reads per sample read, epochs 2+.
+    pub warm_upstream_per_read: f64,
 }
 
 /// Runs every policy at every fraction.
@@ -81,15 +129,25 @@ pub async fn run(args: &PoliciesArgs) -> anyhow::Result<Vec<PolicyRun>> {
         );
         for &policy in &args.policies {
             let cache = ByteSize((data.bytes as f64 * fraction) as u64);
+            let (cache_policy, extra) = match policy {
+                Policy::Cache(policy) => (policy, Vec::new()),
+                Policy::Ordered => (
+                    CachePolicy::Pin,
+                    vec![
+                        "--prefetch-memory".to_owned(),
+                        args.ordered_buffer.to_string(),
+                    ],
+                ),
+            };
             let proxy = ChildProcess::ferry_worker(
                 &program,
                 &WorkerSpec {
                     origin: &spec.to_url(),
                     bucket: "imagenet",
                     cache_size: cache,
-                    cache_policy: policy,
+                    cache_policy,
                     read_ahead: Some(0),
-                    extra: Vec::new(),
+                    extra,
                 },
             )?;
             let admin = proxy
@@ -97,7 +155,22 @@ pub async fn run(args: &PoliciesArgs) -> anyhow::Result<Vec<PolicyRun>> {
                 .ok_or_else(|| anyhow::anyhow!("proxy reported no admin address"))?;
             let target = Target::http(proxy.addr, "/imagenet");
             let mut ratios = Vec::new();
+            let mut upstream = Vec::new();
             for epoch in 1..=args.epochs {
+                if policy == Policy::Ordered {
+                    let keys: Vec<&str> = data
+                        .order(args.seed, epoch)
+                        .iter()
+                        .map(|&sample| data.items[sample][0].key.as_str())
+                        .collect();
+                    post_order(proxy.addr, "imagenet", keys.join("\n")).await?;
+                }
+                let gets = scrape(
+                    admin,
+                    "origin_requests_total",
+                    &[("dataset", "imagenet"), ("op", "get")],
+                )
+                .await?;
                 let hits = scrape(
                     admin,
                     "cache_hits_total",
@@ -133,12 +206,23 @@ pub async fn run(args: &PoliciesArgs) -> anyhow::Result<Vec<PolicyRun>> {
                 .await?
                     - misses;
                 ratios.push(hits / (hits + misses).max(1.0));
+                let gets = scrape(
+                    admin,
+                    "origin_requests_total",
+                    &[("dataset", "imagenet"), ("op", "get")],
+                )
+                .await?
+                    - gets;
+                upstream.push(gets / data.items.len().max(1) as f64);
             }
             let warm = &ratios[1..];
+            let warm_upstream = &upstream[1..];
             runs.push(PolicyRun {
                 policy: policy.to_string(),
                 fraction,
                 warm_hit_ratio: warm.iter().sum::<f64>() / warm.len() as f64,
+                warm_upstream_per_read: warm_upstream.iter().sum::<f64>()
+                    / warm_upstream.len() as f64,
                 epoch_hit_ratios: ratios,
             });
         }
@@ -160,6 +244,7 @@ fn print(runs: &[PolicyRun]) {
         "bound c",
         "epoch 2+ hit ratio",
         "ratio / bound",
+        "upstream reads / read",
     ]);
     for run in runs {
         table.row(vec![
@@ -168,14 +253,17 @@ fn print(runs: &[PolicyRun]) {
             format!("{:.3}", run.fraction),
             format!("{:.3}", run.warm_hit_ratio),
             format!("{:.3}", run.warm_hit_ratio / run.fraction.max(1e-9)),
+            format!("{:.3}", run.warm_upstream_per_read),
         ]);
     }
-    println!("\nhit ratio under shuffled epochs (the best possible is c):");
+    println!(
+        "\nhit ratio under shuffled epochs (the best possible without knowing the order is c):"
+    );
     table.print();
 }
 
 /// A line plot: hit ratio against cache fraction, one line per policy, and the bound.
-fn svg(runs: &[PolicyRun], policies: &[CachePolicy], fractions: &[f64]) -> String {
+fn svg(runs: &[PolicyRun], policies: &[Policy], fractions: &[f64]) -> String {
     const WIDTH: f64 = 560.0;
     const HEIGHT: f64 = 400.0;
     const MARGIN: f64 = 56.0;
@@ -263,15 +351,24 @@ mod tests {
                 fraction: 0.5,
                 epoch_hit_ratios: vec![0.0, 0.5],
                 warm_hit_ratio: 0.5,
+                warm_upstream_per_read: 0.5,
             },
             PolicyRun {
                 policy: "lru".into(),
                 fraction: 0.5,
                 epoch_hit_ratios: vec![0.0, 0.3],
                 warm_hit_ratio: 0.3,
+                warm_upstream_per_read: 0.7,
             },
         ];
-        let svg = svg(&runs, &[CachePolicy::Pin, CachePolicy::Lru], &[0.5]);
+        let svg = svg(
+            &runs,
+            &[
+                Policy::Cache(CachePolicy::Pin),
+                Policy::Cache(CachePolicy::Lru),
+            ],
+            &[0.5],
+        );
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     }

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use ferry_config::{ByteSize, CachePolicy};
 
 use crate::child::{ChildProcess, ProxyArgs, WorkerSpec};
-use crate::client::{Reader, list_all};
+use crate::client::{Reader, list_all, post_order};
 use crate::epochs::Access;
 use crate::report::{self, Table};
 use crate::topology::{PoolSpec, PoolTopology};
@@ -42,9 +42,14 @@ pub struct TrainArgs {
     /// Data loader workers (each reads its batches' samples one by one).
     #[arg(long, default_value_t = 8)]
     pub workers: usize,
-    /// Batches each worker keeps ready ahead of the model.
+    /// Batches each worker keeps ready ahead of the model (DataLoader's
+    /// `prefetch_factor`).
     #[arg(long, default_value_t = 2)]
-    pub prefetch: usize,
+    pub prefetch_factor: usize,
+    /// Post each epoch's order to the proxy (`POST /v1/prefetch/{bucket}`)
+    /// before reading it, as the Python sampler wrapper does.
+    #[arg(long)]
+    pub prefetch: bool,
     /// Epochs per job.
     #[arg(long, default_value_t = 3)]
     pub epochs: usize,
@@ -247,6 +252,16 @@ pub async fn run(args: &TrainArgs) -> anyhow::Result<TrainReport> {
 
 async fn run_epoch(args: &TrainArgs, data: &DataSet, source: &Source, epoch: usize) -> TrainEpoch {
     let order = data.order(args.seed, epoch);
+    if let (true, Source::Ferry { addr, bucket }) = (args.prefetch, source) {
+        // The loader knows its order before it reads: tell the proxy.
+        let keys: Vec<&str> = order
+            .iter()
+            .map(|&sample| data.items[sample][0].key.as_str())
+            .collect();
+        if let Err(err) = post_order(*addr, bucket, keys.join("\n")).await {
+            eprintln!("train: posting epoch {epoch}'s order failed: {err:#}");
+        }
+    }
     let batches: Arc<Vec<Vec<usize>>> =
         Arc::new(order.chunks(args.batch).map(<[usize]>::to_vec).collect());
     let label = match source {
@@ -259,7 +274,7 @@ async fn run_epoch(args: &TrainArgs, data: &DataSet, source: &Source, epoch: usi
     let mut queues = Vec::new();
     let mut workers = Vec::new();
     for worker in 0..args.workers {
-        let (tx, rx) = mpsc::channel::<usize>(args.prefetch.max(1));
+        let (tx, rx) = mpsc::channel::<usize>(args.prefetch_factor.max(1));
         queues.push(rx);
         let batches = batches.clone();
         let items = data.items.clone();

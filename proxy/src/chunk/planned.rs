@@ -15,9 +15,12 @@ use bytes::Bytes;
 
 use crate::cache::ChunkKey;
 
-/// Bytes held by every data set's planned chunks, against one bound.
+/// Bytes held by every data set's planned chunks, against one bound, and
+/// bytes reserved for samples being fetched (whose size is known), so that
+/// what arrives always has room.
 pub struct PlannedBudget {
     used: AtomicU64,
+    reserved: AtomicU64,
     capacity: u64,
 }
 
@@ -26,6 +29,7 @@ impl PlannedBudget {
     pub fn new(capacity: u64) -> Arc<Self> {
         Arc::new(Self {
             used: AtomicU64::new(0),
+            reserved: AtomicU64::new(0),
             capacity,
         })
     }
@@ -42,7 +46,35 @@ impl PlannedBudget {
 
     /// Bytes that may still be fetched ahead.
     pub fn room(&self) -> u64 {
-        self.capacity.saturating_sub(self.used())
+        self.capacity
+            .saturating_sub(self.used())
+            .saturating_sub(self.reserved.load(Ordering::Relaxed))
+    }
+
+    /// Reserves room for `bytes` about to be fetched, if there is room; the
+    /// reservation is given back with [`Self::unreserve`] once they arrived
+    /// (and are held, or were taken).
+    pub fn try_reserve(&self, bytes: u64) -> bool {
+        let mut reserved = self.reserved.load(Ordering::Relaxed);
+        loop {
+            if self.used() + reserved + bytes > self.capacity {
+                return false;
+            }
+            match self.reserved.compare_exchange_weak(
+                reserved,
+                reserved + bytes,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => reserved = now,
+            }
+        }
+    }
+
+    /// Gives back a reservation.
+    pub fn unreserve(&self, bytes: u64) {
+        self.reserved.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 
@@ -186,6 +218,21 @@ mod tests {
         assert_eq!(budget.used(), 4);
         drop(b);
         assert_eq!(budget.used(), 0, "a dropped buffer gives its bytes back");
+    }
+
+    #[test]
+    fn reserved_room_is_not_given_twice_and_arrivals_fit_in_it() {
+        let budget = PlannedBudget::new(10);
+        assert!(budget.try_reserve(6));
+        assert!(!budget.try_reserve(5), "only 4 bytes are left");
+        assert_eq!(budget.room(), 4);
+        let planned = Planned::new(budget.clone());
+        assert!(
+            planned.put(key(0), Bytes::from_static(b"123456"), 0),
+            "its room was kept"
+        );
+        budget.unreserve(6);
+        assert_eq!((budget.used(), budget.room()), (6, 4));
     }
 
     #[test]

@@ -275,9 +275,11 @@ async fn drive(plan: Arc<Plan>, parts: PlanParts) {
             }
             let key = Arc::clone(&plan.keys[plan.order[position as usize] as usize]);
             let started = Instant::now();
-            let parts = &parts;
-            fetching
-                .push(async move { (fetch_sample(parts, key, position).await, started.elapsed()) });
+            let (parts, plan) = (&parts, &plan);
+            fetching.push(async move {
+                let fetched = fetch_sample(parts, plan, key, position).await;
+                (fetched, started.elapsed())
+            });
         }
         plan.next.store(next, Ordering::Relaxed);
         if next >= len && fetching.is_empty() {
@@ -312,23 +314,45 @@ async fn drive(plan: Arc<Plan>, parts: PlanParts) {
 /// its size, and whether anything had to be fetched.
 async fn fetch_sample(
     parts: &PlanParts,
+    plan: &Plan,
     key: Arc<str>,
     position: u32,
 ) -> Result<(u64, bool), OriginError> {
     let object = parts.metadata.object(&key).await?;
     let size = object.meta.size;
-    if size == 0 {
-        return Ok((0, false));
+    // A reader that got here while the metadata came has its chunks coming
+    // already, or has them: fetching them again would only hold them unread.
+    if size == 0 || plan.consumed[position as usize].load(Ordering::Relaxed) {
+        return Ok((size, false));
+    }
+    // Room for the whole sample first, so that every chunk fetched has a
+    // place to wait for its reader (waiting here holds a fetch slot, which
+    // is the bound doing its job).
+    let budget = parts.chunks.planned().budget();
+    while !budget.try_reserve(size) {
+        if plan.stopped.load(Ordering::Acquire)
+            || plan.consumed[position as usize].load(Ordering::Relaxed)
+        {
+            return Ok((size, false));
+        }
+        if size > budget.capacity() {
+            return Ok((size, false));
+        }
+        tokio::time::sleep(TICK).await;
     }
     let last = ((size - 1) / parts.chunks.chunk_size()) as u32;
     let flights: Vec<_> = (0..=last)
         .filter_map(|index| parts.chunks.prefetch_planned(&object, index, position))
         .collect();
     let fetched = !flights.is_empty();
+    let mut result = Ok((size, fetched));
     for flight in flights {
-        flight.await?;
+        if let Err(err) = flight.await {
+            result = Err(err);
+        }
     }
-    Ok((size, fetched))
+    budget.unreserve(size);
+    result
 }
 
 /// Reads per second, smoothed over the driver's passes.
