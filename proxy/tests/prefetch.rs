@@ -351,3 +351,45 @@ async fn fetched_chunks_stay_within_prefetch_memory() {
         "most reads still found their sample fetched ahead"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_too_large_is_refused_before_it_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_worker, proxy) = mesh(&[]);
+    let addr = proxy.url("").trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    // Declares 300 MB and sends none of it: the answer must not wait for it.
+    stream
+        .write_all(
+            b"POST /v1/prefetch/data HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 300000000\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("answered without the body")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("EntityTooLarge"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_virtual_hosted_get_of_the_path_is_a_key_of_its_bucket() {
+    let (_worker, proxy) = mesh(&[]);
+    let response = reqwest::Client::new()
+        .get(proxy.url("/v1/prefetch/data"))
+        .header("host", "data.localhost")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let body = response.text().await.expect("body");
+    assert!(
+        body.contains("<Code>NoSuchKey</Code>"),
+        "an S3 answer: {body}"
+    );
+}
