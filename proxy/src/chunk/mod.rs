@@ -377,10 +377,7 @@ impl ChunkStore {
             object: object.fingerprint,
             index,
         };
-        if self.flights.contains(&key)
-            || self.cache.get(&key).is_some()
-            || self.staging.contains(&key)
-        {
+        if self.held_or_coming(&key) {
             return None;
         }
         let len = chunk_range(index, self.chunk_size, object.meta.size);
@@ -407,15 +404,20 @@ impl ChunkStore {
             object: object.fingerprint,
             index,
         };
-        if self.flights.contains(&key)
-            || self.planned.contains(&key)
-            || self.cache.get(&key).is_some()
-            || self.staging.contains(&key)
-        {
+        if self.held_or_coming(&key) {
             return None;
         }
         self.metrics.prefetched.increment(1);
         Some(self.start_fetch(key, object, Keep::Planned(position)).0)
+    }
+
+    /// Whether memory holds the chunk (cache, staging, planned buffer) or a
+    /// fetch of it is under way: fetching it ahead would gain nothing.
+    fn held_or_coming(&self, key: &ChunkKey) -> bool {
+        self.flights.contains(key)
+            || self.cache.get(key).is_some()
+            || self.staging.contains(key)
+            || self.planned.contains(key)
     }
 
     fn start_fetch(
