@@ -393,3 +393,40 @@ async fn a_virtual_hosted_get_of_the_path_is_a_key_of_its_bucket() {
         "an S3 answer: {body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chunks_the_readers_went_far_past_are_dropped() {
+    // More samples than the 16,384 a reader may trail the furthest one by.
+    const MANY: &str = "count=17000&size=512&seed=4";
+    let origin = format!("synthetic://?{MANY}");
+    let worker = ProxyProcess::start(&["worker", "--origin", &origin, "--bucket", "data"]);
+    let pool = worker.inbound.expect("inbound").to_string();
+    let proxy = ProxyProcess::start(&[
+        "sidecar",
+        "--pool",
+        &pool,
+        "--bucket",
+        "data",
+        "--cache-size",
+        "0",
+    ]);
+    let many = SyntheticSpec::from_query(MANY).expect("spec");
+    let keys: Vec<String> = (0..many.count).map(|i| many.key(i)).collect();
+    let (code, _) = post(&proxy, "data", keys.join("\n")).await;
+    assert_eq!(code, StatusCode::ACCEPTED);
+    // The first window is fetched ahead of a reader that has not started.
+    wait_for(&proxy, |s| s["fetched"].as_u64() >= Some(200)).await;
+    let dropped = || proxy.metric("prefetch_dropped_bytes_total", &[("dataset", "data")]);
+    assert_eq!(dropped().await, 0.0);
+    // A reader jumps to the end: what it skipped is given up on.
+    let last = reqwest::get(proxy.url(&format!("/data/{}", keys[16_999])))
+        .await
+        .expect("get");
+    assert_eq!(last.status(), StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dropped().await < 200.0 * 512.0 {
+        assert!(Instant::now() < deadline, "nothing was dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(worker);
+}
