@@ -22,7 +22,12 @@ fn spec() -> SyntheticSpec {
 /// A worker over the slow origin and a sidecar with no hot cache, so a
 /// hit can only be a chunk fetched ahead.
 fn mesh(sidecar_extra: &[&str]) -> (ProxyProcess, ProxyProcess) {
-    let origin = format!("synthetic://?{SPEC}");
+    mesh_over(SPEC, sidecar_extra)
+}
+
+/// A worker over the synthetic origin `query` and a sidecar with no hot cache.
+fn mesh_over(query: &str, sidecar_extra: &[&str]) -> (ProxyProcess, ProxyProcess) {
+    let origin = format!("synthetic://?{query}");
     let worker = ProxyProcess::start(&["worker", "--origin", &origin, "--bucket", "data"]);
     let pool = worker.inbound.expect("inbound").to_string();
     let mut args = vec![
@@ -398,18 +403,7 @@ async fn a_virtual_hosted_get_of_the_path_is_a_key_of_its_bucket() {
 async fn chunks_the_readers_went_far_past_are_dropped() {
     // More samples than the 16,384 a reader may trail the furthest one by.
     const MANY: &str = "count=17000&size=512&seed=4";
-    let origin = format!("synthetic://?{MANY}");
-    let worker = ProxyProcess::start(&["worker", "--origin", &origin, "--bucket", "data"]);
-    let pool = worker.inbound.expect("inbound").to_string();
-    let proxy = ProxyProcess::start(&[
-        "sidecar",
-        "--pool",
-        &pool,
-        "--bucket",
-        "data",
-        "--cache-size",
-        "0",
-    ]);
+    let (worker, proxy) = mesh_over(MANY, &[]);
     let many = SyntheticSpec::from_query(MANY).expect("spec");
     let keys: Vec<String> = (0..many.count).map(|i| many.key(i)).collect();
     let (code, _) = post(&proxy, "data", keys.join("\n")).await;
