@@ -36,6 +36,9 @@ pub struct SyntheticSpec {
     /// Class directories, like an ImageFolder tree: object `i` is in
     /// `class{i mod classes}/` (0: no directories).
     pub classes: u64,
+    /// An object whose every read fails (a damaged object at the origin),
+    /// to show how one bad object is reported.
+    pub broken: Option<u64>,
 }
 
 /// Spread of the log-normal size distribution (natural-log standard deviation).
@@ -56,6 +59,7 @@ impl Default for SyntheticSpec {
             suffix: ".jpg".to_owned(),
             latency: Duration::ZERO,
             classes: 0,
+            broken: None,
         }
     }
 }
@@ -103,10 +107,17 @@ impl SyntheticSpec {
                         format!("classes '{value}' is not a whole number up to 10000")
                     })?
                 }
+                "broken" => {
+                    spec.broken = Some(
+                        value
+                            .parse()
+                            .map_err(|_| format!("broken '{value}' is not an object index"))?,
+                    )
+                }
                 other => {
                     return Err(format!(
                         "unknown synthetic parameter '{other}': expected count, size, seed, \
-                         dist, prefix, suffix, latency or classes"
+                         dist, prefix, suffix, latency, classes or broken"
                     ));
                 }
             }
@@ -150,6 +161,9 @@ impl SyntheticSpec {
         }
         if self.classes > 0 {
             url.push_str(&format!("&classes={}", self.classes));
+        }
+        if let Some(broken) = self.broken {
+            url.push_str(&format!("&broken={broken}"));
         }
         url
     }

@@ -22,3 +22,4 @@ pub mod server;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub mod warm;

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -14,19 +13,9 @@ use ferry_config::SyntheticSpec;
 
 const SPEC: &str = "count=40&size=16KiB&seed=3";
 
-fn ferryctl_binary() -> PathBuf {
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_ferry-proxy")).with_file_name("ferryctl");
-    assert!(
-        binary.exists(),
-        "{} is missing: run the workspace tests (scripts/test) so it is built",
-        binary.display()
-    );
-    binary
-}
-
 /// Runs `ferryctl args` to completion (its own deadlines bound it).
 fn ferryctl(args: &[&str]) -> Output {
-    Command::new(ferryctl_binary())
+    Command::new(common::ferryctl_binary())
         .args(args)
         .output()
         .expect("run ferryctl")

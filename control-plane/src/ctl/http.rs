@@ -1,11 +1,11 @@
-//! Plain HTTP/1.1 GETs to admin endpoints, each within a deadline.
+//! Plain HTTP/1.1 requests to admin endpoints, each within a deadline.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty, Limited};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -19,12 +19,29 @@ pub async fn get(
     path: &str,
     timeout: Duration,
 ) -> anyhow::Result<(StatusCode, Bytes)> {
-    tokio::time::timeout(timeout, get_now(address, path))
+    send(address, Method::GET, path, Bytes::new(), timeout).await
+}
+
+/// Sends `method path` with `body` (JSON when not empty) to the admin
+/// endpoint `address`: the status and the body.
+pub async fn send(
+    address: &str,
+    method: Method,
+    path: &str,
+    body: Bytes,
+    timeout: Duration,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    tokio::time::timeout(timeout, send_now(address, method, path, body))
         .await
         .map_err(|_| anyhow::anyhow!("no answer from {address} within {timeout:?}"))?
 }
 
-async fn get_now(address: &str, path: &str) -> anyhow::Result<(StatusCode, Bytes)> {
+async fn send_now(
+    address: &str,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> anyhow::Result<(StatusCode, Bytes)> {
     let stream = TcpStream::connect(address)
         .await
         .with_context(|| format!("cannot connect to {address}"))?;
@@ -32,14 +49,20 @@ async fn get_now(address: &str, path: &str) -> anyhow::Result<(StatusCode, Bytes
         .await
         .with_context(|| format!("HTTP handshake with {address}"))?;
     let driver = tokio::spawn(connection);
-    let request = Request::get(path)
-        .header(http::header::HOST, address)
-        .body(Empty::<Bytes>::new())
+    let mut request = Request::builder()
+        .method(method.clone())
+        .uri(path)
+        .header(http::header::HOST, address);
+    if !body.is_empty() {
+        request = request.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    let request = request
+        .body(Full::new(body))
         .context("building the request")?;
     let response = sender
         .send_request(request)
         .await
-        .with_context(|| format!("GET {path} from {address}"))?;
+        .with_context(|| format!("{method} {path} to {address}"))?;
     let status = response.status();
     let body = Limited::new(response.into_body(), MAX_BODY)
         .collect()

@@ -8,6 +8,7 @@ pub mod http;
 pub mod stat;
 pub mod table;
 pub mod upstream;
+pub mod warm;
 
 use std::time::Duration;
 
@@ -16,7 +17,11 @@ use serde::Deserialize;
 
 /// `ferryctl` command line.
 #[derive(Debug, Parser)]
-#[command(name = "ferryctl", version, about = "Look at a running Ferry mesh")]
+#[command(
+    name = "ferryctl",
+    version,
+    about = "Look at a running Ferry mesh, and warm its caches"
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -30,6 +35,44 @@ pub enum Command {
     Stat(StatArgs),
     /// What is wrong with the mesh, and what to do about it (exit status 1 if anything failed).
     Check(CheckArgs),
+    /// Load a data set into the workers' caches before a job (exit status 1 unless every object was warmed).
+    Warm(WarmArgs),
+}
+
+/// `ferryctl warm` arguments.
+#[derive(Args, Debug)]
+pub struct WarmArgs {
+    /// The data set's name.
+    pub dataset: String,
+    /// Which workers (`--admin`, else every proxy the control plane lists; sidecars are skipped).
+    #[command(flatten)]
+    pub reach: Reach,
+    /// Only keys under this prefix.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// A sidecar's admin address: the pool's members and weights are read from its /pools
+    /// (default: the workers named, each of weight 1).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub sidecar: Option<String>,
+    /// Which of the sidecar's pools (when it has more than one).
+    #[arg(long, requires = "sidecar")]
+    pub pool: Option<String>,
+    /// Origin fetches at once, per worker.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Bound on origin bytes per second for the whole pool (e.g. 200MiB), split by weight.
+    #[arg(long, value_parser = parse_bytes)]
+    pub bytes_per_second: Option<u64>,
+    /// Start the warm-up and return; follow it later with --status.
+    #[arg(long, conflicts_with = "status")]
+    pub detach: bool,
+    /// Follow a warm-up already started (to its end) instead of starting one.
+    #[arg(long)]
+    pub status: bool,
+}
+
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    text.parse::<ferry_config::ByteSize>().map(|b| b.bytes())
 }
 
 /// Which proxies, and how to reach them.
@@ -189,6 +232,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             let report = check::run(&named(&args.reach), &settings).await;
             check::print(&report, args.reach.output, &mut std::io::stdout())?;
             Ok(report.ok)
+        }
+        Command::Warm(args) => {
+            let targets = targets(&args.reach).await?;
+            anyhow::ensure!(!targets.is_empty(), "no proxies to warm");
+            let settings = warm::WarmSettings {
+                dataset: args.dataset,
+                prefix: args.prefix,
+                sidecar: args.sidecar,
+                pool: args.pool,
+                concurrency: args.concurrency,
+                bytes_per_second: args.bytes_per_second,
+                detach: args.detach,
+                status_only: args.status,
+                output: args.reach.output,
+                timeout: args.reach.timeout,
+            };
+            warm::run(&targets, &settings).await
         }
     }
 }

@@ -332,7 +332,7 @@ pub(super) fn millis(ms: Option<f64>) -> String {
     ms.map_or_else(|| "-".into(), |ms| format!("{ms:.2}ms"))
 }
 
-fn bytes(per_second: f64) -> String {
+pub(super) fn bytes(per_second: f64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = per_second;
     let mut unit = 0;

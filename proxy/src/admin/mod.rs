@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
+use ferry_config::Role;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -16,6 +17,10 @@ use tokio::sync::Notify;
 use crate::identity::Identity;
 use crate::mesh::Mesh;
 use crate::telemetry;
+use crate::warm::WarmRequest;
+
+/// Largest warm-up request body (a pool of thousands of members fits).
+const MAX_WARM_REQUEST: usize = 1 << 20;
 
 /// What the admin endpoints report on.
 pub struct Admin {
@@ -29,6 +34,19 @@ pub struct Admin {
     pub identity: Option<Arc<Identity>>,
     /// Notified by `/shutdown`.
     pub shutdown: Arc<Notify>,
+    /// The addresses the listeners were bound to.
+    pub bound: Bound,
+}
+
+/// The addresses a proxy's listeners were bound to (port 0 resolved), for `/config`.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Bound {
+    /// The front door.
+    pub listen: SocketAddr,
+    /// The inbound listener (workers).
+    pub inbound: Option<SocketAddr>,
+    /// The admin listener.
+    pub admin: SocketAddr,
 }
 
 #[derive(Serialize)]
@@ -70,7 +88,15 @@ impl Admin {
         self: Arc<Self>,
         request: Request<B>,
         peer: SocketAddr,
-    ) -> Result<Response<Full<Bytes>>, Infallible> {
+    ) -> Result<Response<Full<Bytes>>, Infallible>
+    where
+        B: http_body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if let Some(dataset) = request.uri().path().strip_prefix("/warm") {
+            let dataset = dataset.trim_start_matches('/').to_owned();
+            return Ok(self.warm(request, &dataset, peer).await);
+        }
         let response = match (request.method(), request.uri().path()) {
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
             (&Method::GET, "/ready") => {
@@ -95,10 +121,112 @@ impl Admin {
             ),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /live, /ready, /metrics, /config, /cache, /pools, /identity or POST /shutdown\n",
+                "not found: try /live, /ready, /metrics, /config, /cache, /pools, /identity, /warm or POST /shutdown\n",
             ),
         };
         Ok(response)
+    }
+
+    /// `/warm[/{dataset}]`: GET the warm-ups' progress; POST starts one and
+    /// DELETE stops it, from loopback only (like `/shutdown`: a warm-up
+    /// spends origin bandwidth and displaces what the cache holds).
+    async fn warm<B>(
+        &self,
+        request: Request<B>,
+        dataset: &str,
+        peer: SocketAddr,
+    ) -> Response<Full<Bytes>>
+    where
+        B: http_body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let datasets = self.mesh.datasets();
+        let method = request.method().clone();
+        if dataset.is_empty() {
+            if method != Method::GET {
+                return warm_error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "MethodNotAllowed",
+                    "use GET /warm, or POST, GET or DELETE /warm/{dataset}".to_owned(),
+                );
+            }
+            let statuses: Vec<_> = datasets.iter().filter_map(|d| d.warm.status()).collect();
+            return json(&statuses);
+        }
+        let Some(found) = datasets.iter().find(|d| d.policy.name == dataset) else {
+            return warm_error(
+                StatusCode::NOT_FOUND,
+                "NoSuchDataset",
+                format!("no data set is named '{dataset}' here"),
+            );
+        };
+        if method != Method::GET && !peer.ip().is_loopback() {
+            return warm_error(StatusCode::FORBIDDEN, "Forbidden", "warm-ups are started and stopped from localhost only (kubectl port-forward, or the policy's warm: on_start)".to_owned());
+        }
+        match method {
+            Method::GET => match found.warm.status() {
+                Some(status) => json(&status),
+                None => warm_error(
+                    StatusCode::NOT_FOUND,
+                    "NoWarmUp",
+                    format!("no warm-up of '{dataset}' was started"),
+                ),
+            },
+            Method::DELETE => match found.warm.stop() {
+                Some(status) => json(&status),
+                None => warm_error(
+                    StatusCode::NOT_FOUND,
+                    "NoWarmUp",
+                    format!("no warm-up of '{dataset}' was started"),
+                ),
+            },
+            Method::POST => {
+                if self.mesh.config().role != Role::Worker {
+                    return warm_error(
+                        StatusCode::CONFLICT,
+                        "NotAWorker",
+                        "warm-ups run on workers, which own the chunks; this proxy is a sidecar"
+                            .to_owned(),
+                    );
+                }
+                let body = match Limited::new(request.into_body(), MAX_WARM_REQUEST)
+                    .collect()
+                    .await
+                {
+                    Ok(body) => body.to_bytes(),
+                    Err(err) => {
+                        return warm_error(
+                            StatusCode::BAD_REQUEST,
+                            "MalformedWarmUp",
+                            format!("the body could not be read: {err}"),
+                        );
+                    }
+                };
+                let parsed: WarmRequest = match serde_json::from_slice(&body) {
+                    Ok(parsed) => parsed,
+                    Err(err) => {
+                        return warm_error(
+                            StatusCode::BAD_REQUEST,
+                            "MalformedWarmUp",
+                            format!("the body is not a warm-up request: {err}"),
+                        );
+                    }
+                };
+                match found.start_warm(parsed) {
+                    Ok(status) => {
+                        let mut response = json(&status);
+                        *response.status_mut() = StatusCode::ACCEPTED;
+                        response
+                    }
+                    Err(err) => warm_error(StatusCode::BAD_REQUEST, "MalformedWarmUp", err.0),
+                }
+            }
+            _ => warm_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "use POST, GET or DELETE /warm/{dataset}".to_owned(),
+            ),
+        }
     }
 
     fn config_report(&self) -> serde_json::Value {
@@ -108,6 +236,10 @@ impl Admin {
             fields.insert(
                 "control_plane".into(),
                 serde_json::to_value(self.mesh.status()).unwrap_or_default(),
+            );
+            fields.insert(
+                "bound".into(),
+                serde_json::to_value(self.bound).unwrap_or_default(),
             );
             fields.insert(
                 "snapshot".into(),
@@ -210,6 +342,12 @@ impl Admin {
         );
         response
     }
+}
+
+fn warm_error(status: StatusCode, code: &str, message: String) -> Response<Full<Bytes>> {
+    let mut response = json(&serde_json::json!({ "code": code, "message": message }));
+    *response.status_mut() = status;
+    response
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

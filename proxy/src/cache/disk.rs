@@ -180,6 +180,16 @@ impl DiskTier {
         self.lock().used
     }
 
+    /// Whether the index holds the chunk (not read or verified).
+    pub fn contains(&self, key: &ChunkKey) -> bool {
+        self.lock().lengths.contains_key(key)
+    }
+
+    /// Its capacity in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
     /// The chunk, verified, if it is on disk.
     pub async fn get(&self, key: ChunkKey) -> Option<Bytes> {
         let expected = *self.lock().lengths.get(&key)?;

@@ -100,6 +100,15 @@ impl ChunkCache {
         }
     }
 
+    /// Whether the chunk is cached, without touching its recency.
+    pub fn contains(&self, key: &ChunkKey) -> bool {
+        match self {
+            Self::Pin(pin) => pin.get(key).is_some(),
+            Self::Evicting { cache, .. } => cache.contains(key),
+            Self::Disabled(_) => false,
+        }
+    }
+
     /// Offers a chunk; returns whether the cache kept it.
     pub fn insert(&self, key: ChunkKey, chunk: Bytes) -> bool {
         match self {

@@ -121,6 +121,15 @@ enum Keep {
     Planned(u32),
 }
 
+/// What a warm-up step did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Warmed {
+    /// A tier held the chunk already (or a reader was fetching it).
+    Held,
+    /// It was fetched from upstream: this many bytes.
+    Fetched(u64),
+}
+
 /// The bytes of one read: the first chunk's share in hand (so a failure
 /// shows before a response starts), the rest as they arrive, in order.
 pub struct ChunkRead {
@@ -409,6 +418,42 @@ impl ChunkStore {
         }
         self.metrics.prefetched.increment(1);
         Some(self.start_fetch(key, object, Keep::Planned(position)).0)
+    }
+
+    /// Whether the hot cache or the disk tier holds chunk `index` of `object`.
+    pub fn holds(&self, object: &ObjectInfo, index: u32) -> bool {
+        self.holds_key(&ChunkKey {
+            object: object.fingerprint,
+            index,
+        })
+    }
+
+    fn holds_key(&self, key: &ChunkKey) -> bool {
+        self.cache.contains(key) || self.disk.as_ref().is_some_and(|d| d.contains(key))
+    }
+
+    /// Makes sure this proxy holds chunk `index` of `object`, fetching it
+    /// into the cache (and the disk tier) unless a tier has it: a warm-up's
+    /// step. Not counted as a hit or a miss: no reader asked.
+    pub async fn warm(
+        self: &Arc<Self>,
+        object: &Arc<ObjectInfo>,
+        index: u32,
+    ) -> Result<Warmed, OriginError> {
+        let key = ChunkKey {
+            object: object.fingerprint,
+            index,
+        };
+        if self.holds_key(&key) {
+            return Ok(Warmed::Held);
+        }
+        let (flight, started) = self.start_fetch(key, object, Keep::Cache);
+        let chunk = flight.await?;
+        Ok(if started {
+            Warmed::Fetched(chunk.len() as u64)
+        } else {
+            Warmed::Held
+        })
     }
 
     /// Whether memory holds the chunk (cache, staging, planned buffer) or a

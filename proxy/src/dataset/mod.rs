@@ -23,6 +23,7 @@ use crate::prefetch::{Keys, PlanParts, PlanStatus, Prefetcher};
 use crate::telemetry::{DatasetMetrics, Direction, TrafficMetrics};
 use crate::tls::TlsState;
 use crate::upstream::Upstream;
+use crate::warm::{BadWarmUp, WarmParts, WarmRequest, WarmStatus, Warmer};
 
 /// Read-ahead streams whose chunks may wait in staging at once.
 const STAGED_STREAMS: u64 = 8;
@@ -41,6 +42,10 @@ pub struct Dataset {
     pub metrics: Arc<DatasetMetrics>,
     /// Fetches ahead in a posted read order.
     pub prefetch: Arc<Prefetcher>,
+    /// Loads this worker's share of the data set before readers ask.
+    pub warm: Arc<Warmer>,
+    /// Bytes the tiers can hold: the disk tier's, else the memory cache's.
+    capacity: u64,
 }
 
 /// Why an order could not be started.
@@ -95,6 +100,9 @@ impl Dataset {
             .min(config.limits.inflight_bytes());
         // The chunk size is part of every fingerprint: chunk 3 of an object
         // at 4 MiB is not chunk 3 at 8 MiB, on disk or anywhere.
+        let capacity = disk
+            .as_ref()
+            .map_or(cache_spec.size.bytes(), |d| d.tier.capacity());
         let seed = disk.as_ref().map_or_else(random_seed, |d| d.seed);
         let seed = xxhash_rust::xxh3::xxh3_64_with_seed(&chunk_size.to_le_bytes(), seed);
         let chunks = Arc::new(ChunkStore::new(ChunkStoreParts {
@@ -128,7 +136,23 @@ impl Dataset {
             chunks,
             metrics,
             prefetch: Arc::default(),
+            warm: Arc::default(),
+            capacity,
         }
+    }
+
+    /// Starts warming this data set (see [`crate::warm`]).
+    pub fn start_warm(&self, request: WarmRequest) -> Result<WarmStatus, BadWarmUp> {
+        self.warm.start(
+            WarmParts {
+                dataset: self.policy.name.clone(),
+                chunks: Arc::clone(&self.chunks),
+                metadata: Arc::clone(&self.metadata),
+                metrics: Arc::clone(&self.metrics),
+                capacity: self.capacity,
+            },
+            request,
+        )
     }
 
     /// The bytes of `range` (non-empty) of `object`, from the chunk layer
@@ -235,6 +259,8 @@ impl Dataset {
             chunks: self.chunks.clone(),
             metrics: self.metrics.clone(),
             prefetch: self.prefetch.clone(),
+            warm: self.warm.clone(),
+            capacity: self.capacity,
         }
     }
 }

@@ -184,6 +184,15 @@ impl MetadataCache {
         flight.await
     }
 
+    /// The object `meta` describes (as a listing gave it), remembered so a
+    /// HEAD of it is answered from here.
+    pub fn adopt(&self, meta: ObjectMeta) -> Arc<ObjectInfo> {
+        let key = meta.key.clone();
+        let info = Arc::new(ObjectInfo::new(meta, self.seed));
+        self.objects.insert(key, info.clone());
+        info
+    }
+
     /// Lists the whole data set in the background, once per TTL: a training
     /// job reads every object, and one listing answers all their metadata.
     fn warm_up(self: &Arc<Self>) {

@@ -68,6 +68,12 @@ impl Origin for SyntheticOrigin {
         Box::pin(async move {
             self.emulate_latency().await;
             let index = self.index(key)?;
+            if self.spec.broken == Some(index) {
+                return Err(OriginError::unavailable(
+                    &self.url,
+                    format!("'{key}' is damaged (the spec's 'broken' object)"),
+                ));
+            }
             if self.spec.etag(index) != etag {
                 return Err(OriginError::Changed {
                     key: key.to_owned(),

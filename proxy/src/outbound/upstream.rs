@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 
 use crate::origin::wire::{self, WEAK_PREFIX};
 use crate::origin::{ListPage, ObjectMeta, Origin, OriginError, check_length};
+use crate::outbound::balance::rendezvous::chunk_route;
 use crate::outbound::balance::{Member, Pool};
 use crate::telemetry::traces;
 use tracing::Instrument;
@@ -432,16 +433,6 @@ fn unsendable(key: &str, _: http::Error) -> AttemptError {
     })
 }
 
-/// Where requests about `key` at byte `offset` go: chunks by (key, offset),
-/// so chunk 0 and a HEAD of the object land on the same worker.
-fn route_of(key: &str, offset: u64) -> u64 {
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    hasher.update(key.as_bytes());
-    hasher.update(&[0xff]);
-    hasher.update(&offset.to_le_bytes());
-    hasher.digest()
-}
-
 impl Origin for PoolUpstream {
     fn describe(&self) -> &str {
         &self.describe
@@ -451,7 +442,7 @@ impl Origin for PoolUpstream {
         Box::pin(async move {
             self.run(
                 &format!("HEAD '{key}'"),
-                route_of(key, 0),
+                chunk_route(key, 0),
                 |member, arriving| Box::pin(self.head_at(member, key, arriving)),
                 |origin| origin.head(key),
             )
@@ -474,7 +465,7 @@ impl Origin for PoolUpstream {
             let fallback_range = range.clone();
             self.run(
                 &what,
-                route_of(key, range.start),
+                chunk_route(key, range.start),
                 |member, arriving| {
                     Box::pin(self.read_at(member, key, range.clone(), etag, arriving))
                 },
@@ -496,7 +487,7 @@ impl Origin for PoolUpstream {
             route.push_str(prefix);
             self.run(
                 &format!("LIST '{prefix}'"),
-                route_of(&route, 0),
+                chunk_route(&route, 0),
                 |member, arriving| {
                     Box::pin(self.list_at(member, prefix, start_after, max, arriving))
                 },

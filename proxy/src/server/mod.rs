@@ -154,6 +154,11 @@ pub async fn start_announcing(
         mesh: mesh.clone(),
         identity,
         shutdown: shutdown.clone(),
+        bound: crate::admin::Bound {
+            listen,
+            inbound,
+            admin: admin_addr,
+        },
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

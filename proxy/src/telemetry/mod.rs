@@ -152,6 +152,19 @@ fn describe() {
         Unit::Bytes,
         "Bytes fetched for a posted order and dropped unread: the readers went another way, or a new order replaced it."
     );
+    describe_counter!(
+        "warm_bytes_total",
+        Unit::Bytes,
+        "Bytes a warm-up fetched from the origin into this worker's cache (chunks it already held are not counted)."
+    );
+    describe_counter!(
+        "warm_objects_total",
+        "Objects whose chunks this worker owns are all held after a warm-up reached them (fetched or already cached)."
+    );
+    describe_gauge!(
+        "warm_in_progress",
+        "1 while a warm-up of the data set runs on this worker."
+    );
     describe_gauge!("connections_open", "Client connections open, by direction.");
     describe_gauge!(
         "runtime_alive_tasks",
@@ -367,6 +380,12 @@ pub struct DatasetMetrics {
     pub prefetched: Counter,
     /// `prefetch_dropped_bytes_total`.
     pub prefetch_dropped: Counter,
+    /// `warm_bytes_total`.
+    pub warm_bytes: Counter,
+    /// `warm_objects_total`.
+    pub warm_objects: Counter,
+    /// `warm_in_progress`.
+    pub warm_in_progress: Gauge,
 }
 
 impl DatasetMetrics {
@@ -390,7 +409,10 @@ impl DatasetMetrics {
             origin_latency: histogram!("origin_latency_seconds", "dataset" => name.clone()),
             readahead: counter!("readahead_chunks_total", "dataset" => name.clone()),
             prefetched: counter!("prefetch_chunks_total", "dataset" => name.clone()),
-            prefetch_dropped: counter!("prefetch_dropped_bytes_total", "dataset" => name),
+            prefetch_dropped: counter!("prefetch_dropped_bytes_total", "dataset" => name.clone()),
+            warm_bytes: counter!("warm_bytes_total", "dataset" => name.clone()),
+            warm_objects: counter!("warm_objects_total", "dataset" => name.clone()),
+            warm_in_progress: gauge!("warm_in_progress", "dataset" => name),
         }
     }
 

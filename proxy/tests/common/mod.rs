@@ -434,6 +434,17 @@ fn status(code: StatusCode) -> Response<Full<Bytes>> {
     response
 }
 
+/// The `ferryctl` binary built beside `ferry-proxy`.
+pub fn ferryctl_binary() -> PathBuf {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_ferry-proxy")).with_file_name("ferryctl");
+    assert!(
+        binary.exists(),
+        "{} is missing: run the workspace tests (scripts/test) so it is built",
+        binary.display()
+    );
+    binary
+}
+
 /// The Python interpreter with boto3 and moto (set by scripts/test).
 pub fn python() -> String {
     std::env::var("FERRY_PYTHON").unwrap_or_else(|_| "python3".to_owned())

@@ -22,6 +22,27 @@ pub fn score(member: u64, weight: u32, key: u64) -> f64 {
     -f64::from(weight) / uniform.ln()
 }
 
+/// The key requests about `key` at byte `offset` are ranked by: chunks by
+/// (key, offset), so chunk 0 and a HEAD of the object land on the same
+/// worker. Sidecars route with it and warm-ups find each chunk's owner with it.
+pub fn chunk_route(key: &str, offset: u64) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(key.as_bytes());
+    hasher.update(&[0xff]);
+    hasher.update(&offset.to_le_bytes());
+    hasher.digest()
+}
+
+/// The index of the member of `members` (hash, weight) that owns `key`.
+pub fn owner(members: &[(u64, u32)], key: u64) -> Option<usize> {
+    members
+        .iter()
+        .enumerate()
+        .map(|(i, &(hash, weight))| (score(hash, weight, key), hash, i))
+        .max_by(|a, b| a.0.total_cmp(&b.0).then_with(|| b.1.cmp(&a.1)))
+        .map(|(_, _, i)| i)
+}
+
 /// Indices of `members` (hash, weight) ordered from owner to last resort for `key`.
 pub fn rank(members: &[(u64, u32)], key: u64) -> Vec<usize> {
     let mut scored: Vec<(f64, usize)> = members
@@ -43,6 +64,17 @@ mod tests {
 
     fn members(addresses: &[&str]) -> Vec<(u64, u32)> {
         addresses.iter().map(|a| (member_hash(a), 1)).collect()
+    }
+
+    #[test]
+    fn the_owner_is_the_first_of_the_ranking() {
+        let mut weighted = members(&["a:1", "b:1", "c:1", "d:1"]);
+        weighted[2].1 = 3;
+        for key in 0..2_000u64 {
+            let key = chunk_route(&format!("k{key}"), key * 4096);
+            assert_eq!(super::owner(&weighted, key), Some(rank(&weighted, key)[0]));
+        }
+        assert_eq!(super::owner(&[], 1), None);
     }
 
     fn owner(members: &[(u64, u32)], key: u64) -> u64 {

@@ -1,0 +1,542 @@
+//! `ferryctl warm`: starts a warm-up of a data set on every worker of a
+//! pool (each loads the chunks it owns) and follows it with a progress
+//! bar read from the workers; `--status` follows one already started.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use ::http::{Method, StatusCode};
+use anyhow::Context;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::{Output, Target, http};
+
+fn human(bytes: u64) -> String {
+    super::stat::bytes(bytes as f64)
+}
+
+/// How often the workers are asked for progress while following.
+const POLL: Duration = Duration::from_millis(250);
+/// How often a progress line is printed when the output is not a terminal.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// What `ferryctl warm` was asked to do.
+#[derive(Clone, Debug)]
+pub struct WarmSettings {
+    /// The data set's name.
+    pub dataset: String,
+    /// Only keys under this prefix.
+    pub prefix: String,
+    /// A sidecar whose `/pools` gives the members and weights.
+    pub sidecar: Option<String>,
+    /// Which of its pools (needed when it has several).
+    pub pool: Option<String>,
+    /// Origin fetches at once, per worker.
+    pub concurrency: usize,
+    /// Bound on origin bytes per second for the whole pool.
+    pub bytes_per_second: Option<u64>,
+    /// Start it and return.
+    pub detach: bool,
+    /// Follow a warm-up already started instead of starting one.
+    pub status_only: bool,
+    /// Output format.
+    pub output: Output,
+    /// Deadline of each request.
+    pub timeout: Duration,
+}
+
+#[derive(Deserialize)]
+struct ProxyView {
+    role: String,
+    bound: BoundView,
+}
+
+#[derive(Deserialize)]
+struct BoundView {
+    inbound: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PoolView {
+    pool: String,
+    members: Vec<MemberView>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+struct MemberView {
+    address: String,
+    weight: u32,
+}
+
+/// One worker's part of a warm-up.
+#[derive(Clone, Debug)]
+struct Worker {
+    admin: String,
+    member: String,
+}
+
+/// A worker's `/warm/{dataset}` answer (the fields shown here).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct WorkerStatus {
+    /// Where it stands: running, done, stopped or failed.
+    pub state: String,
+    /// Whether its listing is complete.
+    pub listing_done: bool,
+    /// Objects it owns chunks of, listed so far.
+    pub objects_total: u64,
+    /// Of those, held now.
+    pub objects_done: u64,
+    /// Objects that failed.
+    pub objects_failed: u64,
+    /// Bytes it owns, listed so far.
+    pub bytes_total: u64,
+    /// Of those, held now.
+    pub bytes_done: u64,
+    /// Fetched from the origin.
+    pub bytes_fetched: u64,
+    /// Left out: the cache was full.
+    pub bytes_not_warmed: u64,
+    /// Whether the cache filled up.
+    pub capacity_reached: bool,
+    /// What the cache can hold.
+    pub capacity_bytes: u64,
+    /// Seconds it ran.
+    pub elapsed_seconds: f64,
+    /// Origin fetches at once.
+    pub concurrency: usize,
+    /// Its bound on origin bytes per second.
+    pub bytes_per_second: Option<u64>,
+    /// Chunks fetched from the origin.
+    pub chunks_fetched: u64,
+    /// Chunks a tier held already.
+    pub chunks_held: u64,
+    /// Objects that failed, with why.
+    pub errors: Vec<ObjectError>,
+    /// Why the listing failed.
+    pub failure: Option<String>,
+}
+
+/// One object a worker could not warm.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct ObjectError {
+    /// Its key.
+    pub key: String,
+    /// Why.
+    pub message: String,
+}
+
+/// The pool's warm-up, summed over its workers.
+#[derive(Debug, Default, Serialize)]
+pub struct Totals {
+    /// Objects listed (an object split over workers counts on each).
+    pub objects_total: u64,
+    /// Objects held.
+    pub objects_done: u64,
+    /// Objects failed.
+    pub objects_failed: u64,
+    /// Bytes listed.
+    pub bytes_total: u64,
+    /// Bytes held.
+    pub bytes_done: u64,
+    /// Bytes fetched from the origin.
+    pub bytes_fetched: u64,
+    /// Bytes left out because a cache was full.
+    pub bytes_not_warmed: u64,
+    /// Seconds the longest-running worker has run.
+    pub elapsed_seconds: f64,
+    /// Whether every worker has listed everything.
+    pub listing_done: bool,
+    /// Whether every worker has ended.
+    pub finished: bool,
+}
+
+impl Totals {
+    fn of(statuses: &BTreeMap<String, WorkerStatus>) -> Self {
+        let mut totals = Self {
+            listing_done: true,
+            finished: true,
+            ..Self::default()
+        };
+        for s in statuses.values() {
+            totals.objects_total += s.objects_total;
+            totals.objects_done += s.objects_done;
+            totals.objects_failed += s.objects_failed;
+            totals.bytes_total += s.bytes_total;
+            totals.bytes_done += s.bytes_done;
+            totals.bytes_fetched += s.bytes_fetched;
+            totals.bytes_not_warmed += s.bytes_not_warmed;
+            totals.elapsed_seconds = totals.elapsed_seconds.max(s.elapsed_seconds);
+            totals.listing_done &= s.listing_done;
+            totals.finished &= s.state != "running";
+        }
+        totals
+    }
+
+    /// One line: a bar, objects, bytes, rate and time left.
+    pub fn line(&self) -> String {
+        let share = if self.bytes_total == 0 {
+            if self.finished { 1.0 } else { 0.0 }
+        } else {
+            self.bytes_done as f64 / self.bytes_total as f64
+        };
+        const WIDTH: usize = 30;
+        let filled = ((share * WIDTH as f64) as usize).min(WIDTH);
+        let rate = if self.elapsed_seconds > 0.0 {
+            self.bytes_fetched as f64 / self.elapsed_seconds
+        } else {
+            0.0
+        };
+        let left = self
+            .bytes_total
+            .saturating_sub(self.bytes_done + self.bytes_not_warmed);
+        let eta = match (self.finished, self.listing_done, rate > 0.0) {
+            (true, _, _) => "done".to_owned(),
+            (false, true, true) => format!("ETA {:.0}s", left as f64 / rate),
+            _ => "ETA ?".to_owned(),
+        };
+        format!(
+            "[{}{}] {:>3.0}%  {}/{}{} objects  {} / {}  {}/s  {eta}",
+            "#".repeat(filled),
+            ".".repeat(WIDTH - filled),
+            share * 100.0,
+            self.objects_done,
+            self.objects_total,
+            if self.listing_done { "" } else { "+" },
+            human(self.bytes_done),
+            human(self.bytes_total),
+            human(rate as u64),
+        )
+    }
+}
+
+/// Runs `ferryctl warm` against `targets`; whether it ended with every
+/// object warmed.
+pub async fn run(targets: &[Target], settings: &WarmSettings) -> anyhow::Result<bool> {
+    let (workers, members) = workers_of(targets, settings).await?;
+    anyhow::ensure!(
+        !workers.is_empty(),
+        "none of the proxies named is a worker: warm-ups run on workers (name their admin addresses with --admin)"
+    );
+    if !settings.status_only {
+        start(&workers, &members, settings).await?;
+        if settings.detach {
+            if settings.output == Output::Json {
+                let admins: Vec<&str> = workers.iter().map(|w| w.admin.as_str()).collect();
+                super::write_json(
+                    &serde_json::json!({ "dataset": settings.dataset, "started_on": admins }),
+                    &mut std::io::stdout().lock(),
+                )?;
+            }
+            eprintln!(
+                "warm-up of '{}' started on {} workers; follow it with: ferryctl warm {} --status",
+                settings.dataset,
+                workers.len(),
+                settings.dataset
+            );
+            return Ok(true);
+        }
+    }
+    let statuses = follow(&workers, settings).await?;
+    report(&statuses, settings)
+}
+
+/// The workers among `targets`, each with its address in the pool, and
+/// the pool's members with their weights.
+async fn workers_of(
+    targets: &[Target],
+    settings: &WarmSettings,
+) -> anyhow::Result<(Vec<Worker>, Vec<MemberView>)> {
+    let mut found = Vec::new();
+    for target in targets {
+        let text = http::get_text(&target.admin, "/config", settings.timeout).await?;
+        let view: ProxyView = serde_json::from_str(&text)
+            .with_context(|| format!("/config of {} is not a proxy's", target.admin))?;
+        match (view.role.as_str(), view.bound.inbound) {
+            ("worker", Some(inbound)) => found.push((target.admin.clone(), inbound)),
+            _ => continue,
+        }
+    }
+    if settings.status_only {
+        let workers = found
+            .into_iter()
+            .map(|(admin, inbound)| Worker {
+                admin,
+                member: inbound,
+            })
+            .collect();
+        return Ok((workers, Vec::new()));
+    }
+    let members = match &settings.sidecar {
+        Some(sidecar) => members_from_sidecar(sidecar, settings).await?,
+        None => found
+            .iter()
+            .map(|(admin, inbound)| MemberView {
+                address: advertised(admin, inbound),
+                weight: 1,
+            })
+            .collect(),
+    };
+    let mut workers = Vec::new();
+    for (admin, inbound) in found {
+        let candidates = [inbound.clone(), advertised(&admin, &inbound)];
+        let Some(member) = members.iter().find(|m| candidates.contains(&m.address)) else {
+            anyhow::bail!(
+                "worker {admin} (inbound {inbound}) is not a member of the pool ({}): \
+                 name only the pool's workers with --admin",
+                members
+                    .iter()
+                    .map(|m| m.address.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        workers.push(Worker {
+            admin,
+            member: member.address.clone(),
+        });
+    }
+    if let Some(missing) = members
+        .iter()
+        .find(|m| !workers.iter().any(|w| w.member == m.address))
+    {
+        anyhow::bail!(
+            "pool member {} has no worker among the admin addresses: its chunks would not be warmed \
+             (name its admin address with --admin)",
+            missing.address
+        );
+    }
+    Ok((workers, members))
+}
+
+/// A worker's address as peers reach it: its inbound address, with the
+/// admin address's host when it listens on every interface.
+fn advertised(admin: &str, inbound: &str) -> String {
+    let unspecified = inbound
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_unspecified());
+    match (
+        unspecified,
+        admin.rsplit_once(':'),
+        inbound.rsplit_once(':'),
+    ) {
+        (true, Some((host, _)), Some((_, port))) => format!("{host}:{port}"),
+        _ => inbound.to_owned(),
+    }
+}
+
+async fn members_from_sidecar(
+    sidecar: &str,
+    settings: &WarmSettings,
+) -> anyhow::Result<Vec<MemberView>> {
+    let text = http::get_text(sidecar, "/pools", settings.timeout).await?;
+    let pools: Vec<PoolView> =
+        serde_json::from_str(&text).with_context(|| format!("/pools of {sidecar}"))?;
+    let pool = match &settings.pool {
+        Some(name) => pools
+            .into_iter()
+            .find(|p| &p.pool == name)
+            .with_context(|| format!("sidecar {sidecar} has no pool named '{name}'"))?,
+        None => {
+            anyhow::ensure!(
+                pools.len() == 1,
+                "sidecar {sidecar} has {} pools: choose one with --pool",
+                pools.len()
+            );
+            pools.into_iter().next().context("no pool")?
+        }
+    };
+    anyhow::ensure!(
+        !pool.members.is_empty(),
+        "pool '{}' has no members",
+        pool.pool
+    );
+    Ok(pool.members)
+}
+
+async fn start(
+    workers: &[Worker],
+    members: &[MemberView],
+    settings: &WarmSettings,
+) -> anyhow::Result<()> {
+    let total_weight: u64 = members.iter().map(|m| u64::from(m.weight)).sum();
+    for worker in workers {
+        let weight = members
+            .iter()
+            .find(|m| m.address == worker.member)
+            .map_or(1, |m| u64::from(m.weight));
+        // Each worker gets its share of the pool's origin bandwidth.
+        let bytes_per_second = settings
+            .bytes_per_second
+            .map(|total| (total * weight).div_ceil(total_weight.max(1)).max(1));
+        let body = serde_json::json!({
+            "prefix": settings.prefix,
+            "members": members,
+            "member": worker.member,
+            "concurrency": settings.concurrency,
+            "bytes_per_second": bytes_per_second,
+        });
+        let (status, answer) = http::send(
+            &worker.admin,
+            Method::POST,
+            &format!("/warm/{}", settings.dataset),
+            Bytes::from(body.to_string()),
+            settings.timeout,
+        )
+        .await?;
+        anyhow::ensure!(
+            status == StatusCode::ACCEPTED,
+            "worker {} refused the warm-up ({status}): {}",
+            worker.admin,
+            String::from_utf8_lossy(&answer).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Polls every worker until all have ended, drawing progress.
+async fn follow(
+    workers: &[Worker],
+    settings: &WarmSettings,
+) -> anyhow::Result<BTreeMap<String, WorkerStatus>> {
+    let terminal = std::io::stderr().is_terminal() && settings.output == Output::Table;
+    let mut last_log: Option<Instant> = None;
+    loop {
+        let mut statuses = BTreeMap::new();
+        for worker in workers {
+            let (status, body) = http::get(
+                &worker.admin,
+                &format!("/warm/{}", settings.dataset),
+                settings.timeout,
+            )
+            .await?;
+            anyhow::ensure!(
+                status == StatusCode::OK,
+                "worker {} has no warm-up of '{}' ({status}): {}",
+                worker.admin,
+                settings.dataset,
+                String::from_utf8_lossy(&body).trim()
+            );
+            let parsed: WorkerStatus = serde_json::from_slice(&body)
+                .with_context(|| format!("/warm of {}", worker.admin))?;
+            statuses.insert(worker.admin.clone(), parsed);
+        }
+        let totals = Totals::of(&statuses);
+        if terminal {
+            eprint!("\r{}", totals.line());
+            let _ = std::io::stderr().flush();
+        } else if settings.output == Output::Table
+            && (totals.finished || last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY))
+        {
+            eprintln!("{}", totals.line());
+            last_log = Some(Instant::now());
+        }
+        if totals.finished {
+            if terminal {
+                eprintln!();
+            }
+            return Ok(statuses);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Prints the outcome; whether every object was warmed.
+fn report(
+    statuses: &BTreeMap<String, WorkerStatus>,
+    settings: &WarmSettings,
+) -> anyhow::Result<bool> {
+    let totals = Totals::of(statuses);
+    let complete = statuses
+        .values()
+        .all(|s| s.state == "done" && s.objects_failed == 0 && !s.capacity_reached);
+    let mut out = std::io::stdout().lock();
+    if settings.output == Output::Json {
+        super::write_json(
+            &serde_json::json!({ "dataset": settings.dataset, "totals": totals, "workers": statuses }),
+            &mut out,
+        )?;
+        return Ok(complete);
+    }
+    let rate = if totals.elapsed_seconds > 0.0 {
+        totals.bytes_fetched as f64 / totals.elapsed_seconds
+    } else {
+        0.0
+    };
+    writeln!(
+        out,
+        "warmed '{}': {} of {} objects, {} of {} held ({} fetched from the origin in {:.1}s, {}/s)",
+        settings.dataset,
+        totals.objects_done,
+        totals.objects_total,
+        human(totals.bytes_done),
+        human(totals.bytes_total),
+        human(totals.bytes_fetched),
+        totals.elapsed_seconds,
+        human(rate as u64),
+    )?;
+    for (admin, status) in statuses {
+        if status.state != "done" {
+            writeln!(out, "worker {admin}: {}", status.state)?;
+        }
+        if let Some(failure) = &status.failure {
+            writeln!(out, "worker {admin}: the listing failed: {failure}")?;
+        }
+        if status.capacity_reached {
+            writeln!(
+                out,
+                "worker {admin}: its cache ({}) is full: {} of its share did not fit",
+                human(status.capacity_bytes),
+                human(status.bytes_not_warmed),
+            )?;
+        }
+    }
+    if totals.objects_failed > 0 {
+        writeln!(out, "{} objects failed:", totals.objects_failed)?;
+        for status in statuses.values() {
+            for error in &status.errors {
+                writeln!(out, "  {}: {}", error.key, error.message)?;
+            }
+        }
+    }
+    Ok(complete)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_listening_everywhere_is_reached_at_its_admin_host() {
+        assert_eq!(advertised("10.0.0.7:4191", "0.0.0.0:4143"), "10.0.0.7:4143");
+        assert_eq!(
+            advertised("127.0.0.1:9", "127.0.0.1:4143"),
+            "127.0.0.1:4143"
+        );
+    }
+
+    #[test]
+    fn the_progress_line_shows_share_rate_and_time_left() {
+        let mut statuses = BTreeMap::new();
+        statuses.insert(
+            "a".to_owned(),
+            WorkerStatus {
+                state: "running".to_owned(),
+                listing_done: true,
+                objects_total: 10,
+                objects_done: 5,
+                bytes_total: 1 << 20,
+                bytes_done: 1 << 19,
+                bytes_fetched: 1 << 19,
+                elapsed_seconds: 1.0,
+                ..WorkerStatus::default()
+            },
+        );
+        let line = Totals::of(&statuses).line();
+        assert!(line.contains(" 50%"), "{line}");
+        assert!(line.contains("5/10 objects"), "{line}");
+        assert!(line.contains("512.0KiB/s"), "{line}");
+        assert!(line.contains("ETA 1s"), "{line}");
+    }
+}

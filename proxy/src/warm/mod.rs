@@ -1,0 +1,469 @@
+//! Warm-up: a worker loads its share of a data set into its cache before
+//! any reader asks. It lists the data set and fetches each chunk it owns
+//! under the pool's weighted rendezvous ranking (the one sidecars route
+//! by), so a warmed pool answers epoch 1 from cache with no spill. Chunks a
+//! tier already holds are skipped, so a stopped warm-up resumes where it
+//! was; origin fetches are bounded in number and bytes per second, and the
+//! whole warm-up by what the cache can hold. One bad object is listed and
+//! the rest go on.
+
+pub mod request;
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::channel::mpsc;
+use futures::{SinkExt, StreamExt};
+use serde::Serialize;
+
+use crate::chunk::{ChunkStore, Warmed, chunk_range};
+use crate::metadata::{MetadataCache, ObjectInfo};
+use crate::outbound::balance::rendezvous::{self, chunk_route};
+use crate::telemetry::DatasetMetrics;
+pub use request::{BadWarmUp, WarmRequest};
+
+/// Objects listed and waiting for their chunks to be warmed: bounds the
+/// memory a listing of millions of objects takes.
+const OBJECTS_QUEUED: usize = 1024;
+/// Objects asked of the origin per listing page.
+const LIST_PAGE: usize = 1000;
+/// Failed objects whose key and error are kept for the status; the rest are counted.
+const ERRORS_KEPT: usize = 1000;
+
+/// What a warm-up works on: one data set's parts.
+#[derive(Clone)]
+pub struct WarmParts {
+    /// The data set's name.
+    pub dataset: String,
+    /// Its chunks.
+    pub chunks: Arc<ChunkStore>,
+    /// Its metadata (listings come from the origin through it).
+    pub metadata: Arc<MetadataCache>,
+    /// Its metrics.
+    pub metrics: Arc<DatasetMetrics>,
+    /// Bytes its tiers can hold: the disk tier's, else the memory cache's.
+    pub capacity: u64,
+}
+
+/// The warm-up of one data set on this proxy: at most one at a time.
+#[derive(Default)]
+pub struct Warmer {
+    job: Mutex<Option<Arc<Job>>>,
+}
+
+impl Warmer {
+    /// Starts warming `parts` as `request` says, stopping a warm-up already
+    /// running (what it fetched stays, and is skipped by this one).
+    pub fn start(&self, parts: WarmParts, request: WarmRequest) -> Result<WarmStatus, BadWarmUp> {
+        let plan = request.plan()?;
+        let job = Arc::new(Job::new(&parts, plan));
+        let previous = self.lock().replace(Arc::clone(&job));
+        if let Some(previous) = previous {
+            previous.stop();
+        }
+        parts.metrics.warm_in_progress.set(1.0);
+        let runner = Arc::clone(&job);
+        let handle = tokio::spawn(async move { runner.run(parts).await });
+        *job.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle.abort_handle());
+        Ok(job.status())
+    }
+
+    /// Stops the running warm-up, if any; its status.
+    pub fn stop(&self) -> Option<WarmStatus> {
+        let job = self.lock().clone()?;
+        job.stop();
+        Some(job.status())
+    }
+
+    /// The status of the last warm-up, if one was started.
+    pub fn status(&self) -> Option<WarmStatus> {
+        self.lock().as_ref().map(|job| job.status())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<Job>>> {
+        self.job.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Where a warm-up stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WarmState {
+    /// Listing and fetching.
+    Running,
+    /// Every object listed was reached.
+    Done,
+    /// Stopped before it was done.
+    Stopped,
+    /// The listing failed; what was listed before was warmed.
+    Failed,
+}
+
+impl WarmState {
+    fn from_u8(value: u8) -> Self {
+        match value {
+            1 => Self::Done,
+            2 => Self::Stopped,
+            3 => Self::Failed,
+            _ => Self::Running,
+        }
+    }
+}
+
+/// One object a warm-up could not load.
+#[derive(Clone, Debug, Serialize)]
+pub struct ObjectError {
+    /// Its key.
+    pub key: String,
+    /// Why.
+    pub message: String,
+}
+
+/// A warm-up's progress, as `/warm` reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct WarmStatus {
+    /// The data set.
+    pub dataset: String,
+    /// The prefix warmed ("" for all of it).
+    pub prefix: String,
+    /// This worker's address in the pool.
+    pub member: String,
+    /// Where it stands.
+    pub state: WarmState,
+    /// Whether the whole listing has been read.
+    pub listing_done: bool,
+    /// Objects with at least one chunk this worker owns, listed so far.
+    pub objects_total: u64,
+    /// Of those, objects whose owned chunks are all held now.
+    pub objects_done: u64,
+    /// Objects with a chunk that could not be fetched.
+    pub objects_failed: u64,
+    /// Bytes of the chunks this worker owns, listed so far.
+    pub bytes_total: u64,
+    /// Of those, bytes held now: fetched by this warm-up or held already.
+    pub bytes_done: u64,
+    /// Bytes fetched from the origin by this warm-up.
+    pub bytes_fetched: u64,
+    /// Bytes left out because the cache was full.
+    pub bytes_not_warmed: u64,
+    /// Chunks fetched from the origin.
+    pub chunks_fetched: u64,
+    /// Chunks skipped because a tier already held them.
+    pub chunks_held: u64,
+    /// What the data set's tiers can hold (the disk tier's, else memory's).
+    pub capacity_bytes: u64,
+    /// Whether the cache filled up before every owned chunk was in it.
+    pub capacity_reached: bool,
+    /// Origin fetches at once.
+    pub concurrency: usize,
+    /// The bound on origin bytes per second, if any.
+    pub bytes_per_second: Option<u64>,
+    /// When it started (seconds since the epoch).
+    pub started_at: u64,
+    /// Seconds it has run (until it ended).
+    pub elapsed_seconds: f64,
+    /// Objects that failed, with why (the first 1,000).
+    pub errors: Vec<ObjectError>,
+    /// Why the listing failed, if it did.
+    pub failure: Option<String>,
+}
+
+/// A warm-up's settings, checked.
+#[derive(Clone, Debug)]
+pub struct WarmPlan {
+    prefix: String,
+    member: String,
+    /// Members as (hash, weight), in the request's order.
+    members: Vec<(u64, u32)>,
+    /// This worker's index in `members`.
+    me: usize,
+    concurrency: usize,
+    bytes_per_second: Option<u64>,
+}
+
+struct Job {
+    dataset: String,
+    plan: WarmPlan,
+    capacity: u64,
+    started: Instant,
+    started_at: u64,
+    ended: Mutex<Option<Instant>>,
+    state: AtomicU8,
+    listing_done: AtomicBool,
+    objects_total: AtomicU64,
+    objects_done: AtomicU64,
+    objects_failed: AtomicU64,
+    bytes_total: AtomicU64,
+    bytes_done: AtomicU64,
+    bytes_fetched: AtomicU64,
+    bytes_not_warmed: AtomicU64,
+    chunks_fetched: AtomicU64,
+    chunks_held: AtomicU64,
+    /// Bytes this warm-up holds or is fetching: checked against `capacity`.
+    admitted: AtomicU64,
+    capacity_reached: AtomicBool,
+    errors: Mutex<Vec<ObjectError>>,
+    failure: Mutex<Option<String>>,
+    task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// The data set's `warm_in_progress` gauge, cleared when it ends.
+    in_progress: metrics::Gauge,
+    /// Bytes reserved so far under the bytes-per-second bound.
+    paced: AtomicU64,
+}
+
+/// One listed object's chunks that this worker owns, and how many are left.
+struct Owned {
+    object: Arc<ObjectInfo>,
+    chunks: Vec<u32>,
+    remaining: AtomicU32,
+    failed: AtomicBool,
+    incomplete: AtomicBool,
+}
+
+impl Job {
+    fn new(parts: &WarmParts, plan: WarmPlan) -> Self {
+        Self {
+            dataset: parts.dataset.clone(),
+            plan,
+            capacity: parts.capacity,
+            started: Instant::now(),
+            started_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            ended: Mutex::new(None),
+            state: AtomicU8::new(0),
+            listing_done: AtomicBool::new(false),
+            objects_total: AtomicU64::new(0),
+            objects_done: AtomicU64::new(0),
+            objects_failed: AtomicU64::new(0),
+            bytes_total: AtomicU64::new(0),
+            bytes_done: AtomicU64::new(0),
+            bytes_fetched: AtomicU64::new(0),
+            bytes_not_warmed: AtomicU64::new(0),
+            chunks_fetched: AtomicU64::new(0),
+            chunks_held: AtomicU64::new(0),
+            admitted: AtomicU64::new(0),
+            capacity_reached: AtomicBool::new(false),
+            errors: Mutex::new(Vec::new()),
+            failure: Mutex::new(None),
+            task: Mutex::new(None),
+            in_progress: parts.metrics.warm_in_progress.clone(),
+            paced: AtomicU64::new(0),
+        }
+    }
+
+    fn status(&self) -> WarmStatus {
+        let load = |n: &AtomicU64| n.load(Ordering::Acquire);
+        let ended = *self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        WarmStatus {
+            dataset: self.dataset.clone(),
+            prefix: self.plan.prefix.clone(),
+            member: self.plan.member.clone(),
+            state: WarmState::from_u8(self.state.load(Ordering::Acquire)),
+            listing_done: self.listing_done.load(Ordering::Acquire),
+            objects_total: load(&self.objects_total),
+            objects_done: load(&self.objects_done),
+            objects_failed: load(&self.objects_failed),
+            bytes_total: load(&self.bytes_total),
+            bytes_done: load(&self.bytes_done),
+            bytes_fetched: load(&self.bytes_fetched),
+            bytes_not_warmed: load(&self.bytes_not_warmed),
+            chunks_fetched: load(&self.chunks_fetched),
+            chunks_held: load(&self.chunks_held),
+            capacity_bytes: self.capacity,
+            capacity_reached: self.capacity_reached.load(Ordering::Acquire),
+            concurrency: self.plan.concurrency,
+            bytes_per_second: self.plan.bytes_per_second,
+            started_at: self.started_at,
+            elapsed_seconds: ended
+                .unwrap_or_else(Instant::now)
+                .duration_since(self.started)
+                .as_secs_f64(),
+            errors: self
+                .errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            failure: self
+                .failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+
+    /// Ends the warm-up as `state`, unless it already ended.
+    fn end(&self, state: WarmState) {
+        let code = match state {
+            WarmState::Running => return,
+            WarmState::Done => 1,
+            WarmState::Stopped => 2,
+            WarmState::Failed => 3,
+        };
+        if self
+            .state
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            *self.ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            self.in_progress.set(0.0);
+        }
+    }
+
+    fn stop(&self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            // Fetches already started finish in their own tasks and are kept.
+            task.abort();
+        }
+        self.end(WarmState::Stopped);
+    }
+
+    async fn run(self: Arc<Self>, parts: WarmParts) {
+        let (sender, receiver) = mpsc::channel::<Arc<Owned>>(OBJECTS_QUEUED);
+        let parts = Arc::new(parts);
+        let listing = self.list(&parts, sender);
+        let (job, shared) = (Arc::clone(&self), Arc::clone(&parts));
+        let warming = receiver
+            .flat_map(|owned| {
+                let chunks = owned.chunks.clone();
+                futures::stream::iter(chunks.into_iter().map(move |i| (Arc::clone(&owned), i)))
+            })
+            .for_each_concurrent(self.plan.concurrency, move |(owned, index)| {
+                let (job, parts) = (Arc::clone(&job), Arc::clone(&shared));
+                async move { job.warm_chunk(&parts, &owned, index).await }
+            });
+        let (listed, ()) = futures::join!(listing, warming);
+        match listed {
+            Ok(()) => self.end(WarmState::Done),
+            Err(why) => {
+                *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                self.end(WarmState::Failed);
+            }
+        }
+    }
+
+    /// Lists the prefix page by page, sending each object with chunks this
+    /// worker owns to the warmers (waiting when they are behind).
+    async fn list(
+        &self,
+        parts: &WarmParts,
+        mut sender: mpsc::Sender<Arc<Owned>>,
+    ) -> Result<(), String> {
+        let chunk_size = parts.chunks.chunk_size();
+        let mut start_after: Option<String> = None;
+        loop {
+            let page = parts
+                .metadata
+                .list_origin(&self.plan.prefix, start_after.as_deref(), LIST_PAGE)
+                .await
+                .map_err(|e| format!("listing '{}': {e}", self.plan.prefix))?;
+            parts.metrics.origin_lists.increment(1);
+            let truncated = page.truncated;
+            start_after = page.objects.last().map(|o| o.key.clone());
+            for meta in page.objects {
+                let size = meta.size;
+                let count = size.div_ceil(chunk_size);
+                let chunks: Vec<u32> = (0..count.min(u64::from(u32::MAX)) as u32)
+                    .filter(|&index| {
+                        let route = chunk_route(&meta.key, u64::from(index) * chunk_size);
+                        rendezvous::owner(&self.plan.members, route) == Some(self.plan.me)
+                    })
+                    .collect();
+                if chunks.is_empty() {
+                    continue;
+                }
+                let bytes: u64 = chunks
+                    .iter()
+                    .map(|&i| {
+                        let range = chunk_range(i, chunk_size, size);
+                        range.end - range.start
+                    })
+                    .sum();
+                self.objects_total.fetch_add(1, Ordering::AcqRel);
+                self.bytes_total.fetch_add(bytes, Ordering::AcqRel);
+                let owned = Arc::new(Owned {
+                    object: parts.metadata.adopt(meta),
+                    remaining: AtomicU32::new(chunks.len() as u32),
+                    chunks,
+                    failed: AtomicBool::new(false),
+                    incomplete: AtomicBool::new(false),
+                });
+                if sender.send(owned).await.is_err() {
+                    return Ok(());
+                }
+            }
+            if !truncated || start_after.is_none() {
+                self.listing_done.store(true, Ordering::Release);
+                return Ok(());
+            }
+        }
+    }
+
+    async fn warm_chunk(&self, parts: &WarmParts, owned: &Owned, index: u32) {
+        let range = chunk_range(index, parts.chunks.chunk_size(), owned.object.meta.size);
+        let len = range.end - range.start;
+        if self.admitted.fetch_add(len, Ordering::AcqRel) + len > self.capacity {
+            self.admitted.fetch_sub(len, Ordering::AcqRel);
+            self.capacity_reached.store(true, Ordering::Release);
+            self.bytes_not_warmed.fetch_add(len, Ordering::AcqRel);
+            owned.incomplete.store(true, Ordering::Release);
+            return self.chunk_done(parts, owned);
+        }
+        let outcome = if parts.chunks.holds(&owned.object, index) {
+            Ok(Warmed::Held)
+        } else {
+            self.pace(len).await;
+            parts.chunks.warm(&owned.object, index).await
+        };
+        match outcome {
+            Ok(Warmed::Held) => {
+                self.chunks_held.fetch_add(1, Ordering::AcqRel);
+                self.bytes_done.fetch_add(len, Ordering::AcqRel);
+            }
+            Ok(Warmed::Fetched(bytes)) => {
+                self.chunks_fetched.fetch_add(1, Ordering::AcqRel);
+                self.bytes_fetched.fetch_add(bytes, Ordering::AcqRel);
+                self.bytes_done.fetch_add(len, Ordering::AcqRel);
+                parts.metrics.warm_bytes.increment(bytes);
+            }
+            Err(err) => {
+                self.admitted.fetch_sub(len, Ordering::AcqRel);
+                if !owned.failed.swap(true, Ordering::AcqRel) {
+                    let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+                    if errors.len() < ERRORS_KEPT {
+                        errors.push(ObjectError {
+                            key: owned.object.meta.key.clone(),
+                            message: err.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        self.chunk_done(parts, owned);
+    }
+
+    /// Counts one of the object's chunks as reached; the last one counts the object.
+    fn chunk_done(&self, parts: &WarmParts, owned: &Owned) {
+        if owned.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        if owned.failed.load(Ordering::Acquire) {
+            self.objects_failed.fetch_add(1, Ordering::AcqRel);
+        } else if !owned.incomplete.load(Ordering::Acquire) {
+            self.objects_done.fetch_add(1, Ordering::AcqRel);
+            parts.metrics.warm_objects.increment(1);
+        }
+    }
+
+    /// Waits until `len` more bytes fit under the bytes-per-second bound:
+    /// each fetch is given the slot after the bytes reserved before it.
+    async fn pace(&self, len: u64) {
+        let Some(rate) = self.plan.bytes_per_second else {
+            return;
+        };
+        let before = self.paced.fetch_add(len, Ordering::AcqRel);
+        let due = self.started + Duration::from_secs_f64(before as f64 / rate as f64);
+        tokio::time::sleep_until(due.into()).await;
+    }
+}

@@ -1,0 +1,419 @@
+//! Warm-up with real processes: workers over a synthetic origin, a sidecar
+//! over them, and `ferryctl warm`. Every chunk lands on the worker that owns
+//! it; a warmed pool serves an epoch without the origin; a stopped warm-up
+//! resumes without fetching anything twice; a broken object is listed and
+//! the rest are warmed; the byte rate bound holds.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::ProxyProcess;
+use ferry_config::SyntheticSpec;
+use ferry_proxy::outbound::balance::rendezvous::{chunk_route, member_hash, owner};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+const CHUNK: u64 = 64 * 1024;
+
+fn worker(query: &str, extra: &[&str]) -> ProxyProcess {
+    let origin = format!("synthetic://?{query}");
+    let mut args = vec![
+        "worker",
+        "--origin",
+        &origin,
+        "--bucket",
+        "data",
+        "--chunk-size",
+        "64KiB",
+        "--read-ahead",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    ProxyProcess::start(&args)
+}
+
+/// A sidecar over `workers` with these weights, and no cache of its own.
+/// It does not hedge: a hedged read goes to a worker that does not own the
+/// chunk, which fetches it from the origin, and this test counts those.
+fn sidecar(workers: &[(&ProxyProcess, u32)]) -> ProxyProcess {
+    let pool: Vec<String> = workers
+        .iter()
+        .map(|(w, weight)| format!("{}@{weight}", w.inbound.expect("inbound")))
+        .collect();
+    let pool = pool.join(",");
+    ProxyProcess::start(&[
+        "sidecar",
+        "--pool",
+        &pool,
+        "--bucket",
+        "data",
+        "--chunk-size",
+        "64KiB",
+        "--read-ahead",
+        "0",
+        "--cache-size",
+        "0",
+        "--hedge",
+        "off",
+    ])
+}
+
+fn ferryctl(args: &[&str]) -> Output {
+    Command::new(common::ferryctl_binary())
+        .args(args)
+        .output()
+        .expect("run ferryctl")
+}
+
+fn admins(workers: &[&ProxyProcess]) -> Vec<String> {
+    workers
+        .iter()
+        .flat_map(|w| ["--admin".to_owned(), w.admin.to_string()])
+        .collect()
+}
+
+fn warm(workers: &[&ProxyProcess], extra: &[&str]) -> (Output, Value) {
+    let mut args = vec!["warm".to_owned(), "data".to_owned()];
+    args.extend(admins(workers));
+    args.extend(["-o".to_owned(), "json".to_owned()]);
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = ferryctl(&args);
+    let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "ferryctl warm printed no JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output, report)
+}
+
+async fn cached_chunks(worker: &ProxyProcess) -> u64 {
+    let report = common::get_json(&reqwest::Client::new(), worker.admin_url("/cache")).await;
+    report[0]["chunks"].as_u64().expect("chunks")
+}
+
+async fn origin_gets(worker: &ProxyProcess) -> f64 {
+    worker
+        .metric(
+            "origin_requests_total",
+            &[("dataset", "data"), ("op", "get")],
+        )
+        .await
+}
+
+async fn json_of(response: reqwest::Response) -> Value {
+    serde_json::from_slice(&response.bytes().await.expect("body")).expect("a JSON answer")
+}
+
+async fn warm_status(worker: &ProxyProcess) -> (StatusCode, Value) {
+    let response = reqwest::get(worker.admin_url("/warm/data"))
+        .await
+        .expect("get");
+    let code = response.status();
+    (code, json_of(response).await)
+}
+
+/// Chunks of every object of `spec` each member owns, members given as (address, weight).
+fn owned_chunks(spec: &SyntheticSpec, members: &[(String, u32)]) -> Vec<u64> {
+    let ranked: Vec<(u64, u32)> = members
+        .iter()
+        .map(|(address, weight)| (member_hash(address), *weight))
+        .collect();
+    let mut counts = vec![0; members.len()];
+    for index in 0..spec.count {
+        let key = spec.key(index);
+        for chunk in 0..spec.object_size(index).div_ceil(CHUNK) {
+            let route = chunk_route(&key, chunk * CHUNK);
+            counts[owner(&ranked, route).expect("an owner")] += 1;
+        }
+    }
+    counts
+}
+
+async fn read_all(sidecar: &ProxyProcess, spec: &SyntheticSpec, query: &str) {
+    for index in 0..spec.count {
+        let key = spec.key(index);
+        let response = reqwest::get(sidecar.url(&format!("/data/{key}")))
+            .await
+            .expect("get");
+        assert_eq!(response.status(), StatusCode::OK, "{key}");
+        let body = response.bytes().await.expect("body");
+        assert!(
+            body[..] == common::synthetic_object(query, index)[..],
+            "{key}: wrong bytes"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warmed_pool_has_each_chunk_on_its_owner_and_serves_an_epoch_without_the_origin() {
+    let query = "count=40&size=200KiB&dist=fixed&seed=7&latency=2ms";
+    let spec = SyntheticSpec::from_query(query).expect("spec");
+    let workers: Vec<ProxyProcess> = (0..3).map(|_| worker(query, &[])).collect();
+    let weights = [1, 2, 1];
+    let weighted: Vec<(&ProxyProcess, u32)> = workers.iter().zip(weights).collect();
+    let sidecar = sidecar(&weighted);
+    let refs: Vec<&ProxyProcess> = workers.iter().collect();
+
+    let sidecar_admin = sidecar.admin.to_string();
+    let (output, report) = warm(&refs, &["--sidecar", &sidecar_admin]);
+    assert!(output.status.success(), "{report}");
+    let totals = &report["totals"];
+    assert_eq!(totals["bytes_done"], spec.total_bytes(), "{report}");
+    assert_eq!(totals["bytes_fetched"], spec.total_bytes(), "{report}");
+    assert_eq!(totals["objects_failed"], 0, "{report}");
+
+    let members: Vec<(String, u32)> = workers
+        .iter()
+        .zip(weights)
+        .map(|(w, weight)| (w.inbound.expect("inbound").to_string(), weight))
+        .collect();
+    let expected = owned_chunks(&spec, &members);
+    assert_eq!(expected.iter().sum::<u64>(), 160);
+    for (worker, expected) in workers.iter().zip(&expected) {
+        assert_eq!(
+            cached_chunks(worker).await,
+            *expected,
+            "worker {} holds exactly the chunks it owns",
+            worker.admin
+        );
+        assert_eq!(origin_gets(worker).await, *expected as f64);
+    }
+    assert!(
+        expected[1] > expected[0] && expected[1] > expected[2],
+        "weight 2 owns the most: {expected:?}"
+    );
+
+    read_all(&sidecar, &spec, query).await;
+    for (worker, expected) in workers.iter().zip(&expected) {
+        assert_eq!(
+            origin_gets(worker).await,
+            *expected as f64,
+            "epoch 1 after the warm-up read nothing from the origin ({})",
+            worker.admin
+        );
+    }
+    let hits: f64 = {
+        let mut sum = 0.0;
+        for worker in &workers {
+            sum += worker
+                .metric(
+                    "cache_hits_total",
+                    &[("dataset", "data"), ("tier", "memory")],
+                )
+                .await;
+        }
+        sum
+    };
+    assert_eq!(hits, 160.0, "every chunk read was a hit on its owner");
+    for worker in &workers {
+        assert_eq!(
+            worker
+                .metric("warm_in_progress", &[("dataset", "data")])
+                .await,
+            0.0
+        );
+        assert!(
+            worker
+                .metric("warm_objects_total", &[("dataset", "data")])
+                .await
+                > 0.0
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_warm_up_resumes_without_fetching_anything_twice() {
+    let query = "count=40&size=128KiB&dist=fixed&seed=3&latency=20ms";
+    let spec = SyntheticSpec::from_query(query).expect("spec");
+    let worker = worker(query, &[]);
+    let (output, _) = warm(&[&worker], &["--concurrency", "2", "--detach"]);
+    assert!(output.status.success());
+    let (code, running) = warm_status(&worker).await;
+    assert_eq!(code, StatusCode::OK, "{running}");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, status) = warm_status(&worker).await;
+        if status["chunks_fetched"].as_u64().unwrap_or(0) >= 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped = reqwest::Client::new()
+        .delete(worker.admin_url("/warm/data"))
+        .send()
+        .await
+        .expect("delete");
+    let stopped = json_of(stopped).await;
+    assert_eq!(stopped["state"], "stopped", "{stopped}");
+    assert!(stopped["bytes_done"].as_u64() < Some(spec.total_bytes()));
+
+    let (output, report) = warm(&[&worker], &["--concurrency", "4"]);
+    assert!(output.status.success(), "{report}");
+    let status = &report["workers"][worker.admin.to_string()];
+    assert_eq!(status["state"], "done");
+    assert_eq!(status["bytes_done"], spec.total_bytes(), "{report}");
+    assert!(
+        status["chunks_held"].as_u64() >= Some(10),
+        "the second run skipped what the first fetched: {status}"
+    );
+    assert_eq!(
+        origin_gets(&worker).await,
+        80.0,
+        "each of the 80 chunks was fetched from the origin once over both runs"
+    );
+    assert_eq!(cached_chunks(&worker).await, 80);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_object_is_listed_and_the_rest_are_warmed() {
+    let query = "count=20&size=100KiB&dist=fixed&seed=4&broken=3";
+    let spec = SyntheticSpec::from_query(query).expect("spec");
+    let worker = worker(query, &[]);
+    let (output, report) = warm(&[&worker], &[]);
+    assert!(
+        !output.status.success(),
+        "a failed object fails the command"
+    );
+    let status = &report["workers"][worker.admin.to_string()];
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(status["objects_failed"], 1, "{status}");
+    assert_eq!(status["objects_done"], 19, "{status}");
+    assert_eq!(status["errors"][0]["key"], spec.key(3), "{status}");
+    assert!(
+        status["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("damaged")),
+        "{status}"
+    );
+    assert_eq!(cached_chunks(&worker).await, 19 * 2);
+
+    // The table names the object too.
+    let admin = worker.admin.to_string();
+    let output = ferryctl(&["warm", "data", "--admin", &admin]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success());
+    assert!(text.contains("1 objects failed"), "{text}");
+    assert!(text.contains(&spec.key(3)), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_byte_rate_bound_holds_within_ten_percent() {
+    let query = "count=24&size=128KiB&dist=fixed&seed=5";
+    let spec = SyntheticSpec::from_query(query).expect("spec");
+    let worker = worker(query, &[]);
+    let (output, report) = warm(&[&worker], &["--bytes-per-second", "1MiB"]);
+    assert!(output.status.success(), "{report}");
+    let status = &report["workers"][worker.admin.to_string()];
+    let fetched = status["bytes_fetched"].as_f64().expect("bytes");
+    let seconds = status["elapsed_seconds"].as_f64().expect("seconds");
+    assert_eq!(fetched, spec.total_bytes() as f64);
+    let rate = fetched / seconds;
+    assert!(
+        rate <= 1.1 * 1024.0 * 1024.0,
+        "{rate:.0} B/s over {seconds:.2}s is above 1 MiB/s by more than 10%"
+    );
+    assert_eq!(status["bytes_per_second"], 1024 * 1024);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_pin_cache_reports_what_fit() {
+    let query = "count=20&size=64KiB&dist=fixed&seed=6";
+    let worker = worker(query, &["--cache-size", "512KiB", "--cache-policy", "pin"]);
+    let (output, report) = warm(&[&worker], &[]);
+    assert!(!output.status.success(), "not all of it fit: {report}");
+    let status = &report["workers"][worker.admin.to_string()];
+    assert_eq!(status["capacity_reached"], true, "{status}");
+    assert_eq!(status["bytes_done"], 512 * 1024, "{status}");
+    assert_eq!(
+        status["bytes_not_warmed"],
+        20 * 64 * 1024 - 512 * 1024,
+        "{status}"
+    );
+    assert_eq!(cached_chunks(&worker).await, 8);
+    let admin = worker.admin.to_string();
+    let text = String::from_utf8_lossy(&ferryctl(&["warm", "data", "--admin", &admin]).stdout)
+        .into_owned();
+    assert!(text.contains("did not fit"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_warm_up_requests_get_clear_errors() {
+    let worker = worker("count=4&size=10KiB", &[]);
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: &str| {
+        client
+            .post(worker.admin_url(path))
+            .body(body.to_owned())
+            .send()
+    };
+    let (code, body) = warm_status(&worker).await;
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("NoWarmUp"))
+    );
+    let member = worker.inbound.expect("inbound").to_string();
+    let cases: HashMap<&str, (&str, String, StatusCode, &str)> = HashMap::from([
+        (
+            "unknown data set",
+            (
+                "/warm/nope",
+                format!(r#"{{"members":[{{"address":"{member}"}}],"member":"{member}"}}"#),
+                StatusCode::NOT_FOUND,
+                "NoSuchDataset",
+            ),
+        ),
+        (
+            "not JSON",
+            (
+                "/warm/data",
+                "members".to_owned(),
+                StatusCode::BAD_REQUEST,
+                "MalformedWarmUp",
+            ),
+        ),
+        (
+            "not a member",
+            (
+                "/warm/data",
+                r#"{"members":[{"address":"x:1"}],"member":"y:1"}"#.to_owned(),
+                StatusCode::BAD_REQUEST,
+                "MalformedWarmUp",
+            ),
+        ),
+    ]);
+    for (what, (path, body, code, expected)) in cases {
+        let response = post(path, &body).await.expect("post");
+        assert_eq!(response.status(), code, "{what}");
+        let answer = json_of(response).await;
+        assert_eq!(answer["code"], expected, "{what}: {answer}");
+        assert!(answer["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+
+    // A sidecar owns no chunks: ferryctl skips it, and refuses a list with no worker.
+    let sidecar = sidecar(&[(&worker, 1)]);
+    let admin = sidecar.admin.to_string();
+    let output = ferryctl(&["warm", "data", "--admin", &admin]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("none of the proxies named is a worker"),
+        "{stderr}"
+    );
+    let response = client
+        .post(sidecar.admin_url("/warm/data"))
+        .body(format!(
+            r#"{{"members":[{{"address":"{member}"}}],"member":"{member}"}}"#
+        ))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+}
