@@ -110,6 +110,16 @@ def main():
     d.panel("Read-ahead chunks per second", [(
         f"sum by (dataset) (rate(readahead_chunks_total{sel()}[{RATE}]))", "{{dataset}}")], "ops")
 
+    d.row("Warm-up (workers)")
+    d.panel("Warm-up bytes per second from the origin", [(
+        f"sum by (dataset) (rate(warm_bytes_total{sel()}[{RATE}]))", "{{dataset}}")], "Bps",
+        description="ferryctl warm, or a policy's warm: on_start: each worker loads the chunks it owns.")
+    d.panel("Objects warmed", [(
+        f"sum by (dataset) (warm_objects_total{sel()})", "{{dataset}}")], "short",
+        description="Objects whose chunks their owners hold after a warm-up reached them (fetched or already cached).")
+    d.panel("Workers warming", [(
+        f"sum by (dataset) (warm_in_progress{sel()})", "{{dataset}}")], "short")
+
     d.row("Worker pool (sidecars' view)")
     d.panel("Requests per worker", [(
         f"sum by (pool, member) (rate(upstream_requests_total[{RATE}]))", "{{pool}} {{member}}")], "reqps",
