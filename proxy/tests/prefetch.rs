@@ -149,6 +149,43 @@ async fn reads_in_the_posted_order_hit() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_order_spanning_two_epochs_prefetches_each_epoch_in_turn() {
+    let (_worker, proxy) = mesh(&[]);
+    let n = spec().count;
+    let keys: Vec<String> = (0..n).map(|i| spec().key(i)).collect();
+    let first: Vec<u64> = (0..n).rev().collect();
+    let second: Vec<u64> = shuffle(n as u32, 5).into_iter().map(u64::from).collect();
+    let indices: Vec<u64> = first.iter().chain(&second).copied().collect();
+    let body = serde_json::json!({
+        "keys": keys,
+        "permutation": {"kind": "indices", "indices": indices},
+    });
+    let (code, answer) = post(&proxy, "data", body.to_string()).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer["samples"], 400);
+    wait_for(&proxy, |s| s["fetched"] == 200).await;
+    let (hits, misses) = memory(&proxy).await;
+    for &index in &first {
+        read(&proxy, index).await;
+    }
+    // The second epoch's samples were in the buffer for the first: they are
+    // fetched again once read there, before the second epoch reads them.
+    wait_for(&proxy, |s| s["fetched"] == 400).await;
+    for &index in &second {
+        read(&proxy, index).await;
+    }
+    let (hits_after, misses_after) = memory(&proxy).await;
+    assert_eq!(hits_after - hits, 400.0, "every read of both epochs hit");
+    assert_eq!(misses_after - misses, 0.0);
+    let after = wait_for(&proxy, |s| s["reads"] == 400).await;
+    assert_eq!(
+        after["front"], 400,
+        "the second epoch's reads were its own positions"
+    );
+    assert_eq!(after["buffered_bytes"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_compact_order_is_the_shuffle_of_a_listing() {
     let (_worker, proxy) = mesh(&[]);
     let (code, body) = post(

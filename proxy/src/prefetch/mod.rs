@@ -6,7 +6,7 @@
 
 pub mod order;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -83,6 +83,12 @@ struct Plan {
     order: Vec<u32>,
     /// Each key's first position.
     positions: HashMap<Arc<str>, u32>,
+    /// The position after each one that holds the same key (`NONE` after
+    /// the last): an order spanning several epochs holds each key once per
+    /// epoch, and a read is the earliest of its key's positions not yet read.
+    next_same: Vec<u32>,
+    /// The position before each one that holds the same key (`NONE` before the first).
+    prev_same: Vec<u32>,
     consumed: Vec<AtomicBool>,
     front: AtomicU32,
     reads: AtomicU64,
@@ -110,6 +116,9 @@ pub struct Prefetcher {
     posting: Mutex<()>,
 }
 
+/// No further position: the end of a key's chain in `Plan::next_same`.
+const NONE: u32 = u32::MAX;
+
 /// Orders posted to this process, so generations are unique.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
@@ -130,11 +139,26 @@ impl Prefetcher {
         let Some(plan) = guard.as_ref() else {
             return;
         };
-        let Some(&position) = plan.positions.get(key) else {
+        let Some(&first) = plan.positions.get(key) else {
             return;
         };
-        if let Some(consumed) = plan.consumed.get(position as usize) {
-            consumed.store(true, Ordering::Relaxed);
+        // A key read again goes on to its next position only when that is
+        // near the front: the next epoch's turn, not a second read of the
+        // same sample (ranged readers read one sample in several requests).
+        let reach = plan
+            .front
+            .load(Ordering::Relaxed)
+            .saturating_add(2 * plan.window.load(Ordering::Relaxed).max(MIN_WINDOW));
+        let mut position = first;
+        loop {
+            let already = plan
+                .consumed
+                .get(position as usize)
+                .is_none_or(|c| c.swap(true, Ordering::Relaxed));
+            match plan.next_same.get(position as usize) {
+                Some(&next) if already && next != NONE && next <= reach => position = next,
+                _ => break,
+            }
         }
         plan.reads.fetch_add(1, Ordering::Relaxed);
         if plan.front.fetch_max(position + 1, Ordering::Relaxed) <= position {
@@ -155,9 +179,15 @@ impl Prefetcher {
     pub fn start(&self, keys: Keys, order: Vec<u32>, parts: PlanParts) -> PlanStatus {
         let _posting = self.posting.lock().unwrap_or_else(|p| p.into_inner());
         let mut positions = HashMap::with_capacity(order.len());
-        for (position, &index) in order.iter().enumerate() {
-            if let Some(key) = keys.get(index as usize) {
-                positions.entry(Arc::clone(key)).or_insert(position as u32);
+        let mut next_same = vec![NONE; order.len()];
+        let mut prev_same = vec![NONE; order.len()];
+        // Walked from the end, so each key's entry ends at its first position.
+        for (position, &index) in order.iter().enumerate().rev() {
+            if let Some(key) = keys.get(index as usize)
+                && let Some(later) = positions.insert(Arc::clone(key), position as u32)
+            {
+                next_same[position] = later;
+                prev_same[later as usize] = position as u32;
             }
         }
         let plan = Arc::new(Plan {
@@ -166,6 +196,8 @@ impl Prefetcher {
             keys,
             order,
             positions,
+            next_same,
+            prev_same,
             front: AtomicU32::new(0),
             reads: AtomicU64::new(0),
             next: AtomicU32::new(0),
@@ -241,6 +273,19 @@ async fn drive(plan: Arc<Plan>, parts: PlanParts) {
     let mut latency: Option<f64> = None;
     // Positions before this were given up on.
     let mut given_up = 0u32;
+    // Positions whose key's earlier position is still unread, in order:
+    // their chunks are in the buffer for that one, and are fetched again
+    // once it has been read (an order spanning epochs).
+    let mut deferred: VecDeque<u32> = VecDeque::new();
+    let launch = |position: u32| {
+        let key = Arc::clone(&plan.keys[plan.order[position as usize] as usize]);
+        let started = Instant::now();
+        let (parts, plan) = (&parts, &plan);
+        async move {
+            let fetched = fetch_sample(parts, plan, key, position).await;
+            (fetched, started.elapsed())
+        }
+    };
 
     while !plan.stopped.load(Ordering::Acquire) {
         let front = plan.front.load(Ordering::Relaxed);
@@ -265,6 +310,22 @@ async fn drive(plan: Arc<Plan>, parts: PlanParts) {
             ((2.0 * seconds * per_second.max(MIN_RATE)).ceil() as usize)
                 .clamp(MIN_CONCURRENCY, MAX_CONCURRENCY)
         });
+        while let Some(&position) = deferred.front()
+            && fetching.len() < concurrency
+        {
+            let earlier = plan.prev_same[position as usize];
+            let waiting = earlier != NONE
+                && earlier >= given_up
+                && !plan.consumed[earlier as usize].load(Ordering::Relaxed);
+            if waiting {
+                break;
+            }
+            deferred.pop_front();
+            if position < given_up || plan.consumed[position as usize].load(Ordering::Relaxed) {
+                continue;
+            }
+            fetching.push(launch(position));
+        }
         while next < len
             && fetching.len() < concurrency
             && next < front.saturating_add(window)
@@ -278,16 +339,15 @@ async fn drive(plan: Arc<Plan>, parts: PlanParts) {
             if plan.consumed[position as usize].load(Ordering::Relaxed) {
                 continue;
             }
-            let key = Arc::clone(&plan.keys[plan.order[position as usize] as usize]);
-            let started = Instant::now();
-            let (parts, plan) = (&parts, &plan);
-            fetching.push(async move {
-                let fetched = fetch_sample(parts, plan, key, position).await;
-                (fetched, started.elapsed())
-            });
+            let earlier = plan.prev_same[position as usize];
+            if earlier != NONE && !plan.consumed[earlier as usize].load(Ordering::Relaxed) {
+                deferred.push_back(position);
+                continue;
+            }
+            fetching.push(launch(position));
         }
         plan.next.store(next, Ordering::Relaxed);
-        if next >= len && fetching.is_empty() {
+        if next >= len && fetching.is_empty() && deferred.is_empty() {
             plan.done.store(true, Ordering::Relaxed);
             break;
         }
