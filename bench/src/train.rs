@@ -50,6 +50,14 @@ pub struct TrainArgs {
     /// before reading it, as the Python sampler wrapper does.
     #[arg(long)]
     pub prefetch: bool,
+    /// Before epoch 1, load the data set into the workers with `ferryctl
+    /// warm` (timed against reading it all from the origin at the same
+    /// concurrency), so epoch 1 is read from warm workers.
+    #[arg(long)]
+    pub warm: bool,
+    /// With --warm: origin fetches at once per worker.
+    #[arg(long, default_value_t = 8)]
+    pub warm_concurrency: usize,
     /// Epochs per job.
     #[arg(long, default_value_t = 3)]
     pub epochs: usize,
@@ -118,6 +126,23 @@ pub struct TrainReport {
     pub ratios: Vec<f64>,
     /// Mean ratio over epochs 2+ (warm cache).
     pub warm_ratio: f64,
+    /// The warm-up before epoch 1, with --warm.
+    pub warm_up: Option<WarmUp>,
+}
+
+/// How long `ferryctl warm` took, against what the origin allows.
+#[derive(Debug, Serialize)]
+pub struct WarmUp {
+    /// Bytes the workers fetched.
+    pub bytes: u64,
+    /// Seconds `ferryctl warm` ran, start to end.
+    pub seconds: f64,
+    /// Seconds to read every object straight from the origin with as many
+    /// requests at once as the warm-up had (the origin's bandwidth at that
+    /// concurrency), measured just before.
+    pub origin_read_seconds: f64,
+    /// origin_read_seconds / seconds (1.0: the warm-up as fast as the origin allows).
+    pub ratio: f64,
 }
 
 /// Where a job's samples come from.
@@ -191,6 +216,18 @@ pub async fn run(args: &TrainArgs) -> anyhow::Result<TrainReport> {
         }
     };
     list_all(addr, "/imagenet").await?;
+    let warm_up = if args.warm {
+        let mut admins: Vec<SocketAddr> = match (&worker, &pool) {
+            (Some(worker), _) => worker.admin.into_iter().collect(),
+            (None, Some(pool)) => pool.admins(),
+            (None, None) => Vec::new(),
+        };
+        admins.sort();
+        let sidecar = pool.as_ref().and_then(|p| p.sidecar.admin);
+        Some(warm_up(args, &data, origin.addr, &admins, sidecar).await?)
+    } else {
+        None
+    };
     // The proxy the job reads through: the worker, or the pool's sidecar.
     let admin = worker
         .as_ref()
@@ -242,12 +279,81 @@ pub async fn run(args: &TrainArgs) -> anyhow::Result<TrainReport> {
         ferry,
         ratios,
         warm_ratio,
+        warm_up,
     };
     print(&report);
     if let Some(path) = &args.json {
         report::write_json(path, &report)?;
     }
     Ok(report)
+}
+
+/// Reads the whole data set from the origin at the warm-up's concurrency,
+/// then warms the workers with `ferryctl warm` (the same code as the
+/// command), and times both.
+async fn warm_up(
+    args: &TrainArgs,
+    data: &DataSet,
+    origin: SocketAddr,
+    admins: &[SocketAddr],
+    sidecar: Option<SocketAddr>,
+) -> anyhow::Result<WarmUp> {
+    let workers = admins.len() - usize::from(sidecar.is_some());
+    let readers = (args.warm_concurrency * workers).max(1);
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..readers {
+        let (items, next) = (data.items.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut reader = Reader::new(origin);
+            loop {
+                let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(item) = items.get(index) else {
+                    return Ok::<(), anyhow::Error>(());
+                };
+                for read in item {
+                    reader.get(&format!("/{}", read.key), read.range).await?;
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let origin_read_seconds = started.elapsed().as_secs_f64();
+    let targets: Vec<ferry_control_plane::ctl::Target> = admins
+        .iter()
+        .map(|a| ferry_control_plane::ctl::Target {
+            admin: a.to_string(),
+            identity: None,
+        })
+        .collect();
+    let settings = ferry_control_plane::ctl::warm::WarmSettings {
+        dataset: "imagenet".to_owned(),
+        prefix: String::new(),
+        sidecar: sidecar.map(|s| s.to_string()),
+        pool: None,
+        concurrency: args.warm_concurrency,
+        bytes_per_second: None,
+        detach: false,
+        status_only: false,
+        output: ferry_control_plane::ctl::Output::Table,
+        timeout: Duration::from_secs(10),
+    };
+    let started = Instant::now();
+    let complete = ferry_control_plane::ctl::warm::run(&targets, &settings).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(complete, "the warm-up did not load every object");
+    eprintln!(
+        "train: warm-up {seconds:.2}s; reading it all from the origin at {readers} at once: {origin_read_seconds:.2}s"
+    );
+    Ok(WarmUp {
+        bytes: data.bytes,
+        seconds,
+        origin_read_seconds,
+        ratio: origin_read_seconds / seconds.max(1e-9),
+    })
 }
 
 async fn run_epoch(args: &TrainArgs, data: &DataSet, source: &Source, epoch: usize) -> TrainEpoch {
@@ -397,4 +503,13 @@ fn print(report: &TrainReport) {
         "\nwarm epochs (2+): epoch time on synthetic data / through Ferry = {:.3}",
         report.warm_ratio
     );
+    if let Some(warm) = &report.warm_up {
+        println!(
+            "warm-up before epoch 1: {:.2}s for {:.0} MiB; the origin read at the same concurrency: {:.2}s (origin time / warm-up time = {:.3})",
+            warm.seconds,
+            warm.bytes as f64 / (1 << 20) as f64,
+            warm.origin_read_seconds,
+            warm.ratio
+        );
+    }
 }

@@ -27,7 +27,7 @@ pub use load::{ConfigError, from_yaml, from_yaml_file, to_yaml};
 pub use origin::OriginSpec;
 pub use policy::{
     CachePolicy, CacheSpec, DatasetPolicy, Datasets, PolicyFile, PoolDownPolicy, RoleCaches,
-    S3Options, check_namespace_name,
+    S3Options, WarmLimits, WarmPolicy, check_namespace_name,
 };
 pub use pool::{BalanceSpec, HedgeSpec, MemberSpec, PoolSpec};
 pub use proxy::{CacheOverride, DiskCacheSpec, Limits, MountSpec, ProxyConfig, Role};

@@ -63,6 +63,10 @@ pub struct DatasetPolicy {
     /// On the first metadata miss, list the whole data set in the background,
     /// so later objects need no HEAD round trip (one LIST instead of N HEADs).
     pub warm_metadata: bool,
+    /// Whether workers load the data set as soon as the policy reaches them.
+    pub warm: WarmPolicy,
+    /// Bounds on the origin while they do.
+    pub warm_limits: WarmLimits,
     /// Hot-cache settings per role.
     pub cache: RoleCaches,
 }
@@ -123,6 +127,38 @@ impl std::str::FromStr for PoolDownPolicy {
             "fail" => Ok(Self::Fail),
             "origin" => Ok(Self::Origin),
             other => Err(format!("'{other}' is not allowed: use fail or origin")),
+        }
+    }
+}
+
+/// When workers load a data set into their caches unasked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WarmPolicy {
+    /// Only when `ferryctl warm` asks.
+    #[default]
+    Never,
+    /// As soon as the policy (and the pool's membership) reaches a worker,
+    /// and again when the membership changes: each worker loads the chunks
+    /// it owns, skipping those it holds.
+    OnStart,
+}
+
+/// Bounds on the origin while a worker warms a data set on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WarmLimits {
+    /// Origin fetches at once, per worker.
+    pub concurrency: usize,
+    /// Origin bytes per second, per worker (none: unbounded).
+    pub bytes_per_second: Option<ByteSize>,
+}
+
+impl Default for WarmLimits {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            bytes_per_second: None,
         }
     }
 }
@@ -246,6 +282,10 @@ struct RawDatasetPolicy {
     #[serde(default = "default_true")]
     warm_metadata: bool,
     #[serde(default)]
+    warm: WarmPolicy,
+    #[serde(default)]
+    warm_limits: WarmLimits,
+    #[serde(default)]
     cache: RoleCaches,
 }
 
@@ -277,6 +317,8 @@ impl TryFrom<RawDatasetPolicy> for DatasetPolicy {
             metadata_ttl: raw.metadata_ttl,
             read_ahead: raw.read_ahead,
             warm_metadata: raw.warm_metadata,
+            warm: raw.warm,
+            warm_limits: raw.warm_limits,
             cache: raw.cache,
         };
         policy.validate().map_err(|(_, message)| message)?;
@@ -300,6 +342,8 @@ impl DatasetPolicy {
             metadata_ttl: MetadataTtl::default(),
             read_ahead: DEFAULT_READ_AHEAD,
             warm_metadata: true,
+            warm: WarmPolicy::Never,
+            warm_limits: WarmLimits::default(),
             cache: RoleCaches::default(),
         }
     }
@@ -311,6 +355,21 @@ impl DatasetPolicy {
         check_bucket_name(&self.bucket).map_err(|m| ("bucket", m))?;
         check_chunk_size(self.chunk_size).map_err(|m| ("chunk_size", m))?;
         check_read_ahead(self.read_ahead).map_err(|m| ("read_ahead", m))?;
+        if !(1..=256).contains(&self.warm_limits.concurrency) {
+            return Err((
+                "warm_limits",
+                format!(
+                    "concurrency {} is out of range: 1 to 256 origin fetches at once",
+                    self.warm_limits.concurrency
+                ),
+            ));
+        }
+        if self.warm_limits.bytes_per_second == Some(ByteSize(0)) {
+            return Err((
+                "warm_limits",
+                "bytes_per_second must be more than 0 (leave it out for no bound)".to_owned(),
+            ));
+        }
         if !self.s3.is_unset() && !matches!(self.origin, Some(OriginSpec::S3 { .. })) {
             let origin = self
                 .origin

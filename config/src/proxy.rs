@@ -52,6 +52,10 @@ pub struct ProxyConfig {
     pub admin: SocketAddr,
     /// Where a worker accepts requests from sidecars.
     pub inbound: SocketAddr,
+    /// A worker's address as its pool names it (`host:port`), for warm-ups
+    /// it starts on its own; default: its inbound address, when that names
+    /// one host.
+    pub advertise: Option<String>,
     /// Runtime worker threads; absent means sized from the container's CPU quota.
     pub threads: Option<usize>,
     /// Host-name suffixes for virtual-hosted requests: `<bucket>.<suffix>`.
@@ -133,6 +137,7 @@ impl Default for ProxyConfig {
             listen: parse_default_addr(DEFAULT_LISTEN),
             admin: parse_default_addr(DEFAULT_ADMIN),
             inbound: parse_default_addr(DEFAULT_INBOUND),
+            advertise: None,
             threads: None,
             virtual_host_domains: vec!["localhost".to_owned()],
             limits: Limits::default(),

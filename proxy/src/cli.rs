@@ -143,6 +143,10 @@ pub struct WorkerArgs {
     /// Listener for sidecars.
     #[arg(long)]
     pub inbound: Option<SocketAddr>,
+    /// This worker's address as its pool names it (e.g. $(POD_IP):4143), for
+    /// warm-ups it starts on its own (policy `warm: on_start`).
+    #[arg(long, env = "FERRY_ADVERTISE")]
+    pub advertise: Option<String>,
     /// Directory of the local-disk cache tier.
     #[arg(long, requires = "disk_cache_size")]
     pub disk_cache: Option<PathBuf>,
@@ -369,6 +373,9 @@ impl WorkerArgs {
         })?;
         if let Some(inbound) = self.inbound {
             config.inbound = inbound;
+        }
+        if let Some(advertise) = self.advertise {
+            config.advertise = Some(advertise);
         }
         if let (Some(dir), Some(size)) = (self.disk_cache, self.disk_cache_size) {
             config.disk_cache = Some(DiskCacheSpec { dir, size });

@@ -417,3 +417,81 @@ async fn bad_warm_up_requests_get_clear_errors() {
         .expect("post");
     assert_eq!(response.status(), StatusCode::CONFLICT);
 }
+
+/// Polls a worker's warm-up until it has ended after `progress` (bounded:
+/// never a fixed sleep).
+async fn wait_for_warm(worker: &ProxyProcess, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, status) = warm_status(worker).await;
+        if code == StatusCode::OK && done(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker {} never got there: {status}",
+            worker.admin
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_with_warm_on_start_warms_each_worker_share_and_again_when_the_pool_changes() {
+    use common::plane::{ControlPlane, write_policy};
+    let query = "count=30&size=100KiB&dist=fixed&seed=8";
+    let spec = SyntheticSpec::from_query(query).expect("spec");
+    let dir = common::TempDir::new("warm-on-start");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).expect("policies dir");
+    write_policy(
+        &policies,
+        "datasets.yaml",
+        &format!(
+            "datasets:\n  - name: data\n    origin: \"synthetic://?{query}\"\n    chunk_size: 64KiB\n    \
+             read_ahead: 0\n    pool: workers\n    warm: on_start\n    warm_limits: {{ concurrency: 4 }}\n"
+        ),
+    );
+    let config_dir = policies.to_str().expect("path").to_owned();
+    let plane = ControlPlane::start(dir.path(), &["--config-dir", &config_dir]);
+    let mut args: Vec<String> = vec!["worker".into()];
+    args.extend(plane.flags("worker-token"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let workers = [ProxyProcess::start(&args), ProxyProcess::start(&args)];
+    let addresses: Vec<String> = workers
+        .iter()
+        .map(|w| w.inbound.expect("inbound").to_string())
+        .collect();
+    let pool = |members: &[String]| {
+        let members: Vec<String> = members
+            .iter()
+            .map(|a| format!("{{ address: \"{a}\" }}"))
+            .collect();
+        format!(
+            "pools:\n  - name: workers\n    identity: spiffe://cluster.local/ns/ferry/sa/worker\n    \
+             members: [{}]\n",
+            members.join(", ")
+        )
+    };
+    write_policy(&policies, "pools.yaml", &pool(&addresses));
+
+    let members: Vec<(String, u32)> = addresses.iter().map(|a| (a.clone(), 1)).collect();
+    let expected = owned_chunks(&spec, &members);
+    assert_eq!(expected.iter().sum::<u64>(), 60);
+    for (worker, expected) in workers.iter().zip(&expected) {
+        let status = wait_for_warm(worker, |s| s["state"] == "done").await;
+        assert_eq!(status["concurrency"], 4, "{status}");
+        assert_eq!(cached_chunks(worker).await, *expected, "{status}");
+    }
+
+    // The pool shrinks to the first worker: it warms again, now owning
+    // everything, and fetches only what it did not hold.
+    write_policy(&policies, "pools.yaml", &pool(&addresses[..1]));
+    let status = wait_for_warm(&workers[0], |s| {
+        s["state"] == "done" && s["bytes_total"] == spec.total_bytes()
+    })
+    .await;
+    assert_eq!(status["chunks_held"], expected[0], "{status}");
+    assert_eq!(status["chunks_fetched"], expected[1], "{status}");
+    assert_eq!(cached_chunks(&workers[0]).await, 60);
+}

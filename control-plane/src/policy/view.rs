@@ -1,7 +1,7 @@
 //! What one proxy gets: its data sets, the pools they read from, the bundle.
 
 use ferry_config::{
-    DatasetPolicy, Datasets, PoolSpec, ProxyConfig, ProxySnapshot, Role, SpiffePattern,
+    DatasetPolicy, Datasets, PoolSpec, ProxyConfig, ProxySnapshot, Role, SpiffePattern, WarmPolicy,
 };
 
 use super::store::MeshState;
@@ -21,7 +21,8 @@ pub struct ViewKey {
 /// pools they may use: mesh-wide ones and their namespace's (a namespace's
 /// pool named like a mesh-wide one is not used: mesh-wide names win). A data
 /// set whose pool is not (yet) known is left out until it is. Workers get
-/// every data set, each namespace's marked with it, and no pools. A
+/// every data set, each namespace's marked with it, and the mesh-wide pools
+/// (to rank chunks for warm-ups). A
 /// namespace's data set with no `allow` list is readable by that namespace
 /// only. Nothing a proxy would refuse is streamed: what fails the proxies'
 /// own validation is withheld and logged.
@@ -31,7 +32,8 @@ pub fn snapshot(state: &MeshState, version: u64, key: &ViewKey) -> ProxySnapshot
             usable_pools(state, Some(&key.namespace)),
             usable_pools(state, None),
         ),
-        Role::Worker => (Vec::new(), Vec::new()),
+        // Workers get the mesh-wide pools: a warm-up ranks chunks by its pool.
+        Role::Worker => (usable_pools(state, None), Vec::new()),
     };
     let mut datasets = Vec::new();
     for document in state.documents.values() {
@@ -56,6 +58,9 @@ pub fn snapshot(state: &MeshState, version: u64, key: &ViewKey) -> ProxySnapshot
                     Err(_) => continue,
                 }
             }
+            if key.role == Role::Worker {
+                resolve_for_worker(state, document.namespace.as_deref(), &pools, &mut dataset);
+            }
             if let Some(namespace) = &document.namespace {
                 dataset.namespace = Some(namespace.clone());
                 if dataset.allow.is_empty() {
@@ -75,6 +80,36 @@ pub fn snapshot(state: &MeshState, version: u64, key: &ViewKey) -> ProxySnapshot
         },
         key,
     )
+}
+
+/// Names on a worker's copy of `dataset` the pool its sidecars read it
+/// from, when that is one of the mesh-wide `pools` the worker has; else a
+/// worker cannot rank its chunks, and does not warm it on its own.
+fn resolve_for_worker(
+    state: &MeshState,
+    namespace: Option<&str>,
+    pools: &[PoolSpec],
+    dataset: &mut DatasetPolicy,
+) {
+    if dataset.warm == WarmPolicy::Never {
+        return;
+    }
+    let choices = usable_pools(state, namespace);
+    let resolved = dataset
+        .pool_in(&choices)
+        .ok()
+        .filter(|pool| pools.iter().any(|p| p == *pool))
+        .map(|pool| pool.name.clone());
+    match resolved {
+        Some(name) => dataset.pool = Some(name),
+        None => {
+            tracing::warn!(
+                dataset = %dataset.name,
+                "warm: on_start needs the data set's pool to be mesh-wide; workers will not warm it on their own"
+            );
+            dataset.warm = WarmPolicy::Never;
+        }
+    }
 }
 
 /// The pools a sidecar of `namespace` may use, by name: mesh-wide first
@@ -218,16 +253,45 @@ mod tests {
     }
 
     #[test]
-    fn workers_see_every_data_set_and_no_pools() {
+    fn workers_see_every_data_set_and_the_mesh_wide_pools() {
+        let mut state = state();
+        state.documents.insert(
+            DocumentKey {
+                source: "file",
+                name: "train/warm.yaml".into(),
+            },
+            document(
+                Some("train"),
+                "pools:\n  - name: own\n    members: [{ address: \"t0:4143\" }]\n\
+                 datasets:\n  - { name: coco, origin: \"s3://d/c/\", pool: workers, warm: on_start }\n  \
+                 - { name: mine, origin: \"s3://d/m/\", pool: own, warm: on_start }\n",
+            ),
+        );
         let worker = snapshot(
-            &state(),
+            &state,
             3,
             &ViewKey {
                 role: Role::Worker,
                 namespace: "ferry".into(),
             },
         );
-        assert_eq!(names(&worker), ["imagenet", "laion", "orphan"]);
-        assert!(worker.pools.is_empty());
+        assert_eq!(
+            names(&worker),
+            ["imagenet", "laion", "orphan", "coco", "mine"]
+        );
+        let pools: Vec<&str> = worker.pools.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(pools, ["workers"], "mesh-wide pools only");
+        let coco = &worker.datasets[3];
+        assert_eq!(
+            (coco.warm, coco.pool.as_deref()),
+            (WarmPolicy::OnStart, Some("workers")),
+            "named as its sidecars resolve it"
+        );
+        let mine = &worker.datasets[4];
+        assert_eq!(
+            mine.warm,
+            WarmPolicy::Never,
+            "a namespace's own pool is not the workers' to rank by"
+        );
     }
 }

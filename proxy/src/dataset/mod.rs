@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use ferry_config::{CachePolicy, DatasetPolicy, PoolDownPolicy, ProxyConfig, Role};
+use ferry_config::{
+    CachePolicy, DatasetPolicy, PoolDownPolicy, PoolSpec, ProxyConfig, Role, WarmPolicy,
+};
 
 use crate::cache::disk::persistent_seed;
 use crate::cache::{ChunkCache, DiskCounters, DiskTier};
@@ -23,7 +25,7 @@ use crate::prefetch::{Keys, PlanParts, PlanStatus, Prefetcher};
 use crate::telemetry::{DatasetMetrics, Direction, TrafficMetrics};
 use crate::tls::TlsState;
 use crate::upstream::Upstream;
-use crate::warm::{BadWarmUp, WarmParts, WarmRequest, WarmStatus, Warmer};
+use crate::warm::{BadWarmUp, WarmMember, WarmParts, WarmRequest, WarmStatus, Warmer};
 
 /// Read-ahead streams whose chunks may wait in staging at once.
 const STAGED_STREAMS: u64 = 8;
@@ -143,16 +145,57 @@ impl Dataset {
 
     /// Starts warming this data set (see [`crate::warm`]).
     pub fn start_warm(&self, request: WarmRequest) -> Result<WarmStatus, BadWarmUp> {
-        self.warm.start(
-            WarmParts {
-                dataset: self.policy.name.clone(),
-                chunks: Arc::clone(&self.chunks),
-                metadata: Arc::clone(&self.metadata),
-                metrics: Arc::clone(&self.metrics),
-                capacity: self.capacity,
-            },
-            request,
-        )
+        self.warm.start(self.warm_parts(), request)
+    }
+
+    /// Warms this data set on its own when its policy says `warm:
+    /// on_start` and `me` is a member of its pool among `pools` (again when
+    /// the membership changes; chunks held are skipped).
+    pub fn warm_on_start(&self, pools: &[PoolSpec], me: &str) {
+        if self.policy.warm != WarmPolicy::OnStart {
+            return;
+        }
+        let pool = match self.policy.pool_in(pools) {
+            Ok(pool) => pool,
+            Err(why) => {
+                tracing::debug!(dataset = %self.policy.name, %why, "warm: on_start waits for the data set's pool");
+                return;
+            }
+        };
+        if !pool.members.iter().any(|m| m.address == me) {
+            tracing::debug!(dataset = %self.policy.name, pool = %pool.name, me, "warm: on_start: this worker is not (yet) a member of the pool");
+            return;
+        }
+        let request = WarmRequest {
+            prefix: String::new(),
+            members: pool
+                .members
+                .iter()
+                .map(|m| WarmMember {
+                    address: m.address.clone(),
+                    weight: m.weight,
+                })
+                .collect(),
+            member: me.to_owned(),
+            concurrency: self.policy.warm_limits.concurrency,
+            bytes_per_second: self.policy.warm_limits.bytes_per_second.map(|b| b.bytes()),
+        };
+        match self.warm.start_on_policy(self.warm_parts(), request) {
+            Ok(()) => {}
+            Err(err) => {
+                tracing::warn!(dataset = %self.policy.name, %err, "warm: on_start could not start")
+            }
+        }
+    }
+
+    fn warm_parts(&self) -> WarmParts {
+        WarmParts {
+            dataset: self.policy.name.clone(),
+            chunks: Arc::clone(&self.chunks),
+            metadata: Arc::clone(&self.metadata),
+            metrics: Arc::clone(&self.metrics),
+            capacity: self.capacity,
+        }
     }
 
     /// The bytes of `range` (non-empty) of `object`, from the chunk layer
@@ -249,8 +292,8 @@ impl Dataset {
         }
     }
 
-    /// This data set under `policy`, which differs from its own in the
-    /// `allow` list only: same caches, same upstream.
+    /// This data set under `policy`, which differs from its own only where
+    /// [`same_data_path`] allows: same caches, same upstream.
     fn with_policy(&self, policy: &DatasetPolicy) -> Self {
         Self {
             policy: policy.clone(),
@@ -265,10 +308,15 @@ impl Dataset {
     }
 }
 
-/// Whether two policies differ in their `allow` lists at most.
-fn same_but_allow(a: &DatasetPolicy, b: &DatasetPolicy) -> bool {
+/// Whether two policies differ at most in what leaves a data set's caches
+/// and upstream as they are: the `allow` list, the pool's name (`same_pool`
+/// checks where it leads) and the warm-up settings.
+fn same_data_path(a: &DatasetPolicy, b: &DatasetPolicy) -> bool {
     let mut a = a.clone();
     a.allow.clone_from(&b.allow);
+    a.pool.clone_from(&b.pool);
+    a.warm = b.warm;
+    a.warm_limits = b.warm_limits;
     a == *b
 }
 
@@ -410,7 +458,7 @@ impl Datasets {
                         .find(|d| &d.policy.name == name)
                 });
             if let Some(old) = old
-                && same_but_allow(&old.policy, policy)
+                && same_data_path(&old.policy, policy)
                 && same_pool(old, config, policy, &pools)
             {
                 built.push(if old.policy == *policy {

@@ -6,7 +6,7 @@
 
 pub mod watch;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -17,6 +17,17 @@ use ferry_config::{ProxyConfig, ProxySnapshot};
 
 use crate::dataset::Datasets;
 use crate::tls::TlsState;
+
+/// `address` as other pods reach it: an unspecified address becomes the
+/// pod's (`POD_IP`, set by the chart), when there is one.
+pub fn reachable(mut address: std::net::SocketAddr) -> std::net::SocketAddr {
+    if address.ip().is_unspecified()
+        && let Some(ip) = std::env::var("POD_IP").ok().and_then(|ip| ip.parse().ok())
+    {
+        address.set_ip(ip);
+    }
+    address
+}
 
 /// Where the control plane's configuration stands, for `/config`.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -44,6 +55,8 @@ pub struct Mesh {
     /// One change at a time.
     applying: Mutex<()>,
     metrics: MeshMetrics,
+    /// A worker's address in its pool, once its listener is bound.
+    advertised: OnceLock<String>,
 }
 
 struct MeshMetrics {
@@ -65,6 +78,7 @@ impl Mesh {
             tls,
             status: Mutex::new(ControlPlaneStatus::default()),
             applying: Mutex::new(()),
+            advertised: OnceLock::new(),
             metrics: MeshMetrics {
                 version: gauge!("config_version"),
                 last_update: gauge!("config_last_update_timestamp_seconds"),
@@ -126,6 +140,7 @@ impl Mesh {
             );
         }
         self.snapshot.store(Arc::new(Some(snapshot.clone())));
+        self.warm_on_start();
         if let Some(datasets) = self.datasets.load().without_expired() {
             self.datasets.store(Arc::new(datasets));
         }
@@ -140,6 +155,28 @@ impl Mesh {
         self.metrics.version.set(snapshot.version as f64);
         self.metrics.last_update.set(now as f64);
         Ok(())
+    }
+
+    /// Records this worker's address in its pool (once) and starts the
+    /// warm-ups its data sets' policies ask for.
+    pub fn set_advertised(&self, address: String) {
+        let _ = self.advertised.set(address);
+        self.warm_on_start();
+    }
+
+    /// Starts (or restarts, when the pool changed) every `warm: on_start`
+    /// warm-up this worker takes part in.
+    fn warm_on_start(&self) {
+        let Some(me) = self.advertised.get() else {
+            return;
+        };
+        let config = self.config();
+        if config.role != ferry_config::Role::Worker {
+            return;
+        }
+        for dataset in self.datasets().iter() {
+            dataset.warm_on_start(&config.pools, me);
+        }
     }
 
     /// Records a snapshot that was not put in force (`version` if it could

@@ -40,14 +40,7 @@ const CONTROL_PLANE_ACCOUNT: &str = "ferry-control-plane";
 /// reachable (an unspecified address becomes the pod's, from `POD_IP`).
 fn watch_path(role: Role, admin: Option<SocketAddr>) -> String {
     let mut path = format!("/v1/watch/proxy?role={}", role.as_str());
-    let reachable = admin.map(|mut admin| {
-        if admin.ip().is_unspecified()
-            && let Some(ip) = std::env::var("POD_IP").ok().and_then(|ip| ip.parse().ok())
-        {
-            admin.set_ip(ip);
-        }
-        admin
-    });
+    let reachable = admin.map(super::reachable);
     if let Some(admin) = reachable {
         let admin = admin.to_string().replace('[', "%5B").replace(']', "%5D");
         path.push_str("&admin=");

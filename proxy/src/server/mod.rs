@@ -113,6 +113,18 @@ pub async fn start_announcing(
         .as_ref()
         .map(TcpListener::local_addr)
         .transpose()?;
+    if config.role == Role::Worker {
+        // Where the pool reaches this worker, for warm-ups it starts itself.
+        let advertised = config.advertise.clone().or_else(|| {
+            inbound
+                .map(crate::mesh::reachable)
+                .filter(|a| !a.ip().is_unspecified())
+                .map(|a| a.to_string())
+        });
+        if let Some(address) = advertised {
+            mesh.set_advertised(address);
+        }
+    }
     let admin_listener = TcpListener::bind(config.admin)
         .await
         .with_context(|| format!("cannot listen on admin address {}", config.admin))?;

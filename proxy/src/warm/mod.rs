@@ -21,7 +21,7 @@ use crate::chunk::{ChunkStore, Warmed, chunk_range};
 use crate::metadata::{MetadataCache, ObjectInfo};
 use crate::outbound::balance::rendezvous::{self, chunk_route};
 use crate::telemetry::DatasetMetrics;
-pub use request::{BadWarmUp, WarmRequest};
+pub use request::{BadWarmUp, WarmMember, WarmRequest};
 
 /// Objects listed and waiting for their chunks to be warmed: bounds the
 /// memory a listing of millions of objects takes.
@@ -50,9 +50,25 @@ pub struct WarmParts {
 #[derive(Default)]
 pub struct Warmer {
     job: Mutex<Option<Arc<Job>>>,
+    /// What the last warm-up the policy started was asked (`warm: on_start`).
+    on_start: Mutex<Option<String>>,
 }
 
 impl Warmer {
+    /// Starts warming as the policy's `warm: on_start` asks, unless the
+    /// last such warm-up was asked the same (same pool, same bounds): a
+    /// snapshot that changes something else starts nothing.
+    pub fn start_on_policy(&self, parts: WarmParts, request: WarmRequest) -> Result<(), BadWarmUp> {
+        let asked = format!("{request:?}");
+        let mut last = self.on_start.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() == Some(asked.as_str()) {
+            return Ok(());
+        }
+        self.start(parts, request)?;
+        *last = Some(asked);
+        Ok(())
+    }
+
     /// Starts warming `parts` as `request` says, stopping a warm-up already
     /// running (what it fetched stays, and is skipped by this one).
     pub fn start(&self, parts: WarmParts, request: WarmRequest) -> Result<WarmStatus, BadWarmUp> {
