@@ -50,6 +50,11 @@ pub struct TrainArgs {
     /// before reading it, as the Python sampler wrapper does.
     #[arg(long)]
     pub prefetch: bool,
+    /// Post the whole job's order (every epoch's, as a seeded sampler knows
+    /// them) once, before epoch 1, instead of each epoch's at its start: the
+    /// next epoch's first samples are fetched while the current one ends.
+    #[arg(long, conflicts_with = "prefetch")]
+    pub prefetch_job: bool,
     /// Before epoch 1, load the data set into the workers with `ferryctl
     /// warm` (timed against reading it all from the origin at the same
     /// concurrency), so epoch 1 is read from warm workers.
@@ -248,6 +253,13 @@ pub async fn run(args: &TrainArgs) -> anyhow::Result<TrainReport> {
         args.batch as f64 / args.rate * 1000.0,
         args.workers
     );
+    if let (true, Source::Ferry { addr, bucket }) = (args.prefetch_job, &ferry_source) {
+        let keys: Vec<&str> = (1..=args.epochs)
+            .flat_map(|epoch| data.order(args.seed, epoch))
+            .map(|sample| data.items[sample][0].key.as_str())
+            .collect();
+        post_order(*addr, bucket, keys.join("\n")).await?;
+    }
     let mut synthetic = Vec::new();
     let mut ferry = Vec::new();
     // Jobs alternate epoch by epoch so machine noise touches both alike.
