@@ -332,8 +332,14 @@ async fn bad_orders_get_clear_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_python_sampler_package_with_boto3_and_s3fs() {
-    common::require_python_modules(&["pytest", "boto3", "s3fs", "ferry_prefetch"]);
+async fn the_python_sampler_package_with_boto3_s3fs_and_the_crt_client() {
+    common::require_python_modules(&[
+        "pytest",
+        "boto3",
+        "s3fs",
+        "ferry_prefetch",
+        "s3torchconnectorclient",
+    ]);
     let (_worker, proxy) = mesh(&[]);
     let expected = common::TempDir::new("prefetch-python");
     let keys: Vec<String> = (0..spec().count).map(|i| spec().key(i)).collect();

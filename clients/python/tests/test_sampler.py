@@ -1,4 +1,5 @@
-"""The wrapper on its own, and against a running sidecar with boto3 and s3fs.
+"""The wrapper on its own, and against a running sidecar with boto3, s3fs
+and the AWS CRT client behind s3torchconnector.
 
 The sidecar tests need ``FERRY_ENDPOINT`` (the sidecar's front door),
 ``FERRY_ADMIN`` (its admin port), ``FERRY_BUCKET`` and ``FERRY_EXPECTED``
@@ -168,6 +169,28 @@ def test_s3fs_reads_through_the_wrapper():
     for index in indices:
         with fs.open(f"{bucket}/{keys[index]}", "rb") as f:
             assert f.read() == content(index), keys[index]
+    assert memory_hits() - before >= len(keys), "every sample's chunk was prefetched"
+
+
+@needs_sidecar
+def test_the_crt_client_behind_s3torchconnector_reads_in_the_posted_order():
+    # s3torchconnector's datasets read through this client (AWS CRT); it
+    # needs no PyTorch of its own.
+    from s3torchconnectorclient._mountpoint_s3_client import MountpointS3Client
+
+    bucket = os.environ["FERRY_BUCKET"]
+    keys, content = expected()
+    crt = MountpointS3Client(
+        region="us-east-1", endpoint=ENDPOINT, unsigned=True, force_path_style=True
+    )
+    listed = [o.key for page in crt.list_objects(bucket) for o in page.object_info]
+    assert sorted(listed) == sorted(keys)
+    sampler = OrderedSampler(ShuffleSampler(len(keys), seed=21), keys, bucket)
+    order = list(sampler)
+    wait_fetched(sampler.client, len(keys))
+    before = memory_hits()
+    for index in order:
+        assert b"".join(crt.get_object(bucket, keys[index])) == content(index), keys[index]
     assert memory_hits() - before >= len(keys), "every sample's chunk was prefetched"
 
 
