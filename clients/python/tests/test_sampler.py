@@ -35,7 +35,9 @@ class Recorder:
     def post_indices(self, indices, keys=None):
         return self._post(("indices", list(indices), keys))
 
-    def post_shuffle(self, seed, keys=None, prefix=None):
+    def post_shuffle(self, seed, keys=None, prefix=None, epochs=1):
+        if epochs != 1:
+            return self._post(("shuffle", seed, keys, epochs))
         return self._post(("shuffle", seed, keys))
 
     def _post(self, post):
@@ -71,6 +73,21 @@ def test_a_shuffle_sampler_is_posted_as_its_seed_each_epoch():
     assert first == shuffle(50, 9) and second == shuffle(50, 10)
     # Epoch 1 reused the keys, was refused (a restarted sidecar), resent them.
     assert recorder.posts == [("shuffle", 9, keys), ("shuffle", 10, keys)]
+
+
+def test_epochs_ahead_posts_several_epochs_at_once_and_then_waits_for_them():
+    keys = [f"k{i}" for i in range(20)]
+    recorder = Recorder()
+    inner = ShuffleSampler(20, seed=4)
+    sampler = OrderedSampler(inner, keys, "b", client=recorder, epochs_ahead=3)
+    orders = []
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        orders.append(list(sampler))
+    assert orders == [shuffle(20, 4 + e) for e in range(4)], "yields what it wraps"
+    assert recorder.posts == [("shuffle", 4, keys, 3), ("shuffle", 7, None, 3)]
+    with pytest.raises(ValueError):
+        OrderedSampler(inner, keys, "b", client=recorder, epochs_ahead=0)
 
 
 def test_an_unreachable_sidecar_is_a_warning_not_an_error():
@@ -145,6 +162,26 @@ def test_boto3_reads_in_the_posted_order_hit():
             body = s3.get_object(Bucket=bucket, Key=keys[index])["Body"].read()
             assert body == content(index), keys[index]
         assert memory_hits() - before == len(keys), f"epoch {epoch}: every read prefetched"
+
+
+@needs_sidecar
+def test_an_order_posted_two_epochs_ahead_prefetches_both():
+    bucket = os.environ["FERRY_BUCKET"]
+    keys, content = expected()
+    s3 = s3_client()
+    sampler = OrderedSampler(ShuffleSampler(len(keys), seed=30), keys, bucket, epochs_ahead=2)
+    before = memory_hits()
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        order = iter(sampler)
+        if epoch == 0:
+            assert sampler.last_status["samples"] == 2 * len(keys)
+        wait_fetched(sampler.client, (epoch + 1) * len(keys))
+        for index in order:
+            body = s3.get_object(Bucket=bucket, Key=keys[index])["Body"].read()
+            assert body == content(index), keys[index]
+    assert memory_hits() - before == 2 * len(keys), "every read of both epochs prefetched"
+    assert sampler.client.status()["reads"] == 2 * len(keys)
 
 
 @needs_sidecar

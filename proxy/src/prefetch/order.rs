@@ -28,8 +28,14 @@ pub enum KeySource {
 pub enum Permutation {
     /// The list's own order.
     Identity,
-    /// [`shuffle`] with this seed.
-    Shuffle(u64),
+    /// [`shuffle`] with this seed, then with seed + 1, ... for `epochs`
+    /// epochs one after another (a seeded sampler's next epochs).
+    Shuffle {
+        /// The first epoch's seed.
+        seed: u64,
+        /// Epochs in the order (at least 1).
+        epochs: u32,
+    },
     /// The keys at these indices of the list, in this order (repeats allowed).
     Indices(Vec<u32>),
 }
@@ -60,8 +66,18 @@ struct JsonOrder {
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
 enum JsonPermutation {
     Identity,
-    Shuffle { seed: u64 },
-    Indices { indices: Vec<u32> },
+    Shuffle {
+        seed: u64,
+        #[serde(default = "one")]
+        epochs: u32,
+    },
+    Indices {
+        indices: Vec<u32>,
+    },
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Parses a body: JSON when it starts with `{`, else keys one per line.
@@ -134,7 +150,12 @@ fn parse_json(text: &str) -> Result<OrderSpec, BadOrder> {
     };
     let permutation = match order.permutation {
         None | Some(JsonPermutation::Identity) => Permutation::Identity,
-        Some(JsonPermutation::Shuffle { seed }) => Permutation::Shuffle(seed),
+        Some(JsonPermutation::Shuffle { seed, epochs }) => {
+            if epochs == 0 {
+                return Err(BadOrder("permutation.epochs must be at least 1".into()));
+            }
+            Permutation::Shuffle { seed, epochs }
+        }
         Some(JsonPermutation::Indices { indices }) => Permutation::Indices(indices),
     };
     Ok(OrderSpec { keys, permutation })
@@ -170,7 +191,19 @@ impl Permutation {
             .ok_or_else(|| BadOrder(format!("{len} keys are more than one order may hold")))?;
         match self {
             Self::Identity => Ok((0..len32).collect()),
-            Self::Shuffle(seed) => Ok(shuffle(len32, *seed)),
+            Self::Shuffle { seed, epochs } => {
+                let total = len.saturating_mul(*epochs as usize);
+                if total > MAX_ORDER_SAMPLES {
+                    return Err(BadOrder(format!(
+                        "{epochs} epochs of {len} keys are {total} samples; at most {MAX_ORDER_SAMPLES} are accepted"
+                    )));
+                }
+                let mut order = Vec::with_capacity(total);
+                for epoch in 0..*epochs {
+                    order.extend(shuffle(len32, seed.wrapping_add(u64::from(epoch))));
+                }
+                Ok(order)
+            }
             Self::Indices(indices) => match indices.iter().find(|&&i| i >= len32) {
                 Some(bad) => Err(BadOrder(format!(
                     "permutation.indices has {bad}, past the {len} keys"
@@ -229,7 +262,10 @@ mod tests {
         let spec = parse(br#"{"prefix": "train/", "permutation": {"kind": "shuffle", "seed": 7}}"#)
             .expect("order");
         assert_eq!(spec.keys, KeySource::Prefix("train/".into()));
-        assert_eq!(spec.permutation, Permutation::Shuffle(7));
+        assert_eq!(
+            spec.permutation,
+            Permutation::Shuffle { seed: 7, epochs: 1 }
+        );
         let spec =
             parse(br#"{"permutation": {"kind": "indices", "indices": [2, 0, 1]}}"#).expect("order");
         assert_eq!(spec.keys, KeySource::Previous);
@@ -264,6 +300,31 @@ mod tests {
                 err.0
             );
         }
+    }
+
+    #[test]
+    fn a_shuffle_over_several_epochs_is_each_epochs_shuffle_in_turn() {
+        let spec = parse(br#"{"permutation": {"kind": "shuffle", "seed": 41, "epochs": 3}}"#)
+            .expect("order");
+        let order = spec.permutation.apply(10).expect("order");
+        let expected: Vec<u32> = [41, 42, 43]
+            .into_iter()
+            .flat_map(|s| shuffle(10, s))
+            .collect();
+        assert_eq!(order, expected);
+        assert_eq!(
+            order[10..20],
+            [8, 3, 6, 5, 4, 0, 9, 2, 1, 7],
+            "the second epoch is seed + 1"
+        );
+        let zero = parse(br#"{"permutation": {"kind": "shuffle", "seed": 1, "epochs": 0}}"#);
+        assert!(zero.is_err_and(|e| e.0.contains("at least 1")));
+        let huge = Permutation::Shuffle {
+            seed: 1,
+            epochs: 1000,
+        }
+        .apply(MAX_ORDER_SAMPLES / 10);
+        assert!(huge.is_err_and(|e| e.0.contains("at most")));
     }
 
     #[test]

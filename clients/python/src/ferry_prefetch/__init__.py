@@ -88,10 +88,16 @@ class PrefetchClient:
         seed: int,
         keys: Optional[Sequence[str]] = None,
         prefix: Optional[str] = None,
+        epochs: int = 1,
     ) -> dict:
         """Posts ``shuffle(len(keys), seed)`` over ``keys``, over every key
-        under ``prefix`` (in listing order), or over the previous key list."""
-        order: dict = {"permutation": {"kind": "shuffle", "seed": int(seed) & _MASK}}
+        under ``prefix`` (in listing order), or over the previous key list;
+        with ``epochs`` > 1, that many epochs in turn, seeds ``seed``,
+        ``seed + 1``, ... (a ``ShuffleSampler``'s next epochs)."""
+        permutation: dict = {"kind": "shuffle", "seed": int(seed) & _MASK}
+        if epochs != 1:
+            permutation["epochs"] = int(epochs)
+        order: dict = {"permutation": permutation}
         if keys is not None:
             order["keys"] = list(keys)
         if prefix is not None:
@@ -181,6 +187,12 @@ class OrderedSampler:
     sampler yields (indices, or batches of them). Posting never fails the
     epoch: a refused or unreachable sidecar is a warning, and reads go on
     without prefetch.
+
+    Wrapping a ``ShuffleSampler``, ``epochs_ahead=K`` posts K epochs' order
+    at once (this one and the next K - 1) and posts again only after them:
+    the sidecar then fetches the next epoch's first samples while this one
+    ends, which short epochs need (call ``set_epoch`` every epoch, as with
+    ``DistributedSampler``). Other samplers post each epoch's order.
     """
 
     def __init__(
@@ -190,11 +202,17 @@ class OrderedSampler:
         bucket: str,
         endpoint: Optional[str] = None,
         client: Optional[PrefetchClient] = None,
+        epochs_ahead: int = 1,
     ):
+        if epochs_ahead < 1:
+            raise ValueError("epochs_ahead must be at least 1")
         self.sampler = sampler
         self.keys = keys
         self.client = client or PrefetchClient(bucket, endpoint)
+        self.epochs_ahead = epochs_ahead
         self._keys_sent = False
+        # Epochs [first, end) of the order the sidecar has (ShuffleSampler).
+        self._posted: Optional[range] = None
         self.last_status: Optional[dict] = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -206,14 +224,19 @@ class OrderedSampler:
 
     def __iter__(self) -> Iterator:
         if isinstance(self.sampler, ShuffleSampler) and self.sampler.n == len(self.keys):
-            items = None
-            post = lambda keys: self.client.post_shuffle(self.sampler.epoch_seed, keys=keys)
-        else:
-            items = list(iter(self.sampler))
-            indices = _flatten(items)
-            post = lambda keys: self.client.post_indices(indices, keys=keys)
-        self._post(post)
-        return iter(self.sampler) if items is None else iter(items)
+            epoch, ahead = self.sampler.epoch, self.epochs_ahead
+            if ahead > 1 and self._posted is not None and epoch in self._posted:
+                return iter(self.sampler)
+            post = lambda keys: self.client.post_shuffle(
+                self.sampler.epoch_seed, keys=keys, epochs=ahead
+            )
+            self._post(post)
+            self._posted = range(epoch, epoch + ahead) if self.last_status else None
+            return iter(self.sampler)
+        items = list(iter(self.sampler))
+        indices = _flatten(items)
+        self._post(lambda keys: self.client.post_indices(indices, keys=keys))
+        return iter(items)
 
     def _post(self, post) -> None:
         try:
