@@ -169,7 +169,8 @@ pub struct WarmStatus {
     pub chunks_held: u64,
     /// What the data set's tiers can hold (the disk tier's, else memory's).
     pub capacity_bytes: u64,
-    /// Whether the cache filled up before every owned chunk was in it.
+    /// Whether the cache filled up (or refused a chunk) before every owned
+    /// chunk was in it.
     pub capacity_reached: bool,
     /// Origin fetches at once.
     pub concurrency: usize,
@@ -440,8 +441,17 @@ impl Job {
             Ok(Warmed::Fetched(bytes)) => {
                 self.chunks_fetched.fetch_add(1, Ordering::AcqRel);
                 self.bytes_fetched.fetch_add(bytes, Ordering::AcqRel);
-                self.bytes_done.fetch_add(len, Ordering::AcqRel);
                 parts.metrics.warm_bytes.increment(bytes);
+                // A full cache (or a disk with writes queued past its bound)
+                // may refuse what was fetched: then it is not warm.
+                if parts.chunks.holds(&owned.object, index) {
+                    self.bytes_done.fetch_add(len, Ordering::AcqRel);
+                } else {
+                    self.admitted.fetch_sub(len, Ordering::AcqRel);
+                    self.capacity_reached.store(true, Ordering::Release);
+                    self.bytes_not_warmed.fetch_add(len, Ordering::AcqRel);
+                    owned.incomplete.store(true, Ordering::Release);
+                }
             }
             Err(err) => {
                 self.admitted.fetch_sub(len, Ordering::AcqRel);
