@@ -102,6 +102,17 @@ impl Warmer {
     }
 }
 
+impl Drop for Warmer {
+    /// A data set gone (its last version dropped) stops its warm-up: its
+    /// caches are going with it.
+    fn drop(&mut self) {
+        let job = self.job.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(job) = job {
+            job.stop();
+        }
+    }
+}
+
 /// Where a warm-up stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
