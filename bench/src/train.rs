@@ -350,6 +350,7 @@ async fn warm_up(
         bytes_per_second: None,
         detach: false,
         status_only: false,
+        control_plane: None,
         output: ferry_control_plane::ctl::Output::Table,
         timeout: Duration::from_secs(10),
     };

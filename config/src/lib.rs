@@ -31,7 +31,7 @@ pub use policy::{
 };
 pub use pool::{BalanceSpec, HedgeSpec, MemberSpec, PoolSpec};
 pub use proxy::{CacheOverride, DiskCacheSpec, Limits, MountSpec, ProxyConfig, Role};
-pub use snapshot::{ProxySnapshot, WatchEvent};
+pub use snapshot::{ProxySnapshot, WarmOrder, WatchEvent};
 pub use synthetic::{SizeDistribution, SyntheticSpec};
 pub use tenancy::{OriginPrefix, TenantSpec, off_limits_to_tenants};
 pub use units::{ByteSize, HumanDuration, MetadataTtl};

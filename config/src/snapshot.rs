@@ -27,10 +27,33 @@ pub struct ProxySnapshot {
     pub version: u64,
     /// The data sets this proxy serves.
     pub datasets: Vec<DatasetPolicy>,
-    /// The worker pools those data sets read from (sidecars only).
+    /// The worker pools those data sets read from (for workers: the
+    /// mesh-wide pools, to rank chunks for warm-ups).
     pub pools: Vec<PoolSpec>,
     /// PEM trust anchors for peers.
     pub trust_bundle: Vec<String>,
+    /// Warm-ups an operator asked the control plane for (workers only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warm_orders: Vec<WarmOrder>,
+}
+
+/// A warm-up of one data set asked of every worker of its pool
+/// (`ferryctl warm` through the control plane).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmOrder {
+    /// The data set's name.
+    pub dataset: String,
+    /// Grows with every order: a worker starts each one once.
+    pub id: u64,
+    /// Only keys under this prefix.
+    #[serde(default)]
+    pub prefix: String,
+    /// Origin fetches at once, per worker.
+    pub concurrency: usize,
+    /// Origin bytes per second for the whole pool, split by weight.
+    #[serde(default)]
+    pub bytes_per_second: Option<u64>,
 }
 
 impl ProxySnapshot {
@@ -75,6 +98,13 @@ mod tests {
             datasets: file.datasets.0.clone(),
             pools: file.pools.clone(),
             trust_bundle: vec!["-----BEGIN CERTIFICATE-----\n...".into()],
+            warm_orders: vec![WarmOrder {
+                dataset: "files".into(),
+                id: 3,
+                prefix: "a/".into(),
+                concurrency: 8,
+                bytes_per_second: Some(1 << 20),
+            }],
         };
         let line = snapshot.to_line();
         assert_eq!(line.last(), Some(&b'\n'));

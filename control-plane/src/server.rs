@@ -26,6 +26,7 @@ use ferry_config::{ControlPlaneConfig, NativeSidecars, SpiffeId};
 use crate::api_certificate::ApiCertificate;
 use crate::identity::{AnyOf, CertificateAuthority, FileTokens, IdentityService, TokenValidator};
 use crate::policy::PolicyStore;
+use crate::policy::WarmOrderError;
 use crate::sources::kubernetes::TokenReviewValidator;
 use crate::watch::{ProxyRegistry, WatchService};
 
@@ -336,7 +337,7 @@ async fn serve_admin(
 ) {
     let prometheus = Arc::new(prometheus);
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let prometheus = prometheus.clone();
@@ -348,6 +349,10 @@ async fn serve_admin(
                 let store = store.clone();
                 let proxies = proxies.clone();
                 async move {
+                    if let Some(dataset) = request.uri().path().strip_prefix("/warm/") {
+                        let dataset = dataset.to_owned();
+                        return Ok(order_warm(&store, request, &dataset, peer).await);
+                    }
                     Ok::<_, Infallible>(match request.uri().path() {
                         "/live" => text(StatusCode::OK, "live\n"),
                         "/ready" => match waiting_for(&store) {
@@ -378,7 +383,7 @@ async fn serve_admin(
                         "/proxies" => json(&serde_json::json!({ "proxies": proxies.list() })),
                         _ => text(
                             StatusCode::NOT_FOUND,
-                            "not found: try /live, /ready, /metrics, /policies or /proxies\n",
+                            "not found: try /live, /ready, /metrics, /policies, /proxies or POST /warm/{dataset}\n",
                         ),
                     })
                 }
@@ -387,6 +392,95 @@ async fn serve_admin(
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+/// The body of `POST /warm/{dataset}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WarmAsk {
+    #[serde(default)]
+    prefix: String,
+    #[serde(default = "default_warm_concurrency")]
+    concurrency: usize,
+    #[serde(default)]
+    bytes_per_second: Option<u64>,
+}
+
+fn default_warm_concurrency() -> usize {
+    8
+}
+
+/// `POST /warm/{dataset}` (loopback only, as it spends origin bandwidth):
+/// orders every worker of the data set's pool to warm it.
+async fn order_warm(
+    store: &PolicyStore,
+    request: Request<hyper::body::Incoming>,
+    dataset: &str,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let error = |status: StatusCode, code: &str, message: String| {
+        let mut response = json(&serde_json::json!({ "code": code, "message": message }));
+        *response.status_mut() = status;
+        response
+    };
+    if request.method() != http::Method::POST {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "use POST /warm/{dataset}; each worker's progress is its own GET /warm/{dataset}"
+                .into(),
+        );
+    }
+    if !peer.ip().is_loopback() {
+        return error(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "warm-ups are ordered from localhost only (kubectl port-forward or exec)".into(),
+        );
+    }
+    let body = match http_body_util::Limited::new(request.into_body(), 64 * 1024)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(err) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "MalformedWarmUp",
+                format!("the body could not be read: {err}"),
+            );
+        }
+    };
+    let ask: WarmAsk = if body.is_empty() {
+        WarmAsk {
+            prefix: String::new(),
+            concurrency: default_warm_concurrency(),
+            bytes_per_second: None,
+        }
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(ask) => ask,
+            Err(err) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "MalformedWarmUp",
+                    format!("the body is not a warm-up request: {err}"),
+                );
+            }
+        }
+    };
+    match store.order_warm(dataset, ask.prefix, ask.concurrency, ask.bytes_per_second) {
+        Ok(order) => {
+            tracing::info!(dataset, id = order.id, "warm-up ordered");
+            let mut response = json(&serde_json::to_value(&order).unwrap_or_default());
+            *response.status_mut() = StatusCode::ACCEPTED;
+            response
+        }
+        Err(err @ WarmOrderError::UnknownDataset(_)) => {
+            error(StatusCode::NOT_FOUND, "NoSuchDataset", err.to_string())
+        }
+        Err(err) => error(StatusCode::BAD_REQUEST, "MalformedWarmUp", err.to_string()),
     }
 }
 

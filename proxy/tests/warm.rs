@@ -436,49 +436,85 @@ async fn wait_for_warm(worker: &ProxyProcess, done: impl Fn(&Value) -> bool) -> 
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_policy_with_warm_on_start_warms_each_worker_share_and_again_when_the_pool_changes() {
-    use common::plane::{ControlPlane, write_policy};
-    let query = "count=30&size=100KiB&dist=fixed&seed=8";
-    let spec = SyntheticSpec::from_query(query).expect("spec");
-    let dir = common::TempDir::new("warm-on-start");
-    let policies = dir.path().join("policies");
-    std::fs::create_dir_all(&policies).expect("policies dir");
-    write_policy(
-        &policies,
-        "datasets.yaml",
-        &format!(
-            "datasets:\n  - name: data\n    origin: \"synthetic://?{query}\"\n    chunk_size: 64KiB\n    \
-             read_ahead: 0\n    pool: workers\n    warm: on_start\n    warm_limits: {{ concurrency: 4 }}\n"
-        ),
-    );
-    let config_dir = policies.to_str().expect("path").to_owned();
-    let plane = ControlPlane::start(dir.path(), &["--config-dir", &config_dir]);
-    let mut args: Vec<String> = vec!["worker".into()];
-    args.extend(plane.flags("worker-token"));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let workers = [ProxyProcess::start(&args), ProxyProcess::start(&args)];
-    let addresses: Vec<String> = workers
-        .iter()
-        .map(|w| w.inbound.expect("inbound").to_string())
-        .collect();
-    let pool = |members: &[String]| {
+/// A control plane over a policy directory with one data set `data` of
+/// `query` (its `extra` YAML lines appended), two workers watching it, and
+/// the pool `workers` of both written once they run.
+struct PlaneMesh {
+    policies: std::path::PathBuf,
+    plane: common::plane::ControlPlane,
+    workers: [ProxyProcess; 2],
+    addresses: Vec<String>,
+    _dir: common::TempDir,
+}
+
+impl PlaneMesh {
+    fn start(query: &str, extra: &str) -> Self {
+        use common::plane::{ControlPlane, write_policy};
+        let dir = common::TempDir::new("warm-plane");
+        let policies = dir.path().join("policies");
+        std::fs::create_dir_all(&policies).expect("policies dir");
+        write_policy(
+            &policies,
+            "datasets.yaml",
+            &format!(
+                "datasets:\n  - name: data\n    origin: \"synthetic://?{query}\"\n    chunk_size: 64KiB\n    \
+                 read_ahead: 0\n    pool: workers\n{extra}"
+            ),
+        );
+        let config_dir = policies.to_str().expect("path").to_owned();
+        let plane = ControlPlane::start(dir.path(), &["--config-dir", &config_dir]);
+        let mut args: Vec<String> = vec!["worker".into()];
+        args.extend(plane.flags("worker-token"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let workers = [ProxyProcess::start(&args), ProxyProcess::start(&args)];
+        let addresses: Vec<String> = workers
+            .iter()
+            .map(|w| w.inbound.expect("inbound").to_string())
+            .collect();
+        let mesh = Self {
+            policies,
+            plane,
+            workers,
+            addresses,
+            _dir: dir,
+        };
+        mesh.set_pool(&mesh.addresses);
+        mesh
+    }
+
+    fn set_pool(&self, members: &[String]) {
         let members: Vec<String> = members
             .iter()
             .map(|a| format!("{{ address: \"{a}\" }}"))
             .collect();
-        format!(
-            "pools:\n  - name: workers\n    identity: spiffe://cluster.local/ns/ferry/sa/worker\n    \
-             members: [{}]\n",
-            members.join(", ")
-        )
-    };
-    write_policy(&policies, "pools.yaml", &pool(&addresses));
+        common::plane::write_policy(
+            &self.policies,
+            "pools.yaml",
+            &format!(
+                "pools:\n  - name: workers\n    identity: spiffe://cluster.local/ns/ferry/sa/worker\n    \
+                 members: [{}]\n",
+                members.join(", ")
+            ),
+        );
+    }
 
-    let members: Vec<(String, u32)> = addresses.iter().map(|a| (a.clone(), 1)).collect();
-    let expected = owned_chunks(&spec, &members);
+    fn owned(&self, spec: &SyntheticSpec) -> Vec<u64> {
+        let members: Vec<(String, u32)> = self.addresses.iter().map(|a| (a.clone(), 1)).collect();
+        owned_chunks(spec, &members)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_with_warm_on_start_warms_each_worker_share_and_again_when_the_pool_changes() {
+    let query = "count=30&size=100KiB&dist=fixed&seed=8";
+    let spec = SyntheticSpec::from_query(query).expect("spec");
+    let mesh = PlaneMesh::start(
+        query,
+        "    warm: on_start\n    warm_limits: { concurrency: 4 }\n",
+    );
+    let expected = mesh.owned(&spec);
     assert_eq!(expected.iter().sum::<u64>(), 60);
-    for (worker, expected) in workers.iter().zip(&expected) {
+    for (worker, expected) in mesh.workers.iter().zip(&expected) {
         let status = wait_for_warm(worker, |s| s["state"] == "done").await;
         assert_eq!(status["concurrency"], 4, "{status}");
         assert_eq!(cached_chunks(worker).await, *expected, "{status}");
@@ -486,12 +522,80 @@ async fn a_policy_with_warm_on_start_warms_each_worker_share_and_again_when_the_
 
     // The pool shrinks to the first worker: it warms again, now owning
     // everything, and fetches only what it did not hold.
-    write_policy(&policies, "pools.yaml", &pool(&addresses[..1]));
-    let status = wait_for_warm(&workers[0], |s| {
+    mesh.set_pool(&mesh.addresses[..1]);
+    let status = wait_for_warm(&mesh.workers[0], |s| {
         s["state"] == "done" && s["bytes_total"] == spec.total_bytes()
     })
     .await;
     assert_eq!(status["chunks_held"], expected[0], "{status}");
     assert_eq!(status["chunks_fetched"], expected[1], "{status}");
-    assert_eq!(cached_chunks(&workers[0]).await, 60);
+    assert_eq!(cached_chunks(&mesh.workers[0]).await, 60);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_admin_addresses_ferryctl_orders_the_warm_up_through_the_control_plane() {
+    let query = "count=30&size=100KiB&dist=fixed&seed=9";
+    let spec = SyntheticSpec::from_query(query).expect("spec");
+    let mesh = PlaneMesh::start(query, "");
+    let admin = mesh.plane.admin.clone();
+    let output = ferryctl(&[
+        "warm",
+        "data",
+        "--control-plane-admin",
+        &admin,
+        "--bytes-per-second",
+        "100MiB",
+        "-o",
+        "json",
+    ]);
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert!(output.status.success(), "{report}");
+    assert_eq!(
+        report["totals"]["bytes_done"],
+        spec.total_bytes(),
+        "{report}"
+    );
+    let expected = mesh.owned(&spec);
+    let mut orders = Vec::new();
+    for (worker, expected) in mesh.workers.iter().zip(&expected) {
+        let status = &report["workers"][worker.admin.to_string()];
+        assert_eq!(status["state"], "done", "{report}");
+        orders.push(status["order"].as_u64().expect("an order id"));
+        assert_eq!(cached_chunks(worker).await, *expected);
+        let (_, own) = warm_status(worker).await;
+        assert_eq!(
+            own["bytes_per_second"],
+            50 * 1024 * 1024,
+            "the pool's bound split by weight: {own}"
+        );
+    }
+    assert_eq!(orders[0], orders[1], "both carried out the same order");
+
+    // A second order is a new one: both workers take it up, fetching nothing.
+    let output = ferryctl(&[
+        "warm",
+        "data",
+        "--control-plane-admin",
+        &admin,
+        "-o",
+        "json",
+    ]);
+    let again: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert!(output.status.success(), "{again}");
+    for worker in &mesh.workers {
+        let status = &again["workers"][worker.admin.to_string()];
+        assert!(status["order"].as_u64() > Some(orders[0]), "{again}");
+        assert_eq!(status["bytes_fetched"], 0, "{again}");
+    }
+
+    let output = ferryctl(&["warm", "nope", "--control-plane-admin", &admin]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("NoSuchDataset"), "{stderr}");
 }

@@ -50,8 +50,8 @@ pub struct WarmArgs {
     /// Only keys under this prefix.
     #[arg(long, default_value = "")]
     pub prefix: String,
-    /// A sidecar's admin address: the pool's members and weights are read from its /pools
-    /// (default: the workers named, each of weight 1).
+    /// With --admin: a sidecar's admin address, whose /pools gives the pool's members and
+    /// weights (default: the workers named, each of weight 1).
     #[arg(long, value_name = "HOST:PORT")]
     pub sidecar: Option<String>,
     /// Which of the sidecar's pools (when it has more than one).
@@ -245,6 +245,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
                 bytes_per_second: args.bytes_per_second,
                 detach: args.detach,
                 status_only: args.status,
+                // Without --admin, the control plane orders it (the workers'
+                // admin ports accept warm-ups from localhost only).
+                control_plane: args
+                    .reach
+                    .admins
+                    .is_empty()
+                    .then(|| args.reach.control_plane_admin.clone()),
                 output: args.reach.output,
                 timeout: args.reach.timeout,
             };

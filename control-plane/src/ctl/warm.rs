@@ -41,6 +41,10 @@ pub struct WarmSettings {
     pub detach: bool,
     /// Follow a warm-up already started instead of starting one.
     pub status_only: bool,
+    /// Order it through this control plane (its admin address) instead of
+    /// starting it on each worker: the workers take their pool from their
+    /// configuration.
+    pub control_plane: Option<String>,
     /// Output format.
     pub output: Output,
     /// Deadline of each request.
@@ -112,6 +116,8 @@ pub struct WorkerStatus {
     pub chunks_fetched: u64,
     /// Chunks a tier held already.
     pub chunks_held: u64,
+    /// The control plane's order it carries out, if any.
+    pub order: Option<u64>,
     /// Objects that failed, with why.
     pub errors: Vec<ObjectError>,
     /// Why the listing failed.
@@ -214,6 +220,9 @@ impl Totals {
 /// Runs `ferryctl warm` against `targets`; whether it ended with every
 /// object warmed.
 pub async fn run(targets: &[Target], settings: &WarmSettings) -> anyhow::Result<bool> {
+    if let Some(control_plane) = &settings.control_plane {
+        return run_ordered(targets, control_plane, settings).await;
+    }
     let (workers, members) = workers_of(targets, settings).await?;
     anyhow::ensure!(
         !workers.is_empty(),
@@ -238,7 +247,73 @@ pub async fn run(targets: &[Target], settings: &WarmSettings) -> anyhow::Result<
             return Ok(true);
         }
     }
-    let statuses = follow(&workers, settings).await?;
+    let statuses = follow(&workers, settings, Expect::Started).await?;
+    report(&statuses, settings)
+}
+
+/// `ferryctl warm` through the control plane: it orders the warm-up, every
+/// worker of the data set's pool takes the order up from its next snapshot,
+/// and progress is read from the workers the control plane lists.
+async fn run_ordered(
+    targets: &[Target],
+    control_plane: &str,
+    settings: &WarmSettings,
+) -> anyhow::Result<bool> {
+    let mut workers = Vec::new();
+    for target in targets {
+        let text = http::get_text(&target.admin, "/config", settings.timeout).await?;
+        let view: ProxyView = serde_json::from_str(&text)
+            .with_context(|| format!("/config of {} is not a proxy's", target.admin))?;
+        if let ("worker", Some(inbound)) = (view.role.as_str(), view.bound.inbound) {
+            workers.push(Worker {
+                admin: target.admin.clone(),
+                member: inbound,
+            });
+        }
+    }
+    anyhow::ensure!(
+        !workers.is_empty(),
+        "the control plane lists no worker with an admin address"
+    );
+    let id = if settings.status_only {
+        None
+    } else {
+        let body = serde_json::json!({
+            "prefix": settings.prefix,
+            "concurrency": settings.concurrency,
+            "bytes_per_second": settings.bytes_per_second,
+        });
+        let (status, answer) = http::send(
+            control_plane,
+            Method::POST,
+            &format!("/warm/{}", settings.dataset),
+            Bytes::from(body.to_string()),
+            settings.timeout,
+        )
+        .await?;
+        anyhow::ensure!(
+            status == StatusCode::ACCEPTED,
+            "the control plane refused the warm-up ({status}): {}",
+            String::from_utf8_lossy(&answer).trim()
+        );
+        let order: serde_json::Value =
+            serde_json::from_slice(&answer).context("the control plane's answer is not JSON")?;
+        let id = order["id"]
+            .as_u64()
+            .context("the control plane's answer has no id")?;
+        if settings.detach {
+            if settings.output == Output::Json {
+                super::write_json(&order, &mut std::io::stdout().lock())?;
+            }
+            eprintln!(
+                "warm-up of '{}' ordered (id {id}); follow it with: ferryctl warm {} --status",
+                settings.dataset, settings.dataset
+            );
+            return Ok(true);
+        }
+        Some(id)
+    };
+    let statuses = follow(&workers, settings, Expect::Order(id)).await?;
     report(&statuses, settings)
 }
 
@@ -395,15 +470,31 @@ async fn start(
     Ok(())
 }
 
+/// Which warm-up `follow` waits for on each worker.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    /// The one just started on each (or the last one, for `--status`).
+    Started,
+    /// The control plane's order `id` (any order with `None`): a worker
+    /// that shows none within `JOIN_WAIT` takes no part.
+    Order(Option<u64>),
+}
+
+/// How long a worker has to take up a control plane's order.
+const JOIN_WAIT: Duration = Duration::from_secs(30);
+
 /// Polls every worker until all have ended, drawing progress.
 async fn follow(
     workers: &[Worker],
     settings: &WarmSettings,
+    expect: Expect,
 ) -> anyhow::Result<BTreeMap<String, WorkerStatus>> {
     let terminal = std::io::stderr().is_terminal() && settings.output == Output::Table;
     let mut last_log: Option<Instant> = None;
+    let started = Instant::now();
     loop {
         let mut statuses = BTreeMap::new();
+        let mut waiting = 0;
         for worker in workers {
             let (status, body) = http::get(
                 &worker.admin,
@@ -411,33 +502,59 @@ async fn follow(
                 settings.timeout,
             )
             .await?;
-            anyhow::ensure!(
-                status == StatusCode::OK,
-                "worker {} has no warm-up of '{}' ({status}): {}",
-                worker.admin,
-                settings.dataset,
-                String::from_utf8_lossy(&body).trim()
-            );
-            let parsed: WorkerStatus = serde_json::from_slice(&body)
-                .with_context(|| format!("/warm of {}", worker.admin))?;
-            statuses.insert(worker.admin.clone(), parsed);
+            let parsed = match status {
+                StatusCode::OK => Some(
+                    serde_json::from_slice::<WorkerStatus>(&body)
+                        .with_context(|| format!("/warm of {}", worker.admin))?,
+                ),
+                StatusCode::NOT_FOUND if matches!(expect, Expect::Order(_)) => None,
+                _ => anyhow::bail!(
+                    "worker {} has no warm-up of '{}' ({status}): {}",
+                    worker.admin,
+                    settings.dataset,
+                    String::from_utf8_lossy(&body).trim()
+                ),
+            };
+            match (expect, parsed) {
+                (Expect::Started, Some(parsed)) => {
+                    statuses.insert(worker.admin.clone(), parsed);
+                }
+                (Expect::Order(id), Some(parsed))
+                    if parsed.order.is_some() && (id.is_none() || parsed.order == id) =>
+                {
+                    statuses.insert(worker.admin.clone(), parsed);
+                }
+                _ => waiting += 1,
+            }
         }
+        let joining = waiting > 0 && started.elapsed() < JOIN_WAIT;
         let totals = Totals::of(&statuses);
+        let finished = totals.finished && !joining && !statuses.is_empty();
         if terminal {
             eprint!("\r{}", totals.line());
             let _ = std::io::stderr().flush();
         } else if settings.output == Output::Table
-            && (totals.finished || last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY))
+            && (finished || last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY))
         {
             eprintln!("{}", totals.line());
             last_log = Some(Instant::now());
         }
-        if totals.finished {
+        if finished {
             if terminal {
                 eprintln!();
             }
+            if waiting > 0 {
+                eprintln!(
+                    "{waiting} worker(s) took no part: not members of the data set's pool, or their configuration is behind (ferryctl check)"
+                );
+            }
             return Ok(statuses);
         }
+        anyhow::ensure!(
+            joining || !statuses.is_empty(),
+            "no worker took up the warm-up of '{}' within {JOIN_WAIT:?}: are they members of its pool? (ferryctl check)",
+            settings.dataset
+        );
         tokio::time::sleep(POLL).await;
     }
 }

@@ -10,6 +10,7 @@ mod view;
 
 pub use store::{
     DocumentKey, MeshState, PolicyDocument, PolicyStore, PoolKey, Published, Refusal, SourceSync,
+    WarmOrderError,
 };
 pub use view::ViewKey;
 

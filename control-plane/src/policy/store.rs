@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use serde::{Deserialize, Serialize};
 
-use ferry_config::{ConfigError, PolicyFile, PoolSpec, from_yaml, to_yaml};
+use ferry_config::{ConfigError, PolicyFile, PoolSpec, WarmOrder, from_yaml, to_yaml};
 
 use super::view::ViewKey;
 
@@ -74,6 +74,17 @@ impl fmt::Display for PoolKey {
     }
 }
 
+/// Why a warm-up could not be ordered.
+#[derive(Debug, thiserror::Error)]
+pub enum WarmOrderError {
+    /// No policy defines the data set.
+    #[error("no policy defines a data set named '{0}'")]
+    UnknownDataset(String),
+    /// A bound is out of range.
+    #[error("{0}")]
+    Bad(String),
+}
+
 /// Everything accepted, at one version.
 #[derive(Clone, Debug, Default)]
 pub struct MeshState {
@@ -85,6 +96,8 @@ pub struct MeshState {
     pub trust_bundle: Vec<String>,
     /// The mesh's trust domain.
     pub trust_domain: String,
+    /// The last warm-up asked for each data set, by name.
+    pub warm_orders: BTreeMap<String, WarmOrder>,
 }
 
 /// One published version, with the snapshots rendered from it so far.
@@ -129,6 +142,8 @@ struct Inner {
     /// restart with a broken file or ConfigMap changes nothing either.
     last_good: BTreeMap<DocumentKey, PolicyDocument>,
     saved_to: Option<PathBuf>,
+    /// The id of the last warm-up ordered.
+    last_warm_id: u64,
 }
 
 /// The last good documents as saved on disk.
@@ -213,6 +228,7 @@ impl PolicyStore {
                 held: BTreeMap::new(),
                 last_good,
                 saved_to,
+                last_warm_id: 0,
             }),
             published: watch::Sender::new(first),
             refusals_changed: watch::Sender::new(0),
@@ -362,6 +378,52 @@ impl PolicyStore {
             inner.state.discovered_pools = pools;
             self.publish(&mut inner);
         }
+    }
+
+    /// Asks every worker of `dataset`'s pool to warm it (they see the order
+    /// in their next snapshot and start it once); the order, or why not.
+    pub fn order_warm(
+        &self,
+        dataset: &str,
+        prefix: String,
+        concurrency: usize,
+        bytes_per_second: Option<u64>,
+    ) -> Result<WarmOrder, WarmOrderError> {
+        let bad = |why: String| Err(WarmOrderError::Bad(why));
+        if !(1..=256).contains(&concurrency) {
+            return bad(format!("concurrency must be 1 to 256, not {concurrency}"));
+        }
+        if bytes_per_second == Some(0) {
+            return bad("bytes_per_second must be more than 0".to_owned());
+        }
+        if prefix.len() > 1024 {
+            return bad("the prefix is longer than 1024 bytes".to_owned());
+        }
+        let mut inner = self.lock();
+        let known = inner
+            .state
+            .documents
+            .values()
+            .any(|d| d.policy.datasets.iter().any(|p| p.name == dataset));
+        if !known {
+            return Err(WarmOrderError::UnknownDataset(dataset.to_owned()));
+        }
+        // Above any earlier order's, across restarts too (the clock).
+        let id = next_version(inner.last_warm_id);
+        inner.last_warm_id = id;
+        let order = WarmOrder {
+            dataset: dataset.to_owned(),
+            id,
+            prefix,
+            concurrency,
+            bytes_per_second,
+        };
+        inner
+            .state
+            .warm_orders
+            .insert(dataset.to_owned(), order.clone());
+        self.publish(&mut inner);
+        Ok(order)
     }
 
     /// Replaces the trust bundle.

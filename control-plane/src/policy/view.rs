@@ -58,7 +58,10 @@ pub fn snapshot(state: &MeshState, version: u64, key: &ViewKey) -> ProxySnapshot
                     Err(_) => continue,
                 }
             }
-            if key.role == Role::Worker {
+            if key.role == Role::Worker
+                && (dataset.warm != WarmPolicy::Never
+                    || state.warm_orders.contains_key(&dataset.name))
+            {
                 resolve_for_worker(state, document.namespace.as_deref(), &pools, &mut dataset);
             }
             if let Some(namespace) = &document.namespace {
@@ -71,29 +74,42 @@ pub fn snapshot(state: &MeshState, version: u64, key: &ViewKey) -> ProxySnapshot
             datasets.push(dataset);
         }
     }
+    // Workers get the warm-ups asked of the data sets they serve.
+    let warm_orders = match key.role {
+        Role::Worker => state
+            .warm_orders
+            .values()
+            .filter(|o| {
+                datasets
+                    .iter()
+                    .any(|d| d.name == o.dataset && d.pool.is_some())
+            })
+            .cloned()
+            .collect(),
+        Role::Sidecar => Vec::new(),
+    };
     withhold_refusable(
         ProxySnapshot {
             version,
             datasets,
             pools,
             trust_bundle: state.trust_bundle.clone(),
+            warm_orders,
         },
         key,
     )
 }
 
-/// Names on a worker's copy of `dataset` the pool its sidecars read it
-/// from, when that is one of the mesh-wide `pools` the worker has; else a
-/// worker cannot rank its chunks, and does not warm it on its own.
+/// Names on a worker's copy of `dataset` (one it may be asked to warm) the
+/// pool its sidecars read it from, when that is one of the mesh-wide `pools`
+/// the worker has; else a worker cannot rank its chunks and does not warm
+/// it: its pool is left unnamed and `warm` is `never`.
 fn resolve_for_worker(
     state: &MeshState,
     namespace: Option<&str>,
     pools: &[PoolSpec],
     dataset: &mut DatasetPolicy,
 ) {
-    if dataset.warm == WarmPolicy::Never {
-        return;
-    }
     let choices = usable_pools(state, namespace);
     let resolved = dataset
         .pool_in(&choices)
@@ -105,9 +121,10 @@ fn resolve_for_worker(
         None => {
             tracing::warn!(
                 dataset = %dataset.name,
-                "warm: on_start needs the data set's pool to be mesh-wide; workers will not warm it on their own"
+                "a warm-up needs the data set's pool to be mesh-wide; workers will not warm it"
             );
             dataset.warm = WarmPolicy::Never;
+            dataset.pool = None;
         }
     }
 }
@@ -267,6 +284,18 @@ mod tests {
                  - { name: mine, origin: \"s3://d/m/\", pool: own, warm: on_start }\n",
             ),
         );
+        for dataset in ["imagenet", "mine"] {
+            state.warm_orders.insert(
+                dataset.into(),
+                ferry_config::WarmOrder {
+                    dataset: dataset.into(),
+                    id: 9,
+                    prefix: String::new(),
+                    concurrency: 8,
+                    bytes_per_second: None,
+                },
+            );
+        }
         let worker = snapshot(
             &state,
             3,
@@ -275,6 +304,22 @@ mod tests {
                 namespace: "ferry".into(),
             },
         );
+        let ordered: Vec<&str> = worker
+            .warm_orders
+            .iter()
+            .map(|o| o.dataset.as_str())
+            .collect();
+        assert_eq!(
+            ordered,
+            ["imagenet"],
+            "only data sets whose pool workers can rank by"
+        );
+        assert_eq!(worker.datasets[0].pool.as_deref(), Some("workers"));
+        let sidecar = ViewKey {
+            role: Role::Sidecar,
+            namespace: "train".into(),
+        };
+        assert!(snapshot(&state, 3, &sidecar).warm_orders.is_empty());
         assert_eq!(
             names(&worker),
             ["imagenet", "laion", "orphan", "coco", "mine"]

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::Context;
 
 use ferry_config::{
-    CachePolicy, DatasetPolicy, PoolDownPolicy, PoolSpec, ProxyConfig, Role, WarmPolicy,
+    CachePolicy, DatasetPolicy, PoolDownPolicy, PoolSpec, ProxyConfig, Role, WarmOrder, WarmPolicy,
 };
 
 use crate::cache::disk::persistent_seed;
@@ -148,43 +148,61 @@ impl Dataset {
         self.warm.start(self.warm_parts(), request)
     }
 
-    /// Warms this data set on its own when its policy says `warm:
-    /// on_start` and `me` is a member of its pool among `pools` (again when
-    /// the membership changes; chunks held are skipped).
-    pub fn warm_on_start(&self, pools: &[PoolSpec], me: &str) {
-        if self.policy.warm != WarmPolicy::OnStart {
+    /// Warms this data set as the configuration asks, when `me` is a
+    /// member of its pool among `pools`: the control plane's `order` if
+    /// there is one (each order once), else its policy's `warm: on_start`
+    /// (again when the pool's membership changes; chunks held are skipped).
+    pub fn warm_as_configured(&self, pools: &[PoolSpec], me: &str, order: Option<&WarmOrder>) {
+        if order.is_none() && self.policy.warm != WarmPolicy::OnStart {
             return;
         }
         let pool = match self.policy.pool_in(pools) {
             Ok(pool) => pool,
             Err(why) => {
-                tracing::debug!(dataset = %self.policy.name, %why, "warm: on_start waits for the data set's pool");
+                tracing::debug!(dataset = %self.policy.name, %why, "a warm-up waits for the data set's pool");
                 return;
             }
         };
-        if !pool.members.iter().any(|m| m.address == me) {
-            tracing::debug!(dataset = %self.policy.name, pool = %pool.name, me, "warm: on_start: this worker is not (yet) a member of the pool");
+        let Some(mine) = pool.members.iter().find(|m| m.address == me) else {
+            tracing::debug!(dataset = %self.policy.name, pool = %pool.name, me, "not warming: this worker is not (yet) a member of the pool");
             return;
-        }
-        let request = WarmRequest {
-            prefix: String::new(),
-            members: pool
-                .members
-                .iter()
-                .map(|m| WarmMember {
-                    address: m.address.clone(),
-                    weight: m.weight,
-                })
-                .collect(),
-            member: me.to_owned(),
-            concurrency: self.policy.warm_limits.concurrency,
-            bytes_per_second: self.policy.warm_limits.bytes_per_second.map(|b| b.bytes()),
         };
-        match self.warm.start_on_policy(self.warm_parts(), request) {
-            Ok(()) => {}
-            Err(err) => {
-                tracing::warn!(dataset = %self.policy.name, %err, "warm: on_start could not start")
+        let members: Vec<WarmMember> = pool
+            .members
+            .iter()
+            .map(|m| WarmMember {
+                address: m.address.clone(),
+                weight: m.weight,
+            })
+            .collect();
+        let request = match order {
+            Some(order) => {
+                // The order bounds the whole pool: this worker's share by weight.
+                let total: u64 = members.iter().map(|m| u64::from(m.weight)).sum();
+                WarmRequest {
+                    prefix: order.prefix.clone(),
+                    members,
+                    member: me.to_owned(),
+                    concurrency: order.concurrency,
+                    bytes_per_second: order.bytes_per_second.map(|rate| {
+                        (rate * u64::from(mine.weight))
+                            .div_ceil(total.max(1))
+                            .max(1)
+                    }),
+                    order: Some(order.id),
+                }
             }
+            None => WarmRequest {
+                prefix: String::new(),
+                members,
+                member: me.to_owned(),
+                concurrency: self.policy.warm_limits.concurrency,
+                bytes_per_second: self.policy.warm_limits.bytes_per_second.map(|b| b.bytes()),
+                order: None,
+            },
+        };
+        if let Err(err) = self.warm.start_on_policy(self.warm_parts(), request) {
+            tracing::warn!(dataset = %self.policy.name, %err, "a configured warm-up could not start");
         }
     }
 

@@ -140,7 +140,7 @@ impl Mesh {
             );
         }
         self.snapshot.store(Arc::new(Some(snapshot.clone())));
-        self.warm_on_start();
+        self.start_configured_warm_ups();
         if let Some(datasets) = self.datasets.load().without_expired() {
             self.datasets.store(Arc::new(datasets));
         }
@@ -161,12 +161,13 @@ impl Mesh {
     /// warm-ups its data sets' policies ask for.
     pub fn set_advertised(&self, address: String) {
         let _ = self.advertised.set(address);
-        self.warm_on_start();
+        self.start_configured_warm_ups();
     }
 
-    /// Starts (or restarts, when the pool changed) every `warm: on_start`
-    /// warm-up this worker takes part in.
-    fn warm_on_start(&self) {
+    /// Starts every warm-up this worker takes part in that the
+    /// configuration asks for: the control plane's orders, and `warm:
+    /// on_start` (restarted when the pool changed).
+    fn start_configured_warm_ups(&self) {
         let Some(me) = self.advertised.get() else {
             return;
         };
@@ -174,8 +175,15 @@ impl Mesh {
         if config.role != ferry_config::Role::Worker {
             return;
         }
+        let snapshot = self.snapshot();
+        let orders = snapshot
+            .as_ref()
+            .as_ref()
+            .map(|s| s.warm_orders.as_slice())
+            .unwrap_or_default();
         for dataset in self.datasets().iter() {
-            dataset.warm_on_start(&config.pools, me);
+            let order = orders.iter().find(|o| o.dataset == dataset.policy.name);
+            dataset.warm_as_configured(&config.pools, me, order);
         }
     }
 

@@ -55,9 +55,10 @@ pub struct Warmer {
 }
 
 impl Warmer {
-    /// Starts warming as the policy's `warm: on_start` asks, unless the
-    /// last such warm-up was asked the same (same pool, same bounds): a
-    /// snapshot that changes something else starts nothing.
+    /// Starts warming as the configuration asks (`warm: on_start`, or a
+    /// control plane's order), unless the last such warm-up was asked the
+    /// same (same pool, bounds and order): a snapshot that changes
+    /// something else starts nothing.
     pub fn start_on_policy(&self, parts: WarmParts, request: WarmRequest) -> Result<(), BadWarmUp> {
         let asked = format!("{request:?}");
         let mut last = self.on_start.lock().unwrap_or_else(|p| p.into_inner());
@@ -187,6 +188,8 @@ pub struct WarmStatus {
     pub concurrency: usize,
     /// The bound on origin bytes per second, if any.
     pub bytes_per_second: Option<u64>,
+    /// The control plane's order it carries out, if it was ordered there.
+    pub order: Option<u64>,
     /// When it started (seconds since the epoch).
     pub started_at: u64,
     /// Seconds it has run (until it ended).
@@ -208,6 +211,7 @@ pub struct WarmPlan {
     me: usize,
     concurrency: usize,
     bytes_per_second: Option<u64>,
+    order: Option<u64>,
 }
 
 struct Job {
@@ -303,6 +307,7 @@ impl Job {
             capacity_reached: self.capacity_reached.load(Ordering::Acquire),
             concurrency: self.plan.concurrency,
             bytes_per_second: self.plan.bytes_per_second,
+            order: self.plan.order,
             started_at: self.started_at,
             elapsed_seconds: ended
                 .unwrap_or_else(Instant::now)

@@ -30,6 +30,9 @@ pub struct WarmRequest {
     /// Bound on origin bytes per second.
     #[serde(default)]
     pub bytes_per_second: Option<u64>,
+    /// The control plane's order this carries out, if any.
+    #[serde(default)]
+    pub order: Option<u64>,
 }
 
 /// One member of the pool.
@@ -100,6 +103,7 @@ impl WarmRequest {
             member: self.member,
             concurrency: self.concurrency,
             bytes_per_second: self.bytes_per_second,
+            order: self.order,
         })
     }
 }
