@@ -1,5 +1,7 @@
 //! Warm-up: a worker loads its share of a data set into its cache before
-//! any reader asks. It lists the data set and fetches each chunk it owns
+//! any reader asks. It lists the data set (twice: once ahead, only to count
+//! its share for the progress totals; once at the warmers' pace) and
+//! fetches each chunk it owns
 //! under the pool's weighted rendezvous ranking (the one sidecars route
 //! by), so a warmed pool answers epoch 1 from cache with no spill. Chunks a
 //! tier already holds are skipped, so a stopped warm-up resumes where it
@@ -19,6 +21,7 @@ use serde::Serialize;
 
 use crate::chunk::{ChunkStore, Warmed, chunk_range};
 use crate::metadata::{MetadataCache, ObjectInfo};
+use crate::origin::ObjectMeta;
 use crate::outbound::balance::rendezvous::{self, chunk_route};
 use crate::telemetry::DatasetMetrics;
 pub use request::{BadWarmUp, WarmMember, WarmRequest};
@@ -28,6 +31,8 @@ pub use request::{BadWarmUp, WarmMember, WarmRequest};
 const OBJECTS_QUEUED: usize = 1024;
 /// Objects asked of the origin per listing page.
 const LIST_PAGE: usize = 1000;
+/// Marks a listing read to its end (no key is empty, so none is this).
+const END: &str = "";
 /// Failed objects whose key and error are kept for the status; the rest are counted.
 const ERRORS_KEPT: usize = 1000;
 
@@ -235,6 +240,8 @@ struct Job {
     /// Bytes this warm-up holds or is fetching: checked against `capacity`.
     admitted: AtomicU64,
     capacity_reached: AtomicBool,
+    /// This worker's share of the whole listing (objects, bytes), once counted.
+    counted: Mutex<Option<(u64, u64)>>,
     errors: Mutex<Vec<ObjectError>>,
     failure: Mutex<Option<String>>,
     task: Mutex<Option<tokio::task::AbortHandle>>,
@@ -277,6 +284,7 @@ impl Job {
             chunks_held: AtomicU64::new(0),
             admitted: AtomicU64::new(0),
             capacity_reached: AtomicBool::new(false),
+            counted: Mutex::new(None),
             errors: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
             task: Mutex::new(None),
@@ -288,16 +296,21 @@ impl Job {
     fn status(&self) -> WarmStatus {
         let load = |n: &AtomicU64| n.load(Ordering::Acquire);
         let ended = *self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        let counted = *self.counted.lock().unwrap_or_else(|p| p.into_inner());
         WarmStatus {
             dataset: self.dataset.clone(),
             prefix: self.plan.prefix.clone(),
             member: self.plan.member.clone(),
             state: WarmState::from_u8(self.state.load(Ordering::Acquire)),
-            listing_done: self.listing_done.load(Ordering::Acquire),
-            objects_total: load(&self.objects_total),
+            listing_done: counted.is_some() || self.listing_done.load(Ordering::Acquire),
+            objects_total: counted.map_or(load(&self.objects_total), |(objects, _)| {
+                objects.max(load(&self.objects_total))
+            }),
             objects_done: load(&self.objects_done),
             objects_failed: load(&self.objects_failed),
-            bytes_total: load(&self.bytes_total),
+            bytes_total: counted.map_or(load(&self.bytes_total), |(_, bytes)| {
+                bytes.max(load(&self.bytes_total))
+            }),
             bytes_done: load(&self.bytes_done),
             bytes_fetched: load(&self.bytes_fetched),
             bytes_not_warmed: load(&self.bytes_not_warmed),
@@ -366,7 +379,7 @@ impl Job {
                 let (job, parts) = (Arc::clone(&job), Arc::clone(&shared));
                 async move { job.warm_chunk(&parts, &owned, index).await }
             });
-        let (listed, ()) = futures::join!(listing, warming);
+        let (listed, (), ()) = futures::join!(listing, warming, self.count(&parts));
         match listed {
             Ok(()) => self.end(WarmState::Done),
             Err(why) => {
@@ -383,36 +396,13 @@ impl Job {
         parts: &WarmParts,
         mut sender: mpsc::Sender<Arc<Owned>>,
     ) -> Result<(), String> {
-        let chunk_size = parts.chunks.chunk_size();
         let mut start_after: Option<String> = None;
-        loop {
-            let page = parts
-                .metadata
-                .list_origin(&self.plan.prefix, start_after.as_deref(), LIST_PAGE)
-                .await
-                .map_err(|e| format!("listing '{}': {e}", self.plan.prefix))?;
-            parts.metrics.origin_lists.increment(1);
-            let truncated = page.truncated;
-            start_after = page.objects.last().map(|o| o.key.clone());
-            for meta in page.objects {
-                let size = meta.size;
-                let count = size.div_ceil(chunk_size);
-                let chunks: Vec<u32> = (0..count.min(u64::from(u32::MAX)) as u32)
-                    .filter(|&index| {
-                        let route = chunk_route(&meta.key, u64::from(index) * chunk_size);
-                        rendezvous::owner(&self.plan.members, route) == Some(self.plan.me)
-                    })
-                    .collect();
+        while let Some(page) = self.next_page(parts, &mut start_after).await? {
+            for meta in page {
+                let (chunks, bytes) = self.owned(&meta, parts.chunks.chunk_size());
                 if chunks.is_empty() {
                     continue;
                 }
-                let bytes: u64 = chunks
-                    .iter()
-                    .map(|&i| {
-                        let range = chunk_range(i, chunk_size, size);
-                        range.end - range.start
-                    })
-                    .sum();
                 self.objects_total.fetch_add(1, Ordering::AcqRel);
                 self.bytes_total.fetch_add(bytes, Ordering::AcqRel);
                 let owned = Arc::new(Owned {
@@ -426,11 +416,76 @@ impl Job {
                     return Ok(());
                 }
             }
-            if !truncated || start_after.is_none() {
-                self.listing_done.store(true, Ordering::Release);
-                return Ok(());
+        }
+        self.listing_done.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Lists the prefix once more, ahead of the warmers (which hold the
+    /// listing back to their pace), only to count this worker's share: the
+    /// totals, and so a time left, are known early. A failure here only
+    /// leaves them growing as the warmers' listing goes.
+    async fn count(&self, parts: &WarmParts) {
+        let (mut objects, mut bytes) = (0u64, 0u64);
+        let mut start_after: Option<String> = None;
+        loop {
+            match self.next_page(parts, &mut start_after).await {
+                Ok(Some(page)) => {
+                    for meta in &page {
+                        let (chunks, owned) = self.owned(meta, parts.chunks.chunk_size());
+                        if !chunks.is_empty() {
+                            objects += 1;
+                            bytes += owned;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => return,
             }
         }
+        *self.counted.lock().unwrap_or_else(|p| p.into_inner()) = Some((objects, bytes));
+    }
+
+    /// The next page of the listing after `start_after` (advanced), or
+    /// `None` past the end.
+    async fn next_page(
+        &self,
+        parts: &WarmParts,
+        start_after: &mut Option<String>,
+    ) -> Result<Option<Vec<ObjectMeta>>, String> {
+        if start_after.as_deref() == Some(END) {
+            return Ok(None);
+        }
+        let page = parts
+            .metadata
+            .list_origin(&self.plan.prefix, start_after.as_deref(), LIST_PAGE)
+            .await
+            .map_err(|e| format!("listing '{}': {e}", self.plan.prefix))?;
+        parts.metrics.origin_lists.increment(1);
+        *start_after = match (page.truncated, page.objects.last()) {
+            (true, Some(last)) => Some(last.key.clone()),
+            _ => Some(END.to_owned()),
+        };
+        Ok(Some(page.objects))
+    }
+
+    /// The chunks of `meta` this worker owns, and their bytes.
+    fn owned(&self, meta: &ObjectMeta, chunk_size: u64) -> (Vec<u32>, u64) {
+        let count = meta.size.div_ceil(chunk_size).min(u64::from(u32::MAX)) as u32;
+        let chunks: Vec<u32> = (0..count)
+            .filter(|&index| {
+                let route = chunk_route(&meta.key, u64::from(index) * chunk_size);
+                rendezvous::owner(&self.plan.members, route) == Some(self.plan.me)
+            })
+            .collect();
+        let bytes = chunks
+            .iter()
+            .map(|&i| {
+                let range = chunk_range(i, chunk_size, meta.size);
+                range.end - range.start
+            })
+            .sum();
+        (chunks, bytes)
     }
 
     async fn warm_chunk(&self, parts: &WarmParts, owned: &Owned, index: u32) {
