@@ -201,7 +201,7 @@ impl Dataset {
                 order: None,
             },
         };
-        if let Err(err) = self.warm.start_on_policy(self.warm_parts(), request) {
+        if let Err(err) = self.warm.start_as_configured(self.warm_parts(), request) {
             tracing::warn!(dataset = %self.policy.name, %err, "a configured warm-up could not start");
         }
     }

@@ -55,8 +55,8 @@ pub struct WarmParts {
 #[derive(Default)]
 pub struct Warmer {
     job: Mutex<Option<Arc<Job>>>,
-    /// What the last warm-up the policy started was asked (`warm: on_start`).
-    on_start: Mutex<Option<String>>,
+    /// What the last warm-up the configuration started was asked.
+    configured: Mutex<Option<String>>,
 }
 
 impl Warmer {
@@ -64,9 +64,13 @@ impl Warmer {
     /// control plane's order), unless the last such warm-up was asked the
     /// same (same pool, bounds and order): a snapshot that changes
     /// something else starts nothing.
-    pub fn start_on_policy(&self, parts: WarmParts, request: WarmRequest) -> Result<(), BadWarmUp> {
+    pub fn start_as_configured(
+        &self,
+        parts: WarmParts,
+        request: WarmRequest,
+    ) -> Result<(), BadWarmUp> {
         let asked = format!("{request:?}");
-        let mut last = self.on_start.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self.configured.lock().unwrap_or_else(|p| p.into_inner());
         if last.as_deref() == Some(asked.as_str()) {
             return Ok(());
         }
