@@ -35,7 +35,8 @@ pub enum Command {
     Stat(StatArgs),
     /// What is wrong with the mesh, and what to do about it (exit status 1 if anything failed).
     Check(CheckArgs),
-    /// Load a data set into the workers' caches before a job (exit status 1 unless every object was warmed).
+    /// Load a data set into the workers' caches before a job: ordered through the control plane,
+    /// or with --admin started on the workers named (exit status 1 unless every object was warmed).
     Warm(WarmArgs),
 }
 
