@@ -259,18 +259,7 @@ async fn run_ordered(
     control_plane: &str,
     settings: &WarmSettings,
 ) -> anyhow::Result<bool> {
-    let mut workers = Vec::new();
-    for target in targets {
-        let text = http::get_text(&target.admin, "/config", settings.timeout).await?;
-        let view: ProxyView = serde_json::from_str(&text)
-            .with_context(|| format!("/config of {} is not a proxy's", target.admin))?;
-        if let ("worker", Some(inbound)) = (view.role.as_str(), view.bound.inbound) {
-            workers.push(Worker {
-                admin: target.admin.clone(),
-                member: inbound,
-            });
-        }
-    }
+    let workers = workers_among(targets, settings.timeout).await?;
     anyhow::ensure!(
         !workers.is_empty(),
         "the control plane lists no worker with an admin address"
@@ -317,44 +306,50 @@ async fn run_ordered(
     report(&statuses, settings)
 }
 
+/// The workers among `targets` (their `/config` says so), each with its
+/// bound inbound address as `member`.
+async fn workers_among(targets: &[Target], timeout: Duration) -> anyhow::Result<Vec<Worker>> {
+    let mut workers = Vec::new();
+    for target in targets {
+        let text = http::get_text(&target.admin, "/config", timeout).await?;
+        let view: ProxyView = serde_json::from_str(&text)
+            .with_context(|| format!("/config of {} is not a proxy's", target.admin))?;
+        if let ("worker", Some(inbound)) = (view.role.as_str(), view.bound.inbound) {
+            workers.push(Worker {
+                admin: target.admin.clone(),
+                member: inbound,
+            });
+        }
+    }
+    Ok(workers)
+}
+
 /// The workers among `targets`, each with its address in the pool, and
 /// the pool's members with their weights.
 async fn workers_of(
     targets: &[Target],
     settings: &WarmSettings,
 ) -> anyhow::Result<(Vec<Worker>, Vec<MemberView>)> {
-    let mut found = Vec::new();
-    for target in targets {
-        let text = http::get_text(&target.admin, "/config", settings.timeout).await?;
-        let view: ProxyView = serde_json::from_str(&text)
-            .with_context(|| format!("/config of {} is not a proxy's", target.admin))?;
-        match (view.role.as_str(), view.bound.inbound) {
-            ("worker", Some(inbound)) => found.push((target.admin.clone(), inbound)),
-            _ => continue,
-        }
-    }
+    let found = workers_among(targets, settings.timeout).await?;
     if settings.status_only {
-        let workers = found
-            .into_iter()
-            .map(|(admin, inbound)| Worker {
-                admin,
-                member: inbound,
-            })
-            .collect();
-        return Ok((workers, Vec::new()));
+        return Ok((found, Vec::new()));
     }
     let members = match &settings.sidecar {
         Some(sidecar) => members_from_sidecar(sidecar, settings).await?,
         None => found
             .iter()
-            .map(|(admin, inbound)| MemberView {
-                address: advertised(admin, inbound),
+            .map(|w| MemberView {
+                address: advertised(&w.admin, &w.member),
                 weight: 1,
             })
             .collect(),
     };
     let mut workers = Vec::new();
-    for (admin, inbound) in found {
+    for Worker {
+        admin,
+        member: inbound,
+    } in found
+    {
         let candidates = [inbound.clone(), advertised(&admin, &inbound)];
         let Some(member) = members.iter().find(|m| candidates.contains(&m.address)) else {
             anyhow::bail!(
