@@ -107,6 +107,9 @@ pub struct TrainEpoch {
     pub seconds: f64,
     /// Time the model waited for a batch.
     pub starved_seconds: f64,
+    /// Of that, the wait for the epoch's first batch (its samples read
+    /// while every loader worker fills its own first batch).
+    pub first_batch_seconds: f64,
     /// Samples that failed to load.
     pub errors: usize,
     /// Reads that reached Ferry through the mount (the rest came from the
@@ -450,10 +453,15 @@ async fn run_epoch(args: &TrainArgs, data: &DataSet, source: &Source, epoch: usi
     }
     // The model: batches in order, each taking its compute time.
     let mut starved = Duration::ZERO;
+    let mut first_batch = Duration::ZERO;
     for index in 0..batches.len() {
         let waiting = Instant::now();
         let _ = queues[index % args.workers].recv().await;
-        starved += waiting.elapsed();
+        let waited = waiting.elapsed();
+        if index == 0 {
+            first_batch = waited;
+        }
+        starved += waited;
         tokio::time::sleep(Duration::from_secs_f64(
             batches[index].len() as f64 / args.rate,
         ))
@@ -470,6 +478,7 @@ async fn run_epoch(args: &TrainArgs, data: &DataSet, source: &Source, epoch: usi
         epoch,
         seconds,
         starved_seconds: starved.as_secs_f64(),
+        first_batch_seconds: first_batch.as_secs_f64(),
         errors,
         mount_reads: None,
     }
@@ -490,6 +499,7 @@ fn print(report: &TrainReport) {
         "synthetic s",
         "ferry s",
         "ferry starved s",
+        "of which first batch s",
         "synthetic/ferry",
         "reads at the mount",
         "errors",
@@ -505,6 +515,7 @@ fn print(report: &TrainReport) {
             format!("{:.2}", s.seconds),
             format!("{:.2}", f.seconds),
             format!("{:.2}", f.starved_seconds),
+            format!("{:.3}", f.first_batch_seconds),
             format!("{ratio:.3}"),
             f.mount_reads.map_or("-".to_owned(), |n| format!("{n:.0}")),
             (s.errors + f.errors).to_string(),

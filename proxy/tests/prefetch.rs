@@ -183,6 +183,16 @@ async fn an_order_spanning_two_epochs_prefetches_each_epoch_in_turn() {
         "the second epoch's reads were its own positions"
     );
     assert_eq!(after["buffered_bytes"], 0);
+    let turns = &after["turns"];
+    let sent_in_turn = ["at_once", "waited", "kept_taken"]
+        .iter()
+        .map(|count| turns[count].as_u64().unwrap_or(0))
+        .sum::<u64>();
+    assert_eq!(
+        sent_in_turn, 400,
+        "every sample was sent in its turn: {turns}"
+    );
+    assert_eq!(turns["timed_out"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

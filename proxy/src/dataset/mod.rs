@@ -21,11 +21,20 @@ use crate::origin::{self, OriginError};
 use crate::outbound::PoolUpstream;
 use crate::outbound::balance::{Pool, PoolTls};
 use crate::prefetch::order::{BadOrder, KeySource, OrderSpec};
-use crate::prefetch::{Keys, PlanParts, PlanStatus, Prefetcher};
+use crate::prefetch::{Keys, PlanParts, PlanStatus, Prefetcher, Turn};
 use crate::telemetry::{DatasetMetrics, Direction, TrafficMetrics};
 use crate::tls::TlsState;
 use crate::upstream::Upstream;
 use crate::warm::{BadWarmUp, WarmMember, WarmParts, WarmRequest, WarmStatus, Warmer};
+
+/// One read's bytes, and its turn to be sent when it is a sample of a
+/// posted order (held until the response has gone).
+pub struct DatasetRead {
+    /// The bytes, from the chunk layer.
+    pub chunks: ChunkRead,
+    /// Given back when dropped: the next sample of the order may go.
+    pub turn: Option<Turn>,
+}
 
 /// Read-ahead streams whose chunks may wait in staging at once.
 const STAGED_STREAMS: u64 = 8;
@@ -219,19 +228,21 @@ impl Dataset {
     /// The bytes of `range` (non-empty) of `object`, from the chunk layer
     /// (`ahead`: whether a sequential reader gets read-ahead). An object
     /// that changed at the origin is forgotten here, so the next request
-    /// reads its new version.
+    /// reads its new version. A sample of a posted order, in hand whole,
+    /// comes with its turn to be sent.
     pub async fn read(
         &self,
         object: &Arc<ObjectInfo>,
         range: std::ops::Range<u64>,
         ahead: ReadAhead,
-    ) -> Result<ChunkRead, OriginError> {
-        self.prefetch.observe(&object.meta.key);
+    ) -> Result<DatasetRead, OriginError> {
+        let position = self.prefetch.observe(&object.meta.key);
         let mut read = self
             .chunks
             .read(object, range, ahead)
             .await
             .inspect_err(|e| self.forget_if_changed(e))?;
+        let mut turn = None;
         if let Some(rest) = read.rest.take() {
             let metadata = Arc::clone(&self.metadata);
             read.rest = Some(Box::pin(futures::StreamExt::inspect(rest, move |piece| {
@@ -239,8 +250,10 @@ impl Dataset {
                     metadata.invalidate(key);
                 }
             })));
+        } else if let Some(position) = position {
+            turn = self.prefetch.turn(position).await;
         }
-        Ok(read)
+        Ok(DatasetRead { chunks: read, turn })
     }
 
     /// One page of the listing `request` describes: from the cached listing

@@ -215,7 +215,10 @@ async fn read_range_once(
     range: std::ops::Range<u64>,
 ) -> Result<Bytes, OriginError> {
     let len = (range.end - range.start) as usize;
-    let read = dataset.read(object, range, ReadAhead::IfSequential).await?;
+    let read = dataset
+        .read(object, range, ReadAhead::IfSequential)
+        .await?
+        .chunks;
     let Some(mut rest) = read.rest else {
         return Ok(read.head);
     };

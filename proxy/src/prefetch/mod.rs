@@ -5,6 +5,10 @@
 //! are dropped once read, or once the readers are far past them.
 
 pub mod order;
+mod turns;
+
+use turns::Turns;
+pub use turns::{Turn, TurnCounts};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -74,6 +78,8 @@ pub struct PlanStatus {
     pub buffered_bytes: u64,
     /// Whether every position has been fetched or passed.
     pub done: bool,
+    /// How samples took turns to be sent (this data set, every order).
+    pub turns: TurnCounts,
 }
 
 /// One posted order.
@@ -89,7 +95,9 @@ struct Plan {
     next_same: Vec<u32>,
     /// The position before each one that holds the same key (`NONE` before the first).
     prev_same: Vec<u32>,
-    consumed: Vec<AtomicBool>,
+    /// When each position was read: the count of reads then (wrapping,
+    /// never 0), or 0 while unread.
+    read_at: Vec<AtomicU32>,
     front: AtomicU32,
     reads: AtomicU64,
     next: AtomicU32,
@@ -102,6 +110,81 @@ struct Plan {
 }
 
 impl Plan {
+    fn new(keys: Keys, order: Vec<u32>) -> Self {
+        let mut positions = HashMap::with_capacity(order.len());
+        let mut next_same = vec![NONE; order.len()];
+        let mut prev_same = vec![NONE; order.len()];
+        // Walked from the end, so each key's entry ends at its first position.
+        for (position, &index) in order.iter().enumerate().rev() {
+            if let Some(key) = keys.get(index as usize)
+                && let Some(later) = positions.insert(Arc::clone(key), position as u32)
+            {
+                next_same[position] = later;
+                prev_same[later as usize] = position as u32;
+            }
+        }
+        Self {
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
+            read_at: (0..order.len()).map(|_| AtomicU32::new(0)).collect(),
+            keys,
+            order,
+            positions,
+            next_same,
+            prev_same,
+            front: AtomicU32::new(0),
+            reads: AtomicU64::new(0),
+            next: AtomicU32::new(0),
+            fetched: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            window: AtomicU32::new(MIN_WINDOW),
+            done: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    /// The position a read of `key` takes (see [`Prefetcher::observe`]).
+    fn claim(&self, key: &str) -> Option<u32> {
+        let &first = self.positions.get(key)?;
+        let reads = self.reads.fetch_add(1, Ordering::Relaxed) + 1;
+        // Wrapping is harmless: the stamp only tells recent reads from old.
+        let stamp = (reads as u32).max(1);
+        // A key read again goes on to its next position when that is near
+        // the front, or when its last read was long ago: the next epoch's
+        // turn, not a second read of the same sample (ranged readers read
+        // one sample in several requests, one right after the other).
+        let ahead = 2 * self.window.load(Ordering::Relaxed).max(MIN_WINDOW);
+        let reach = self.front.load(Ordering::Relaxed).saturating_add(ahead);
+        let mut position = first;
+        loop {
+            let at = self.read_at.get(position as usize)?;
+            let read_before =
+                match at.compare_exchange(0, stamp, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => break,
+                    Err(before) => before,
+                };
+            match self.next_same.get(position as usize) {
+                Some(&next)
+                    if next != NONE
+                        && (next <= reach || stamp.wrapping_sub(read_before) > ahead) =>
+                {
+                    position = next;
+                }
+                _ => return None,
+            }
+        }
+        if self.front.fetch_max(position + 1, Ordering::Relaxed) <= position {
+            self.wake.notify_one();
+        }
+        Some(position)
+    }
+
+    fn is_read(&self, position: u32) -> bool {
+        self.read_at
+            .get(position as usize)
+            .is_none_or(|at| at.load(Ordering::Relaxed) != 0)
+    }
+
     fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
         self.wake.notify_one();
@@ -109,12 +192,27 @@ impl Plan {
 }
 
 /// A data set's prefetcher: at most one order at a time.
-#[derive(Default)]
 pub struct Prefetcher {
     active: ArcSwapOption<Plan>,
     /// Serializes posting, so two posts cannot both start drivers.
     posting: Mutex<()>,
+    /// Sends of samples in the order, earliest position first.
+    turns: Arc<Turns>,
 }
+
+impl Default for Prefetcher {
+    fn default() -> Self {
+        Self {
+            active: ArcSwapOption::empty(),
+            posting: Mutex::new(()),
+            turns: Turns::new(SENDS_AT_ONCE),
+        }
+    }
+}
+
+/// Samples of an order sent at once: one, so that when loader workers
+/// contend for the CPU the sample needed soonest is never behind another.
+const SENDS_AT_ONCE: usize = 1;
 
 /// No further position: the end of a key's chain in `Plan::next_same`.
 const NONE: u32 = u32::MAX;
@@ -133,37 +231,19 @@ pub struct PlanParts {
 }
 
 impl Prefetcher {
-    /// Notes a read of `key`: the readers have reached its position.
-    pub fn observe(&self, key: &str) {
+    /// Notes a read of `key`: the readers have reached its position. Returns
+    /// that position, or `None` when the key is not in the order or this is
+    /// a second read of a position already read.
+    pub fn observe(&self, key: &str) -> Option<u32> {
         let guard = self.active.load();
-        let Some(plan) = guard.as_ref() else {
-            return;
-        };
-        let Some(&first) = plan.positions.get(key) else {
-            return;
-        };
-        // A key read again goes on to its next position only when that is
-        // near the front: the next epoch's turn, not a second read of the
-        // same sample (ranged readers read one sample in several requests).
-        let reach = plan
-            .front
-            .load(Ordering::Relaxed)
-            .saturating_add(2 * plan.window.load(Ordering::Relaxed).max(MIN_WINDOW));
-        let mut position = first;
-        loop {
-            let already = plan
-                .consumed
-                .get(position as usize)
-                .is_none_or(|c| c.swap(true, Ordering::Relaxed));
-            match plan.next_same.get(position as usize) {
-                Some(&next) if already && next != NONE && next <= reach => position = next,
-                _ => break,
-            }
-        }
-        plan.reads.fetch_add(1, Ordering::Relaxed);
-        if plan.front.fetch_max(position + 1, Ordering::Relaxed) <= position {
-            plan.wake.notify_one();
-        }
+        let plan = guard.as_ref()?;
+        plan.claim(key)
+    }
+
+    /// Waits for the turn to send the sample at `position` of the order
+    /// (bounded; `None` when it goes without one).
+    pub async fn turn(&self, position: u32) -> Option<Turn> {
+        self.turns.take(position).await
     }
 
     /// The keys of the current order, for an order that reuses them.
@@ -178,43 +258,14 @@ impl Prefetcher {
     /// starts fetching ahead.
     pub fn start(&self, keys: Keys, order: Vec<u32>, parts: PlanParts) -> PlanStatus {
         let _posting = self.posting.lock().unwrap_or_else(|p| p.into_inner());
-        let mut positions = HashMap::with_capacity(order.len());
-        let mut next_same = vec![NONE; order.len()];
-        let mut prev_same = vec![NONE; order.len()];
-        // Walked from the end, so each key's entry ends at its first position.
-        for (position, &index) in order.iter().enumerate().rev() {
-            if let Some(key) = keys.get(index as usize)
-                && let Some(later) = positions.insert(Arc::clone(key), position as u32)
-            {
-                next_same[position] = later;
-                prev_same[later as usize] = position as u32;
-            }
-        }
-        let plan = Arc::new(Plan {
-            generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
-            consumed: (0..order.len()).map(|_| AtomicBool::new(false)).collect(),
-            keys,
-            order,
-            positions,
-            next_same,
-            prev_same,
-            front: AtomicU32::new(0),
-            reads: AtomicU64::new(0),
-            next: AtomicU32::new(0),
-            fetched: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            window: AtomicU32::new(MIN_WINDOW),
-            done: AtomicBool::new(false),
-            stopped: AtomicBool::new(false),
-            wake: Notify::new(),
-        });
+        let plan = Arc::new(Plan::new(keys, order));
         if let Some(old) = self.active.swap(Some(Arc::clone(&plan))) {
             old.stop();
         }
         let dropped = parts.chunks.planned().bytes();
         parts.chunks.planned().clear();
         parts.metrics.prefetch_dropped.increment(dropped);
-        let status = status(&plan, &parts.chunks);
+        let status = status(&plan, &parts.chunks, &self.turns);
         tokio::spawn(drive(plan, parts));
         status
     }
@@ -232,7 +283,10 @@ impl Prefetcher {
 
     /// The current order's progress.
     pub fn status(&self, chunks: &ChunkStore) -> Option<PlanStatus> {
-        self.active.load().as_ref().map(|plan| status(plan, chunks))
+        self.active
+            .load()
+            .as_ref()
+            .map(|plan| status(plan, chunks, &self.turns))
     }
 }
 
@@ -244,7 +298,7 @@ impl Drop for Prefetcher {
     }
 }
 
-fn status(plan: &Plan, chunks: &ChunkStore) -> PlanStatus {
+fn status(plan: &Plan, chunks: &ChunkStore, turns: &Turns) -> PlanStatus {
     PlanStatus {
         generation: plan.generation,
         samples: plan.order.len() as u32,
@@ -256,6 +310,7 @@ fn status(plan: &Plan, chunks: &ChunkStore) -> PlanStatus {
         window: plan.window.load(Ordering::Relaxed),
         buffered_bytes: chunks.planned().bytes(),
         done: plan.done.load(Ordering::Relaxed),
+        turns: turns.counts(),
     }
 }
 
@@ -314,14 +369,12 @@ async fn drive(plan: Arc<Plan>, parts: PlanParts) {
             && fetching.len() < concurrency
         {
             let earlier = plan.prev_same[position as usize];
-            let waiting = earlier != NONE
-                && earlier >= given_up
-                && !plan.consumed[earlier as usize].load(Ordering::Relaxed);
+            let waiting = earlier != NONE && earlier >= given_up && !plan.is_read(earlier);
             if waiting {
                 break;
             }
             deferred.pop_front();
-            if position < given_up || plan.consumed[position as usize].load(Ordering::Relaxed) {
+            if position < given_up || plan.is_read(position) {
                 continue;
             }
             fetching.push(launch(position));
@@ -336,11 +389,11 @@ async fn drive(plan: Arc<Plan>, parts: PlanParts) {
         {
             let position = next;
             next += 1;
-            if plan.consumed[position as usize].load(Ordering::Relaxed) {
+            if plan.is_read(position) {
                 continue;
             }
             let earlier = plan.prev_same[position as usize];
-            if earlier != NONE && !plan.consumed[earlier as usize].load(Ordering::Relaxed) {
+            if earlier != NONE && !plan.is_read(earlier) {
                 deferred.push_back(position);
                 continue;
             }
@@ -387,7 +440,7 @@ async fn fetch_sample(
     let size = object.meta.size;
     // A reader that got here while the metadata came has its chunks coming
     // already, or has them: fetching them again would only hold them unread.
-    if size == 0 || plan.consumed[position as usize].load(Ordering::Relaxed) {
+    if size == 0 || plan.is_read(position) {
         return Ok((size, false));
     }
     // Room for the whole sample first, so that every chunk fetched has a
@@ -395,9 +448,7 @@ async fn fetch_sample(
     // is the bound doing its job).
     let budget = parts.chunks.planned().budget();
     while !budget.try_reserve(size) {
-        if plan.stopped.load(Ordering::Acquire)
-            || plan.consumed[position as usize].load(Ordering::Relaxed)
-        {
+        if plan.stopped.load(Ordering::Acquire) || plan.is_read(position) {
             return Ok((size, false));
         }
         if size > budget.capacity() {
@@ -451,5 +502,41 @@ impl RateMeter {
             self.reads = reads;
         }
         self.per_second
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two epochs of `n` keys: in key order, then reversed.
+    fn two_epochs(n: u32) -> Plan {
+        let keys: Keys = (0..n).map(|i| Arc::from(format!("k{i}"))).collect();
+        let order = (0..n).chain((0..n).rev()).collect();
+        Plan::new(keys, order)
+    }
+
+    #[test]
+    fn a_second_read_of_a_sample_right_after_the_first_takes_no_position() {
+        let plan = two_epochs(2000);
+        assert_eq!(plan.claim("k0"), Some(0));
+        // A ranged reader's next part of the same sample: its next epoch's
+        // position (3,999) is far ahead and its last read was just now.
+        assert_eq!(plan.claim("k0"), None);
+        assert_eq!(plan.front.load(Ordering::Relaxed), 1);
+        assert_eq!(plan.claim("unknown"), None);
+    }
+
+    #[test]
+    fn a_sample_read_again_an_epoch_later_takes_its_next_position() {
+        let plan = two_epochs(2000);
+        for i in 0..2000 {
+            assert_eq!(plan.claim(&format!("k{i}")), Some(i));
+        }
+        // Past the reach of the front (2,000 + two windows), but k0 was last
+        // read 2,000 reads ago: this is its next epoch's turn.
+        assert_eq!(plan.claim("k0"), Some(3999));
+        assert_eq!(plan.claim("k1999"), Some(2000));
+        assert!(plan.is_read(3999) && plan.is_read(2000) && !plan.is_read(2001));
     }
 }

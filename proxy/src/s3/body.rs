@@ -11,6 +11,7 @@ use metrics::Counter;
 
 use crate::admission::Admitted;
 use crate::origin::OriginError;
+use crate::prefetch::Turn;
 
 /// Why a streamed body stopped early; hyper then aborts the response
 /// (connection reset / RST_STREAM), so the client never sees a short body as whole.
@@ -23,6 +24,10 @@ pub struct BodyError(#[from] pub OriginError);
 pub struct ProxyBody {
     kind: Kind,
     held: Option<Admitted>,
+    turn: Option<Turn>,
+    /// Whether the connection had a pass to write the bytes since they
+    /// were handed over (the turn is kept until then).
+    handed_over: bool,
 }
 
 enum Kind {
@@ -42,6 +47,8 @@ impl ProxyBody {
     pub const EMPTY: Self = Self {
         kind: Kind::Empty,
         held: None,
+        turn: None,
+        handed_over: false,
     };
 
     /// A body of one buffer.
@@ -49,6 +56,8 @@ impl ProxyBody {
         Self {
             kind: Kind::Full(Some(bytes.into())),
             held: None,
+            turn: None,
+            handed_over: false,
         }
     }
 
@@ -65,12 +74,21 @@ impl ProxyBody {
                 sent,
             },
             held: None,
+            turn: None,
+            handed_over: false,
         }
     }
 
     /// This body, keeping `admitted` until it has been sent.
     pub fn holding(mut self, admitted: Admitted) -> Self {
         self.held = Some(admitted);
+        self
+    }
+
+    /// This body, keeping its sample's `turn` of a posted order until it has
+    /// been sent.
+    pub fn in_turn(mut self, turn: Option<Turn>) -> Self {
+        self.turn = turn;
         self
     }
 
@@ -101,6 +119,17 @@ impl http_body::Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
+        if let (Kind::Full(None), Some(_)) = (&this.kind, &this.turn) {
+            // The bytes went to the connection, which writes them to the
+            // socket when its body yields: one pass more before the next
+            // sample's turn, so the turn covers the send itself.
+            if !this.handed_over {
+                this.handed_over = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            this.turn = None;
+        }
         let frame = match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
@@ -126,6 +155,7 @@ impl http_body::Body for ProxyBody {
         if matches!(frame, Poll::Ready(None)) {
             // Sent: the next request may have the slot and the bytes now.
             this.held = None;
+            this.turn = None;
         }
         frame
     }
@@ -133,7 +163,7 @@ impl http_body::Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Empty => true,
-            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Full(bytes) => bytes.is_none() && self.turn.is_none(),
             Kind::Stream { remaining, .. } => *remaining == 0,
         }
     }

@@ -19,7 +19,7 @@ use super::token;
 use super::xml::{self, ListingFlavour, ListingPage};
 use crate::admission::{Admission, Admitted};
 use crate::chunk::ReadAhead;
-use crate::dataset::{Dataset, Datasets};
+use crate::dataset::{Dataset, DatasetRead, Datasets};
 use crate::mesh::Mesh;
 use crate::metadata::ObjectInfo;
 use crate::metadata::list::ListRequest;
@@ -473,7 +473,7 @@ impl ObjectRead<'_> {
             .reserve(admitted, remaining.min(dataset.chunks.window_bytes()))
             .await
             .map_err(|refused| S3Error::slow_down(refused.message(self.admission.wait())))?;
-        let read = dataset
+        let DatasetRead { chunks: read, turn } = dataset
             .read(info, range, ahead)
             .await
             .map_err(|e| S3Error::from_origin(e, &dataset.policy.bucket))?;
@@ -481,7 +481,7 @@ impl ObjectRead<'_> {
             self.span
                 .record("cache.outcome", read.first_source.as_str());
         }
-        Ok(match read.rest {
+        let body = match read.rest {
             None => ProxyBody::full(read.head),
             Some(rest) => ProxyBody::stream(
                 stream::once(futures::future::ready(Ok(read.head)))
@@ -494,7 +494,8 @@ impl ObjectRead<'_> {
                     .response_bytes
                     .clone(),
             ),
-        })
+        };
+        Ok(body.in_turn(turn))
     }
 }
 
