@@ -669,3 +669,79 @@ impl Datasets {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_config::from_yaml;
+
+    /// A worker with one data set whose policy ends in `extra`.
+    fn worker(extra: &str) -> ProxyConfig {
+        let yaml = format!(
+            "role: worker\ndatasets:\n  - {{ name: set-a, bucket: a-bucket, \
+             origin: \"synthetic://?count=100000&latency=20ms\"{extra} }}\n"
+        );
+        from_yaml(&yaml, "test.yaml").expect("config")
+    }
+
+    fn only(datasets: &Datasets) -> Arc<Dataset> {
+        Arc::clone(datasets.get("a-bucket").expect("the data set"))
+    }
+
+    #[tokio::test]
+    async fn changing_warm_up_settings_keeps_the_caches_and_other_changes_do_not() {
+        let before = Datasets::from_config(&worker(""), None).expect("built");
+        let warmed = before
+            .reconcile(
+                &worker(", warm: on_start, warm_limits: { concurrency: 2 }"),
+                None,
+            )
+            .expect("reconciled");
+        assert_eq!(only(&warmed).policy.warm, ferry_config::WarmPolicy::OnStart);
+        assert!(
+            Arc::ptr_eq(&only(&before).chunks, &only(&warmed).chunks),
+            "same chunk store"
+        );
+        let rechunked = warmed
+            .reconcile(&worker(", chunk_size: 2MiB"), None)
+            .expect("reconciled");
+        assert!(!Arc::ptr_eq(
+            &only(&warmed).chunks,
+            &only(&rechunked).chunks
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_data_set_dropped_for_good_stops_its_warm_up() {
+        let datasets = Datasets::from_config(&worker(""), None).expect("built");
+        let dataset = only(&datasets);
+        let request = WarmRequest {
+            prefix: String::new(),
+            members: vec![WarmMember {
+                address: "w:1".to_owned(),
+                weight: 1,
+            }],
+            member: "w:1".to_owned(),
+            concurrency: 2,
+            bytes_per_second: None,
+            order: None,
+        };
+        dataset.start_warm(request).expect("started");
+        // 100,000 objects at 20 ms each, two at a time: it runs for minutes,
+        // holding the data set's chunk store.
+        let chunks = Arc::clone(&dataset.chunks);
+        assert!(
+            Arc::strong_count(&chunks) > 2,
+            "the warm-up holds the store"
+        );
+        drop((dataset, datasets));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while Arc::strong_count(&chunks) > 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the warm-up still runs after its data set was dropped"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+}
