@@ -278,6 +278,15 @@ mod tests {
         }
     }
 
+    /// A read of `position` that asks once `n - 1` others are queued, and
+    /// says whether it had a turn; returned once it waits in the queue.
+    async fn waiter(turns: &Arc<Turns>, position: u32, n: usize) -> tokio::task::JoinHandle<bool> {
+        let queue = Arc::clone(turns);
+        let read = tokio::spawn(async move { queue.take(position).await.is_some() });
+        queued(turns, n).await;
+        read
+    }
+
     #[tokio::test]
     async fn the_earliest_waiting_position_goes_next() {
         let turns = Turns::new(1);
@@ -314,19 +323,11 @@ mod tests {
     async fn a_reader_gone_while_waiting_leaves_the_queue() {
         let turns = Turns::new(1);
         let held = turns.take(0).await.expect("a free turn");
-        let gone = {
-            let turns = Arc::clone(&turns);
-            tokio::spawn(async move { turns.take(1).await.is_some() })
-        };
-        queued(&turns, 1).await;
+        let gone = waiter(&turns, 1, 1).await;
         gone.abort();
         let _ = gone.await;
         assert!(turns.lock().waiting.is_empty(), "it left the queue");
-        let next = {
-            let turns = Arc::clone(&turns);
-            tokio::spawn(async move { turns.take(9).await.is_some() })
-        };
-        queued(&turns, 1).await;
+        let next = waiter(&turns, 9, 1).await;
         drop(held);
         assert!(
             next.await.expect("no panic"),
@@ -338,11 +339,7 @@ mod tests {
     async fn a_turn_is_kept_for_the_next_sample_while_later_ones_wait() {
         let turns = Turns::new(1);
         let first = turns.take(0).await.expect("a free turn");
-        let later = {
-            let turns = Arc::clone(&turns);
-            tokio::spawn(async move { turns.take(256).await.is_some() })
-        };
-        queued(&turns, 1).await;
+        let later = waiter(&turns, 256, 1).await;
         drop(first);
         // Position 1 asks after position 0 was sent: the kept turn is its,
         // although position 256 was waiting first.
@@ -362,11 +359,7 @@ mod tests {
         // The last batch's reader had the turn first; the first batch's
         // reader asked while it was held.
         let later = turns.take(512).await.expect("a free turn");
-        let earlier = {
-            let turns = Arc::clone(&turns);
-            tokio::spawn(async move { turns.take(0).await.is_some() })
-        };
-        queued(&turns, 1).await;
+        let earlier = waiter(&turns, 0, 1).await;
         drop(later);
         assert!(earlier.await.expect("no panic"), "position 0 went next");
         assert_eq!(turns.counts().kept_taken, 0, "nothing was kept for 513");
@@ -376,11 +369,7 @@ mod tests {
     async fn an_unused_keep_lapses_and_keeping_turns_off() {
         let turns = Turns::new(1);
         let first = turns.take(0).await.expect("a free turn");
-        let later = {
-            let turns = Arc::clone(&turns);
-            tokio::spawn(async move { turns.take(256).await.is_some() })
-        };
-        queued(&turns, 1).await;
+        let later = waiter(&turns, 256, 1).await;
         let given_back = tokio::time::Instant::now();
         drop(first);
         // Nobody asks for position 1: 256 gets the turn when the keep lapses.
@@ -389,11 +378,7 @@ mod tests {
         assert!(turns.lock().score < 0, "keeping is off");
         // With keeping off, a turn given back goes straight to the waiter.
         let held = turns.take(300).await.expect("a free turn");
-        let waiter = {
-            let turns = Arc::clone(&turns);
-            tokio::spawn(async move { turns.take(500).await.is_some() })
-        };
-        queued(&turns, 1).await;
+        let waiter = waiter(&turns, 500, 1).await;
         let given_back = tokio::time::Instant::now();
         drop(held);
         assert!(waiter.await.expect("no panic"));
