@@ -15,6 +15,7 @@ pub mod synthetic;
 pub mod telemetry;
 pub mod tenancy;
 pub mod units;
+pub mod warm;
 
 pub use control_plane::ControlPlaneConfig;
 pub use identity::{

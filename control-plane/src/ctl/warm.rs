@@ -11,6 +11,8 @@ use anyhow::Context;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use ferry_config::warm::{WarmState, WarmStatus};
+
 use super::{Output, Target, http};
 
 fn human(bytes: u64) -> String {
@@ -81,58 +83,6 @@ struct Worker {
     member: String,
 }
 
-/// A worker's `/warm/{dataset}` answer (the fields shown here).
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-pub struct WorkerStatus {
-    /// Where it stands: running, done, stopped or failed.
-    pub state: String,
-    /// Whether its listing is complete.
-    pub listing_done: bool,
-    /// Objects it owns chunks of, listed so far.
-    pub objects_total: u64,
-    /// Of those, held now.
-    pub objects_done: u64,
-    /// Objects that failed.
-    pub objects_failed: u64,
-    /// Bytes it owns, listed so far.
-    pub bytes_total: u64,
-    /// Of those, held now.
-    pub bytes_done: u64,
-    /// Fetched from the origin.
-    pub bytes_fetched: u64,
-    /// Left out: the cache was full.
-    pub bytes_not_warmed: u64,
-    /// Whether the cache filled up.
-    pub capacity_reached: bool,
-    /// What the cache can hold.
-    pub capacity_bytes: u64,
-    /// Seconds it ran.
-    pub elapsed_seconds: f64,
-    /// Origin fetches at once.
-    pub concurrency: usize,
-    /// Its bound on origin bytes per second.
-    pub bytes_per_second: Option<u64>,
-    /// Chunks fetched from the origin.
-    pub chunks_fetched: u64,
-    /// Chunks a tier held already.
-    pub chunks_held: u64,
-    /// The control plane's order it carries out, if any.
-    pub order: Option<u64>,
-    /// Objects that failed, with why.
-    pub errors: Vec<ObjectError>,
-    /// Why the listing failed.
-    pub failure: Option<String>,
-}
-
-/// One object a worker could not warm.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-pub struct ObjectError {
-    /// Its key.
-    pub key: String,
-    /// Why.
-    pub message: String,
-}
-
 /// The pool's warm-up, summed over its workers.
 #[derive(Debug, Default, Serialize)]
 pub struct Totals {
@@ -159,7 +109,7 @@ pub struct Totals {
 }
 
 impl Totals {
-    fn of(statuses: &BTreeMap<String, WorkerStatus>) -> Self {
+    fn of(statuses: &BTreeMap<String, WarmStatus>) -> Self {
         let mut totals = Self {
             listing_done: true,
             finished: true,
@@ -175,7 +125,7 @@ impl Totals {
             totals.bytes_not_warmed += s.bytes_not_warmed;
             totals.elapsed_seconds = totals.elapsed_seconds.max(s.elapsed_seconds);
             totals.listing_done &= s.listing_done;
-            totals.finished &= s.state != "running";
+            totals.finished &= s.state != WarmState::Running;
         }
         totals
     }
@@ -483,7 +433,7 @@ async fn follow(
     workers: &[Worker],
     settings: &WarmSettings,
     expect: Expect,
-) -> anyhow::Result<BTreeMap<String, WorkerStatus>> {
+) -> anyhow::Result<BTreeMap<String, WarmStatus>> {
     let terminal = std::io::stderr().is_terminal() && settings.output == Output::Table;
     let mut last_log: Option<Instant> = None;
     let started = Instant::now();
@@ -499,7 +449,7 @@ async fn follow(
             .await?;
             let parsed = match status {
                 StatusCode::OK => Some(
-                    serde_json::from_slice::<WorkerStatus>(&body)
+                    serde_json::from_slice::<WarmStatus>(&body)
                         .with_context(|| format!("/warm of {}", worker.admin))?,
                 ),
                 StatusCode::NOT_FOUND if matches!(expect, Expect::Order(_)) => None,
@@ -556,13 +506,13 @@ async fn follow(
 
 /// Prints the outcome; whether every object was warmed.
 fn report(
-    statuses: &BTreeMap<String, WorkerStatus>,
+    statuses: &BTreeMap<String, WarmStatus>,
     settings: &WarmSettings,
 ) -> anyhow::Result<bool> {
     let totals = Totals::of(statuses);
     let complete = statuses
         .values()
-        .all(|s| s.state == "done" && s.objects_failed == 0 && !s.capacity_reached);
+        .all(|s| s.state == WarmState::Done && s.objects_failed == 0 && !s.capacity_reached);
     let mut out = std::io::stdout().lock();
     if settings.output == Output::Json {
         super::write_json(
@@ -589,7 +539,7 @@ fn report(
         human(rate as u64),
     )?;
     for (admin, status) in statuses {
-        if status.state != "done" {
+        if status.state != WarmState::Done {
             writeln!(out, "worker {admin}: {}", status.state)?;
         }
         if let Some(failure) = &status.failure {
@@ -633,8 +583,8 @@ mod tests {
         let mut statuses = BTreeMap::new();
         statuses.insert(
             "a".to_owned(),
-            WorkerStatus {
-                state: "running".to_owned(),
+            WarmStatus {
+                state: WarmState::Running,
                 listing_done: true,
                 objects_total: 10,
                 objects_done: 5,
@@ -642,7 +592,7 @@ mod tests {
                 bytes_done: 1 << 19,
                 bytes_fetched: 1 << 19,
                 elapsed_seconds: 1.0,
-                ..WorkerStatus::default()
+                ..WarmStatus::default()
             },
         );
         let line = Totals::of(&statuses).line();

@@ -17,13 +17,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
-use serde::Serialize;
 
 use crate::chunk::{ChunkStore, Warmed, chunk_range};
 use crate::metadata::{MetadataCache, ObjectInfo};
 use crate::origin::ObjectMeta;
 use crate::outbound::balance::rendezvous::{self, chunk_route};
 use crate::telemetry::DatasetMetrics;
+pub use ferry_config::warm::{ObjectError, WarmState, WarmStatus};
 pub use request::{BadWarmUp, WarmMember, WarmRequest};
 
 /// Objects listed and waiting for their chunks to be warmed: bounds the
@@ -123,92 +123,6 @@ impl Drop for Warmer {
     }
 }
 
-/// Where a warm-up stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WarmState {
-    /// Listing and fetching.
-    Running,
-    /// Every object listed was reached.
-    Done,
-    /// Stopped before it was done.
-    Stopped,
-    /// The listing failed; what was listed before was warmed.
-    Failed,
-}
-
-impl WarmState {
-    fn from_u8(value: u8) -> Self {
-        match value {
-            1 => Self::Done,
-            2 => Self::Stopped,
-            3 => Self::Failed,
-            _ => Self::Running,
-        }
-    }
-}
-
-/// One object a warm-up could not load.
-#[derive(Clone, Debug, Serialize)]
-pub struct ObjectError {
-    /// Its key.
-    pub key: String,
-    /// Why.
-    pub message: String,
-}
-
-/// A warm-up's progress, as `/warm` reports it.
-#[derive(Clone, Debug, Serialize)]
-pub struct WarmStatus {
-    /// The data set.
-    pub dataset: String,
-    /// The prefix warmed ("" for all of it).
-    pub prefix: String,
-    /// This worker's address in the pool.
-    pub member: String,
-    /// Where it stands.
-    pub state: WarmState,
-    /// Whether the whole listing has been read.
-    pub listing_done: bool,
-    /// Objects with at least one chunk this worker owns, listed so far.
-    pub objects_total: u64,
-    /// Of those, objects whose owned chunks are all held now.
-    pub objects_done: u64,
-    /// Objects with a chunk that could not be fetched.
-    pub objects_failed: u64,
-    /// Bytes of the chunks this worker owns, listed so far.
-    pub bytes_total: u64,
-    /// Of those, bytes held now: fetched by this warm-up or held already.
-    pub bytes_done: u64,
-    /// Bytes fetched from the origin by this warm-up.
-    pub bytes_fetched: u64,
-    /// Bytes left out because the cache was full.
-    pub bytes_not_warmed: u64,
-    /// Chunks fetched from the origin.
-    pub chunks_fetched: u64,
-    /// Chunks skipped because a tier already held them.
-    pub chunks_held: u64,
-    /// What the data set's tiers can hold (the disk tier's, else memory's).
-    pub capacity_bytes: u64,
-    /// Whether the cache filled up (or refused a chunk) before every owned
-    /// chunk was in it.
-    pub capacity_reached: bool,
-    /// Origin fetches at once.
-    pub concurrency: usize,
-    /// The bound on origin bytes per second, if any.
-    pub bytes_per_second: Option<u64>,
-    /// The control plane's order it carries out, if it was ordered there.
-    pub order: Option<u64>,
-    /// When it started (seconds since the epoch).
-    pub started_at: u64,
-    /// Seconds it has run (until it ended).
-    pub elapsed_seconds: f64,
-    /// Objects that failed, with why (the first 1,000).
-    pub errors: Vec<ObjectError>,
-    /// Why the listing failed, if it did.
-    pub failure: Option<String>,
-}
-
 /// A warm-up's settings, checked.
 #[derive(Clone, Debug)]
 pub struct WarmPlan {
@@ -305,7 +219,7 @@ impl Job {
             dataset: self.dataset.clone(),
             prefix: self.plan.prefix.clone(),
             member: self.plan.member.clone(),
-            state: WarmState::from_u8(self.state.load(Ordering::Acquire)),
+            state: state_of(self.state.load(Ordering::Acquire)),
             listing_done: counted.is_some() || self.listing_done.load(Ordering::Acquire),
             objects_total: counted.map_or(load(&self.objects_total), |(objects, _)| {
                 objects.max(load(&self.objects_total))
@@ -566,5 +480,15 @@ impl Job {
         let before = self.paced.fetch_add(len, Ordering::AcqRel);
         let due = self.started + Duration::from_secs_f64(before as f64 / rate as f64);
         tokio::time::sleep_until(due.into()).await;
+    }
+}
+
+/// A warm-up's state as its job stores it (an atomic byte).
+fn state_of(value: u8) -> WarmState {
+    match value {
+        1 => WarmState::Done,
+        2 => WarmState::Stopped,
+        3 => WarmState::Failed,
+        _ => WarmState::Running,
     }
 }
