@@ -74,19 +74,7 @@ async fn status(proxy: &ProxyProcess) -> (StatusCode, Value) {
 
 /// Polls the order's progress until `done` (bounded: never a fixed sleep).
 async fn wait_for(proxy: &ProxyProcess, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (code, body) = status(proxy).await;
-        assert_eq!(code, StatusCode::OK, "{body}");
-        if done(&body) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the prefetcher never got there: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::poll_json("the prefetcher", || status(proxy), done).await
 }
 
 async fn read(proxy: &ProxyProcess, index: u64) {

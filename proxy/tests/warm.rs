@@ -421,19 +421,8 @@ async fn bad_warm_up_requests_get_clear_errors() {
 /// Polls a worker's warm-up until it has ended after `progress` (bounded:
 /// never a fixed sleep).
 async fn wait_for_warm(worker: &ProxyProcess, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (code, status) = warm_status(worker).await;
-        if code == StatusCode::OK && done(&status) {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "worker {} never got there: {status}",
-            worker.admin
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("worker {}", worker.admin);
+    common::poll_json(&what, || warm_status(worker), done).await
 }
 
 /// A control plane over a policy directory with one data set `data` of

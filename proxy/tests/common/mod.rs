@@ -178,6 +178,32 @@ pub fn sum_samples(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     parse_exposition(text).sum(name, labels)
 }
 
+/// Asks `ask` every 20 ms until it answers 200 with JSON that `done`
+/// accepts, and returns that answer; fails after 20 s, naming `what` and
+/// the last answer.
+pub async fn poll_json<F, Fut>(
+    what: &str,
+    mut ask: F,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = (StatusCode, serde_json::Value)>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, body) = ask().await;
+        if code == StatusCode::OK && done(&body) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} never got there: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// GETs `url` and parses its body as JSON; a test fails on any error.
 pub async fn get_json(client: &reqwest::Client, url: String) -> serde_json::Value {
     let text = client
