@@ -588,3 +588,50 @@ async fn without_admin_addresses_ferryctl_orders_the_warm_up_through_the_control
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("NoSuchDataset"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_lists_the_data_set_once_and_knows_its_totals_long_before_it_is_done() {
+    // Three pages of listing; fetches held to 64 KiB/s, so warming all
+    // 2.5 MB would take about 40 s while listing takes milliseconds.
+    let query = "count=2500&size=1KiB&dist=fixed&seed=9";
+    let spec = SyntheticSpec::from_query(query).expect("spec");
+    let worker = worker(query, &[]);
+    let member = worker.inbound.expect("inbound").to_string();
+    let response = reqwest::Client::new()
+        .post(worker.admin_url("/warm/data"))
+        .body(format!(
+            r#"{{"members":[{{"address":"{member}"}}],"member":"{member}","bytes_per_second":65536}}"#
+        ))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+
+    let what = format!("worker {}", worker.admin);
+    let status = common::poll_json(
+        &what,
+        || warm_status(&worker),
+        |s| s["listing_done"] == true,
+    )
+    .await;
+    assert_eq!(status["objects_total"], 2500, "{status}");
+    assert_eq!(status["bytes_total"], spec.total_bytes(), "{status}");
+    assert!(
+        status["objects_done"].as_u64().expect("done") < 2500,
+        "the totals were known while objects were still being warmed: {status}"
+    );
+    let lists = worker
+        .metric(
+            "origin_requests_total",
+            &[("dataset", "data"), ("op", "list")],
+        )
+        .await;
+    assert_eq!(lists, 3.0, "one listing of 1,000 objects a page, not two");
+
+    let stopped = reqwest::Client::new()
+        .delete(worker.admin_url("/warm/data"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(stopped.status(), StatusCode::OK);
+}

@@ -329,6 +329,11 @@ impl MetadataCache {
         )
     }
 
+    /// Listed objects this cache may hold, over all its listings.
+    pub fn listing_capacity(&self) -> usize {
+        self.listing_capacity
+    }
+
     /// Objects with cached metadata.
     pub fn cached_objects(&self) -> usize {
         self.objects.len()

@@ -1,7 +1,8 @@
 //! Warm-up: a worker loads its share of a data set into its cache before
-//! any reader asks. It lists the data set (twice: once ahead, only to count
-//! its share for the progress totals; once at the warmers' pace) and
-//! fetches each chunk it owns
+//! any reader asks. It lists the data set once, ahead of its fetches (so
+//! the progress totals are known early), queueing the objects with chunks
+//! it owns (as many as the listing cache may hold), and fetches each chunk
+//! it owns
 //! under the pool's weighted rendezvous ranking (the one sidecars route
 //! by), so a warmed pool answers epoch 1 from cache with no spill. Chunks a
 //! tier already holds are skipped, so a stopped warm-up resumes where it
@@ -26,9 +27,6 @@ use crate::telemetry::DatasetMetrics;
 pub use ferry_config::warm::{ObjectError, WarmState, WarmStatus};
 pub use request::{BadWarmUp, WarmMember, WarmRequest};
 
-/// Objects listed and waiting for their chunks to be warmed: bounds the
-/// memory a listing of millions of objects takes.
-const OBJECTS_QUEUED: usize = 1024;
 /// Objects asked of the origin per listing page.
 const LIST_PAGE: usize = 1000;
 /// Marks a listing read to its end (no key is empty, so none is this).
@@ -158,8 +156,6 @@ struct Job {
     /// Bytes this warm-up holds or is fetching: checked against `capacity`.
     admitted: AtomicU64,
     capacity_reached: AtomicBool,
-    /// This worker's share of the whole listing (objects, bytes), once counted.
-    counted: Mutex<Option<(u64, u64)>>,
     errors: Mutex<Vec<ObjectError>>,
     failure: Mutex<Option<String>>,
     task: Mutex<Option<tokio::task::AbortHandle>>,
@@ -202,7 +198,6 @@ impl Job {
             chunks_held: AtomicU64::new(0),
             admitted: AtomicU64::new(0),
             capacity_reached: AtomicBool::new(false),
-            counted: Mutex::new(None),
             errors: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
             task: Mutex::new(None),
@@ -214,21 +209,16 @@ impl Job {
     fn status(&self) -> WarmStatus {
         let load = |n: &AtomicU64| n.load(Ordering::Acquire);
         let ended = *self.ended.lock().unwrap_or_else(|p| p.into_inner());
-        let counted = *self.counted.lock().unwrap_or_else(|p| p.into_inner());
         WarmStatus {
             dataset: self.dataset.clone(),
             prefix: self.plan.prefix.clone(),
             member: self.plan.member.clone(),
             state: state_of(self.state.load(Ordering::Acquire)),
-            listing_done: counted.is_some() || self.listing_done.load(Ordering::Acquire),
-            objects_total: counted.map_or(load(&self.objects_total), |(objects, _)| {
-                objects.max(load(&self.objects_total))
-            }),
+            listing_done: self.listing_done.load(Ordering::Acquire),
+            objects_total: load(&self.objects_total),
             objects_done: load(&self.objects_done),
             objects_failed: load(&self.objects_failed),
-            bytes_total: counted.map_or(load(&self.bytes_total), |(_, bytes)| {
-                bytes.max(load(&self.bytes_total))
-            }),
+            bytes_total: load(&self.bytes_total),
             bytes_done: load(&self.bytes_done),
             bytes_fetched: load(&self.bytes_fetched),
             bytes_not_warmed: load(&self.bytes_not_warmed),
@@ -284,7 +274,11 @@ impl Job {
     }
 
     async fn run(self: Arc<Self>, parts: WarmParts) {
-        let (sender, receiver) = mpsc::channel::<Arc<Owned>>(OBJECTS_QUEUED);
+        // The listing runs ahead of the fetches by up to the objects the
+        // listing cache may hold: the totals are known as soon as the origin
+        // has listed them, and a listing of millions still has a bound.
+        let queued = parts.metadata.listing_capacity().max(1);
+        let (sender, receiver) = mpsc::channel::<Arc<Owned>>(queued);
         let parts = Arc::new(parts);
         let listing = self.list(&parts, sender);
         let (job, shared) = (Arc::clone(&self), Arc::clone(&parts));
@@ -297,7 +291,7 @@ impl Job {
                 let (job, parts) = (Arc::clone(&job), Arc::clone(&shared));
                 async move { job.warm_chunk(&parts, &owned, index).await }
             });
-        let (listed, (), ()) = futures::join!(listing, warming, self.count(&parts));
+        let (listed, ()) = futures::join!(listing, warming);
         match listed {
             Ok(()) => self.end(WarmState::Done),
             Err(why) => {
@@ -307,8 +301,8 @@ impl Job {
         }
     }
 
-    /// Lists the prefix page by page, sending each object with chunks this
-    /// worker owns to the warmers (waiting when they are behind).
+    /// Lists the prefix page by page, counting and sending each object with
+    /// chunks this worker owns to the warmers (waiting when the queue is full).
     async fn list(
         &self,
         parts: &WarmParts,
@@ -337,31 +331,6 @@ impl Job {
         }
         self.listing_done.store(true, Ordering::Release);
         Ok(())
-    }
-
-    /// Lists the prefix once more, ahead of the warmers (which hold the
-    /// listing back to their pace), only to count this worker's share: the
-    /// totals, and so a time left, are known early. A failure here only
-    /// leaves them growing as the warmers' listing goes.
-    async fn count(&self, parts: &WarmParts) {
-        let (mut objects, mut bytes) = (0u64, 0u64);
-        let mut start_after: Option<String> = None;
-        loop {
-            match self.next_page(parts, &mut start_after).await {
-                Ok(Some(page)) => {
-                    for meta in &page {
-                        let (chunks, owned) = self.owned(meta, parts.chunks.chunk_size());
-                        if !chunks.is_empty() {
-                            objects += 1;
-                            bytes += owned;
-                        }
-                    }
-                }
-                Ok(None) => break,
-                Err(_) => return,
-            }
-        }
-        *self.counted.lock().unwrap_or_else(|p| p.into_inner()) = Some((objects, bytes));
     }
 
     /// The next page of the listing after `start_after` (advanced), or
