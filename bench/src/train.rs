@@ -50,6 +50,12 @@ pub struct TrainArgs {
     /// before reading it, as the Python sampler wrapper does.
     #[arg(long)]
     pub prefetch: bool,
+    /// With --prefetch: epochs each post holds, this one and the next (the
+    /// Python wrapper's `epochs_ahead`, 2 by default; 1 posts only the
+    /// epoch about to be read). The proxy keeps what it fetched when the
+    /// next post continues the order it has.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub epochs_ahead: u32,
     /// Post the whole job's order (every epoch's, as a seeded sampler knows
     /// them) once, before epoch 1, instead of each epoch's at its start: the
     /// next epoch's first samples are fetched while the current one ends.
@@ -375,10 +381,12 @@ async fn warm_up(
 async fn run_epoch(args: &TrainArgs, data: &DataSet, source: &Source, epoch: usize) -> TrainEpoch {
     let order = data.order(args.seed, epoch);
     if let (true, Source::Ferry { addr, bucket }) = (args.prefetch, source) {
-        // The loader knows its order before it reads: tell the proxy.
-        let keys: Vec<&str> = order
-            .iter()
-            .map(|&sample| data.items[sample][0].key.as_str())
+        // The loader knows its order before it reads (a seeded sampler,
+        // the next epochs' too): tell the proxy.
+        let ahead = epoch + args.epochs_ahead as usize;
+        let keys: Vec<&str> = (epoch..ahead)
+            .flat_map(|epoch| data.order(args.seed, epoch))
+            .map(|sample| data.items[sample][0].key.as_str())
             .collect();
         if let Err(err) = post_order(*addr, bucket, keys.join("\n")).await {
             eprintln!("train: posting epoch {epoch}'s order failed: {err:#}");

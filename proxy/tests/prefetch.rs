@@ -273,6 +273,51 @@ async fn a_new_order_replaces_the_old() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_order_that_continues_the_last_keeps_what_was_fetched_for_it() {
+    let (_worker, proxy) = mesh(&[]);
+    let keys = |range: std::ops::Range<u64>| -> String {
+        range.map(|i| spec().key(i)).collect::<Vec<_>>().join("\n")
+    };
+    post(&proxy, "data", keys(0..100)).await;
+    wait_for(&proxy, |s| s["fetched"] == 100).await;
+    for index in 0..50 {
+        read(&proxy, index).await;
+    }
+    // A sampler posting this epoch and the next at each epoch's start: the
+    // new order begins where the reader is in the old one.
+    let (code, next) = post(&proxy, "data", keys(50..150)).await;
+    assert_eq!(code, StatusCode::ACCEPTED);
+    let unread: u64 = (50..100).map(|i| spec().object_size(i)).sum();
+    assert_eq!(
+        next["buffered_bytes"], unread,
+        "the 50 samples fetched and not yet read stay: {next}"
+    );
+    assert_eq!(
+        proxy
+            .metric("prefetch_dropped_bytes_total", &[("dataset", "data")])
+            .await,
+        0.0
+    );
+    wait_for(&proxy, |s| s["fetched"] == 100).await;
+    let (hits, _) = memory(&proxy).await;
+    for index in 50..150 {
+        read(&proxy, index).await;
+    }
+    assert_eq!(memory(&proxy).await.0 - hits, 100.0, "every read hit");
+    let worker_gets = _worker
+        .metric(
+            "origin_requests_total",
+            &[("dataset", "data"), ("op", "get")],
+        )
+        .await;
+    assert_eq!(worker_gets, 150.0, "no sample was fetched twice");
+
+    // An order that does not continue it starts afresh.
+    let (_, other) = post(&proxy, "data", keys(10..20)).await;
+    assert_eq!(other["buffered_bytes"], 0, "{other}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bad_orders_get_clear_errors() {
     let (_worker, proxy) = mesh(&[]);
     let client = reqwest::Client::new();

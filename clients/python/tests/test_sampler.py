@@ -66,7 +66,7 @@ def test_a_shuffle_sampler_is_posted_as_its_seed_each_epoch():
     keys = [f"k{i}" for i in range(50)]
     recorder = Recorder(refuse_reuse_once=True)
     inner = ShuffleSampler(50, seed=9)
-    sampler = OrderedSampler(inner, keys, "b", client=recorder)
+    sampler = OrderedSampler(inner, keys, "b", client=recorder, epochs_ahead=1)
     first = list(sampler)
     sampler.set_epoch(1)
     second = list(sampler)
@@ -75,7 +75,7 @@ def test_a_shuffle_sampler_is_posted_as_its_seed_each_epoch():
     assert recorder.posts == [("shuffle", 9, keys), ("shuffle", 10, keys)]
 
 
-def test_epochs_ahead_posts_several_epochs_at_once_and_then_waits_for_them():
+def test_each_epoch_posts_its_order_and_the_next_epochs_ahead():
     keys = [f"k{i}" for i in range(20)]
     recorder = Recorder()
     inner = ShuffleSampler(20, seed=4)
@@ -85,7 +85,15 @@ def test_epochs_ahead_posts_several_epochs_at_once_and_then_waits_for_them():
         sampler.set_epoch(epoch)
         orders.append(list(sampler))
     assert orders == [shuffle(20, 4 + e) for e in range(4)], "yields what it wraps"
-    assert recorder.posts == [("shuffle", 4, keys, 3), ("shuffle", 7, None, 3)]
+    assert recorder.posts == [
+        ("shuffle", 4, keys, 3),
+        ("shuffle", 5, None, 3),
+        ("shuffle", 6, None, 3),
+        ("shuffle", 7, None, 3),
+    ]
+    by_default = OrderedSampler(inner, keys, "b", client=recorder)
+    list(by_default)
+    assert recorder.posts[-1][-1] == 2, "this epoch and the next by default"
     with pytest.raises(ValueError):
         OrderedSampler(inner, keys, "b", client=recorder, epochs_ahead=0)
 
@@ -150,7 +158,7 @@ def test_boto3_reads_in_the_posted_order_hit():
     bucket = os.environ["FERRY_BUCKET"]
     keys, content = expected()
     s3 = s3_client()
-    sampler = OrderedSampler(ShuffleSampler(len(keys), seed=3), keys, bucket)
+    sampler = OrderedSampler(ShuffleSampler(len(keys), seed=3), keys, bucket, epochs_ahead=1)
     client = sampler.client
     for epoch in range(2):
         sampler.set_epoch(epoch)
@@ -165,21 +173,26 @@ def test_boto3_reads_in_the_posted_order_hit():
 
 
 @needs_sidecar
-def test_an_order_posted_two_epochs_ahead_prefetches_both():
+def test_each_epoch_posted_with_the_next_keeps_what_was_fetched_for_it():
     bucket = os.environ["FERRY_BUCKET"]
     keys, content = expected()
     s3 = s3_client()
-    sampler = OrderedSampler(ShuffleSampler(len(keys), seed=30), keys, bucket, epochs_ahead=2)
+    sampler = OrderedSampler(ShuffleSampler(len(keys), seed=30), keys, bucket)
     before = memory_hits()
     for epoch in range(2):
         sampler.set_epoch(epoch)
         order = iter(sampler)
-        if epoch == 0:
-            assert sampler.last_status["samples"] == 2 * len(keys)
-        wait_fetched(sampler.client, (epoch + 1) * len(keys))
+        assert sampler.last_status["samples"] == 2 * len(keys), "this epoch and the next"
+        if epoch == 1:
+            # What was fetched for epoch 1 under the first post stayed.
+            assert sampler.last_status["buffered_bytes"] > 0, sampler.last_status
+        wait_fetched(sampler.client, len(keys))
         for index in order:
             body = s3.get_object(Bucket=bucket, Key=keys[index])["Body"].read()
             assert body == content(index), keys[index]
+        if epoch == 0:
+            # Epoch 1's samples come while epoch 0 ends.
+            wait_fetched(sampler.client, 2 * len(keys))
     assert memory_hits() - before == 2 * len(keys), "every read of both epochs prefetched"
     assert sampler.client.status()["reads"] == 2 * len(keys)
 

@@ -117,8 +117,8 @@ enum Keep {
     Cache,
     /// In the hot cache, else in staging (read-ahead).
     CacheOrStaging,
-    /// In the planned buffer, for this position of the posted order.
-    Planned(u32),
+    /// In the planned buffer, for this position (counted across orders).
+    Planned(u64),
 }
 
 /// What a warm-up step did.
@@ -407,7 +407,7 @@ impl ChunkStore {
         self: &Arc<Self>,
         object: &Arc<ObjectInfo>,
         index: u32,
-        position: u32,
+        position: u64,
     ) -> Option<crate::flight::Flight<Bytes, OriginError>> {
         let key = ChunkKey {
             object: object.fingerprint,

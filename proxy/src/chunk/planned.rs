@@ -80,8 +80,8 @@ impl PlannedBudget {
 
 #[derive(Default)]
 struct Held {
-    chunks: HashMap<ChunkKey, (Bytes, u32)>,
-    by_position: BTreeMap<u32, Vec<ChunkKey>>,
+    chunks: HashMap<ChunkKey, (Bytes, u64)>,
+    by_position: BTreeMap<u64, Vec<ChunkKey>>,
     bytes: u64,
 }
 
@@ -100,10 +100,11 @@ impl Planned {
         }
     }
 
-    /// Holds `chunk`, read at `position` of the order, unless the budget is
-    /// spent (the prefetcher reserves room first, so that is rare); returns
-    /// whether it was kept.
-    pub fn put(&self, key: ChunkKey, chunk: Bytes, position: u32) -> bool {
+    /// Holds `chunk`, read at `position` (counted across the data set's
+    /// orders, see [`crate::prefetch`]), unless the budget is spent (the
+    /// prefetcher reserves room first, so that is rare); returns whether it
+    /// was kept.
+    pub fn put(&self, key: ChunkKey, chunk: Bytes, position: u64) -> bool {
         let len = chunk.len() as u64;
         let mut held = self.lock();
         if held.chunks.contains_key(&key) {
@@ -144,8 +145,15 @@ impl Planned {
     /// Drops every chunk planned for a position before `position`: the
     /// readers have gone past them without asking (a diverging reader).
     /// Returns the bytes dropped.
-    pub fn drop_before(&self, position: u32) -> u64 {
+    pub fn drop_before(&self, position: u64) -> u64 {
         let mut held = self.lock();
+        if held
+            .by_position
+            .first_key_value()
+            .is_none_or(|(&first, _)| first >= position)
+        {
+            return 0;
+        }
         let kept = held.by_position.split_off(&position);
         let passed = std::mem::replace(&mut held.by_position, kept);
         let mut dropped = 0;
@@ -240,7 +248,8 @@ mod tests {
         let budget = PlannedBudget::new(100);
         let planned = Planned::new(budget.clone());
         for position in 0..5 {
-            assert!(planned.put(key(position), Bytes::from_static(b"xx"), position));
+            let at = u64::from(position);
+            assert!(planned.put(key(position), Bytes::from_static(b"xx"), at));
         }
         assert_eq!(planned.drop_before(3), 6);
         assert!(!planned.contains(&key(2)));

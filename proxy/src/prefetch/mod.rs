@@ -85,6 +85,10 @@ pub struct PlanStatus {
 /// One posted order.
 struct Plan {
     generation: u64,
+    /// Where this order's position 0 is counted across the data set's
+    /// orders: the planned buffer holds chunks by that count, so an order
+    /// that continues the previous one keeps what was fetched for it.
+    base: u64,
     keys: Keys,
     order: Vec<u32>,
     /// Each key's first position.
@@ -110,7 +114,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(keys: Keys, order: Vec<u32>) -> Self {
+    fn new(keys: Keys, order: Vec<u32>, base: u64) -> Self {
         let mut positions = HashMap::with_capacity(order.len());
         let mut next_same = vec![NONE; order.len()];
         let mut prev_same = vec![NONE; order.len()];
@@ -125,6 +129,7 @@ impl Plan {
         }
         Self {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
+            base,
             read_at: (0..order.len()).map(|_| AtomicU32::new(0)).collect(),
             keys,
             order,
@@ -188,6 +193,41 @@ impl Plan {
     fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
         self.wake.notify_one();
+    }
+
+    fn key_at(&self, position: usize) -> Option<&Arc<str>> {
+        self.keys.get(*self.order.get(position)? as usize)
+    }
+
+    /// Where `next` begins in this order, if it continues it: from that
+    /// position on this order reads what `next` reads first (a sampler
+    /// that posts this epoch and the next at each epoch's start, or the
+    /// same order posted again).
+    fn continued_at(&self, next: &Plan) -> Option<u32> {
+        let first = next.key_at(0)?;
+        let mut candidate = *self.positions.get(first)?;
+        loop {
+            let at = candidate as usize;
+            let overlap = (self.order.len() - at).min(next.order.len());
+            if (0..overlap).all(|i| self.key_at(at + i) == next.key_at(i)) {
+                return Some(candidate);
+            }
+            candidate = *self.next_same.get(at).filter(|&&n| n != NONE)?;
+        }
+    }
+
+    /// Takes over what this order knows of the positions from `offset` on,
+    /// which `next` reads from its position 0: which were read, and how far.
+    fn hand_over(&self, offset: u32, next: &Plan) {
+        for (mine, theirs) in self.read_at[offset as usize..].iter().zip(&next.read_at) {
+            theirs.store(mine.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        next.reads
+            .store(self.reads.load(Ordering::Relaxed), Ordering::Relaxed);
+        let front = self.front.load(Ordering::Relaxed).saturating_sub(offset);
+        next.front.store(front, Ordering::Relaxed);
+        next.window
+            .store(self.window.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
 
@@ -258,12 +298,30 @@ impl Prefetcher {
     /// starts fetching ahead.
     pub fn start(&self, keys: Keys, order: Vec<u32>, parts: PlanParts) -> PlanStatus {
         let _posting = self.posting.lock().unwrap_or_else(|p| p.into_inner());
-        let plan = Arc::new(Plan::new(keys, order));
+        let old = self.active.load_full();
+        let mut plan = Plan::new(keys, order, 0);
+        let dropped = match old.as_deref() {
+            Some(old) => match old.continued_at(&plan) {
+                // What was fetched for the rest of the old order stays,
+                // under the same counts; only what comes before goes.
+                Some(offset) => {
+                    plan.base = old.base + u64::from(offset);
+                    old.hand_over(offset, &plan);
+                    parts.chunks.planned().drop_before(plan.base)
+                }
+                None => {
+                    plan.base = old.base + old.order.len() as u64;
+                    let dropped = parts.chunks.planned().bytes();
+                    parts.chunks.planned().clear();
+                    dropped
+                }
+            },
+            None => 0,
+        };
+        let plan = Arc::new(plan);
         if let Some(old) = self.active.swap(Some(Arc::clone(&plan))) {
             old.stop();
         }
-        let dropped = parts.chunks.planned().bytes();
-        parts.chunks.planned().clear();
         parts.metrics.prefetch_dropped.increment(dropped);
         let status = status(&plan, &parts.chunks, &self.turns);
         tokio::spawn(drive(plan, parts));
@@ -349,12 +407,14 @@ async fn drive(plan: Arc<Plan>, parts: PlanParts) {
         plan.window.store(window, Ordering::Relaxed);
         // Positions this far behind the front were skipped by the readers.
         let passed = front.saturating_sub(window.saturating_mul(4).max(GIVE_UP_BEHIND));
-        if passed > given_up {
-            let dropped = parts.chunks.planned().drop_before(passed);
-            parts.metrics.prefetch_dropped.increment(dropped);
-            given_up = passed;
-            next = next.max(passed);
-        }
+        given_up = given_up.max(passed);
+        next = next.max(given_up);
+        // Also what an earlier order's fetches still in flight put there.
+        let dropped = parts
+            .chunks
+            .planned()
+            .drop_before(plan.base + u64::from(given_up));
+        parts.metrics.prefetch_dropped.increment(dropped);
         let budget = parts.chunks.planned().budget();
         // Enough fetches at once to stay ahead of the readers at twice their
         // rate, no more: warm samples come in a millisecond, and 64 at once
@@ -458,7 +518,10 @@ async fn fetch_sample(
     }
     let last = ((size - 1) / parts.chunks.chunk_size()) as u32;
     let flights: Vec<_> = (0..=last)
-        .filter_map(|index| parts.chunks.prefetch_planned(&object, index, position))
+        .filter_map(|index| {
+            let at = plan.base + u64::from(position);
+            parts.chunks.prefetch_planned(&object, index, at)
+        })
         .collect();
     let fetched = !flights.is_empty();
     let mut result = Ok((size, fetched));
@@ -513,7 +576,47 @@ mod tests {
     fn two_epochs(n: u32) -> Plan {
         let keys: Keys = (0..n).map(|i| Arc::from(format!("k{i}"))).collect();
         let order = (0..n).chain((0..n).rev()).collect();
-        Plan::new(keys, order)
+        Plan::new(keys, order, 0)
+    }
+
+    fn plan_of(keys: &[u32]) -> Plan {
+        let names: Keys = (0..100).map(|i| Arc::from(format!("k{i}"))).collect();
+        Plan::new(names, keys.to_vec(), 0)
+    }
+
+    #[test]
+    fn an_order_continues_the_last_where_its_first_samples_begin() {
+        // This epoch and the next, then the next and the one after.
+        let last = plan_of(&[3, 1, 2, 0, 2, 0, 3, 1]);
+        assert_eq!(
+            last.continued_at(&plan_of(&[2, 0, 3, 1, 1, 3, 0, 2])),
+            Some(4)
+        );
+        // The same order posted again; or only the part still to read.
+        assert_eq!(
+            last.continued_at(&plan_of(&[3, 1, 2, 0, 2, 0, 3, 1])),
+            Some(0)
+        );
+        assert_eq!(last.continued_at(&plan_of(&[0, 3, 1])), Some(5));
+        // Another order (its first key is at 2 and 4, the rest differs).
+        assert_eq!(last.continued_at(&plan_of(&[2, 1, 3, 0])), None);
+        assert_eq!(last.continued_at(&plan_of(&[9])), None);
+        assert_eq!(last.continued_at(&plan_of(&[])), None);
+    }
+
+    #[test]
+    fn a_continuing_order_takes_over_what_was_read() {
+        let last = plan_of(&[3, 1, 2, 0, 2, 0, 3, 1]);
+        for key in ["k3", "k1", "k2", "k0", "k2"] {
+            assert!(last.claim(key).is_some());
+        }
+        let next = plan_of(&[2, 0, 3, 1, 1, 3, 0, 2]);
+        last.hand_over(4, &next);
+        assert!(next.is_read(0) && !next.is_read(1));
+        assert_eq!(next.front.load(Ordering::Relaxed), 1);
+        assert_eq!(next.reads.load(Ordering::Relaxed), 5);
+        // The next read of k0 is its position in the epoch now read.
+        assert_eq!(next.claim("k0"), Some(1));
     }
 
     #[test]

@@ -188,10 +188,11 @@ class OrderedSampler:
     epoch: a refused or unreachable sidecar is a warning, and reads go on
     without prefetch.
 
-    Wrapping a ``ShuffleSampler``, ``epochs_ahead=K`` posts K epochs' order
-    at once (this one and the next K - 1) and posts again only after them:
-    the sidecar then fetches the next epoch's first samples while this one
-    ends, which short epochs need (call ``set_epoch`` every epoch, as with
+    Wrapping a ``ShuffleSampler``, each epoch's post also holds the next
+    ``epochs_ahead - 1`` epochs' order (2 by default: this epoch and the
+    next). The sidecar fetches the next epoch's first samples while this
+    one ends, which short epochs need, and keeps them when the next post
+    continues the order it has (call ``set_epoch`` every epoch, as with
     ``DistributedSampler``). Other samplers post each epoch's order.
     """
 
@@ -202,7 +203,7 @@ class OrderedSampler:
         bucket: str,
         endpoint: Optional[str] = None,
         client: Optional[PrefetchClient] = None,
-        epochs_ahead: int = 1,
+        epochs_ahead: int = 2,
     ):
         if epochs_ahead < 1:
             raise ValueError("epochs_ahead must be at least 1")
@@ -211,8 +212,6 @@ class OrderedSampler:
         self.client = client or PrefetchClient(bucket, endpoint)
         self.epochs_ahead = epochs_ahead
         self._keys_sent = False
-        # Epochs [first, end) of the order the sidecar has (ShuffleSampler).
-        self._posted: Optional[range] = None
         self.last_status: Optional[dict] = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -224,14 +223,8 @@ class OrderedSampler:
 
     def __iter__(self) -> Iterator:
         if isinstance(self.sampler, ShuffleSampler) and self.sampler.n == len(self.keys):
-            epoch, ahead = self.sampler.epoch, self.epochs_ahead
-            if ahead > 1 and self._posted is not None and epoch in self._posted:
-                return iter(self.sampler)
-            post = lambda keys: self.client.post_shuffle(
-                self.sampler.epoch_seed, keys=keys, epochs=ahead
-            )
-            self._post(post)
-            self._posted = range(epoch, epoch + ahead) if self.last_status else None
+            seed, ahead = self.sampler.epoch_seed, self.epochs_ahead
+            self._post(lambda keys: self.client.post_shuffle(seed, keys=keys, epochs=ahead))
             return iter(self.sampler)
         items = list(iter(self.sampler))
         indices = _flatten(items)
