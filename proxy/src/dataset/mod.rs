@@ -73,6 +73,9 @@ pub enum OrderError {
     /// Listing its prefix failed.
     #[error(transparent)]
     Origin(#[from] OriginError),
+    /// Building it failed (its task ended without an answer).
+    #[error("the order could not be built; post it again")]
+    Lost,
 }
 
 /// Budgets a data set's chunks charge, shared by every data set of a proxy.
@@ -274,13 +277,22 @@ impl Dataset {
             KeySource::Prefix(prefix) => self.keys_under(&prefix).await?,
             KeySource::Previous => self.prefetch.keys().ok_or(OrderError::NoKeys)?,
         };
-        let order = spec.permutation.apply(keys.len())?;
+        // A million-sample order takes a while to shuffle and index: off
+        // the runtime's threads, which are serving reads.
+        let prefetch = Arc::clone(&self.prefetch);
+        let permutation = spec.permutation;
+        let prepared = tokio::task::spawn_blocking(move || {
+            let order = permutation.apply(keys.len())?;
+            Ok::<_, BadOrder>(prefetch.prepare(keys, order))
+        })
+        .await
+        .map_err(|_| OrderError::Lost)??;
         let parts = PlanParts {
             metadata: Arc::clone(&self.metadata),
             chunks: Arc::clone(&self.chunks),
             metrics: Arc::clone(&self.metrics),
         };
-        Ok(self.prefetch.start(keys, order, parts))
+        Ok(self.prefetch.start(prepared, parts))
     }
 
     /// Every key under `prefix`, in listing order.

@@ -115,7 +115,7 @@ struct Plan {
 
 impl Plan {
     fn new(keys: Keys, order: Vec<u32>, base: u64) -> Self {
-        let mut positions = HashMap::with_capacity(order.len());
+        let mut positions = HashMap::with_capacity(order.len().min(keys.len()));
         let mut next_same = vec![NONE; order.len()];
         let mut prev_same = vec![NONE; order.len()];
         // Walked from the end, so each key's entry ends at its first position.
@@ -260,6 +260,15 @@ const NONE: u32 = u32::MAX;
 /// Orders posted to this process, so generations are unique.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
+/// An order built and compared with the current one, ready to start.
+pub struct Prepared {
+    plan: Plan,
+    /// The order current when it was compared.
+    after: Option<Arc<Plan>>,
+    /// Where it continues that order.
+    offset: Option<u32>,
+}
+
 /// What a new order's driver works with.
 pub struct PlanParts {
     /// Object metadata (a sample's size and version).
@@ -294,29 +303,56 @@ impl Prefetcher {
             .map(|plan| Arc::clone(&plan.keys))
     }
 
-    /// Replaces the current order (if any) with `order` over `keys` and
-    /// starts fetching ahead.
-    pub fn start(&self, keys: Keys, order: Vec<u32>, parts: PlanParts) -> PlanStatus {
+    /// A plan of `order` over `keys`, and where it continues the current
+    /// order, if it does. Building one for millions of positions takes a
+    /// while: call it off the runtime's threads.
+    pub fn prepare(&self, keys: Keys, order: Vec<u32>) -> Prepared {
+        let plan = Plan::new(keys, order, 0);
+        let after = self.active.load_full();
+        let offset = after
+            .as_deref()
+            .and_then(|current| current.continued_at(&plan));
+        Prepared {
+            plan,
+            after,
+            offset,
+        }
+    }
+
+    /// Replaces the current order (if any) with a prepared one and starts
+    /// fetching ahead.
+    pub fn start(&self, prepared: Prepared, parts: PlanParts) -> PlanStatus {
         let _posting = self.posting.lock().unwrap_or_else(|p| p.into_inner());
-        let old = self.active.load_full();
-        let mut plan = Plan::new(keys, order, 0);
-        let dropped = match old.as_deref() {
-            Some(old) => match old.continued_at(&plan) {
-                // What was fetched for the rest of the old order stays,
-                // under the same counts; only what comes before goes.
-                Some(offset) => {
-                    plan.base = old.base + u64::from(offset);
-                    old.hand_over(offset, &plan);
-                    parts.chunks.planned().drop_before(plan.base)
-                }
-                None => {
-                    plan.base = old.base + old.order.len() as u64;
-                    let dropped = parts.chunks.planned().bytes();
-                    parts.chunks.planned().clear();
-                    dropped
-                }
-            },
-            None => 0,
+        let Prepared {
+            mut plan,
+            after,
+            mut offset,
+        } = prepared;
+        let current = self.active.load_full();
+        let same = match (&current, &after) {
+            (Some(current), Some(after)) => Arc::ptr_eq(current, after),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            // Another order was posted meanwhile (rare: posts race).
+            offset = current.as_deref().and_then(|c| c.continued_at(&plan));
+        }
+        let dropped = match (current.as_deref(), offset) {
+            // What was fetched for the rest of the current order stays,
+            // under the same counts; only what comes before goes.
+            (Some(current), Some(offset)) => {
+                plan.base = current.base + u64::from(offset);
+                current.hand_over(offset, &plan);
+                parts.chunks.planned().drop_before(plan.base)
+            }
+            (Some(current), None) => {
+                plan.base = current.base + current.order.len() as u64;
+                let dropped = parts.chunks.planned().bytes();
+                parts.chunks.planned().clear();
+                dropped
+            }
+            (None, _) => 0,
         };
         let plan = Arc::new(plan);
         if let Some(old) = self.active.swap(Some(Arc::clone(&plan))) {

@@ -126,6 +126,11 @@ where
             let err = S3Error::from_origin(err, &dataset.policy.bucket);
             error(err.status, err.code, err.message)
         }
+        Err(err @ OrderError::Lost) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            err.to_string(),
+        ),
     }
 }
 
