@@ -21,7 +21,7 @@ use crate::origin::{self, OriginError};
 use crate::outbound::PoolUpstream;
 use crate::outbound::balance::{Pool, PoolTls};
 use crate::prefetch::order::{BadOrder, KeySource, OrderSpec};
-use crate::prefetch::{Keys, PlanParts, PlanStatus, Prefetcher, Turn};
+use crate::prefetch::{NewKeys, PlanParts, PlanStatus, Prefetcher, Turn};
 use crate::telemetry::{DatasetMetrics, Direction, TrafficMetrics};
 use crate::tls::TlsState;
 use crate::upstream::Upstream;
@@ -272,18 +272,18 @@ impl Dataset {
     /// Starts fetching ahead in the order `spec` describes, replacing the
     /// current order.
     pub async fn post_order(&self, spec: OrderSpec) -> Result<PlanStatus, OrderError> {
-        let keys: Keys = match spec.keys {
-            KeySource::List(keys) => keys.into_iter().map(Arc::from).collect(),
-            KeySource::Prefix(prefix) => self.keys_under(&prefix).await?,
-            KeySource::Previous => self.prefetch.keys().ok_or(OrderError::NoKeys)?,
+        let keys = match spec.keys {
+            KeySource::List(keys) => NewKeys::List(keys.into_iter().map(Arc::from).collect()),
+            KeySource::Prefix(prefix) => NewKeys::List(self.keys_under(&prefix).await?),
+            KeySource::Previous => NewKeys::Reused(self.prefetch.keys().ok_or(OrderError::NoKeys)?),
         };
-        // A million-sample order takes a while to shuffle and index: off
+        // A million-sample order takes a while to index and shuffle: off
         // the runtime's threads, which are serving reads.
         let prefetch = Arc::clone(&self.prefetch);
         let permutation = spec.permutation;
         let prepared = tokio::task::spawn_blocking(move || {
             let order = permutation.apply(keys.len())?;
-            Ok::<_, BadOrder>(prefetch.prepare(keys, order))
+            Ok::<_, BadOrder>(prefetch.prepare(keys.into_keys(), order))
         })
         .await
         .map_err(|_| OrderError::Lost)??;
@@ -296,7 +296,7 @@ impl Dataset {
     }
 
     /// Every key under `prefix`, in listing order.
-    async fn keys_under(&self, prefix: &str) -> Result<Keys, OrderError> {
+    async fn keys_under(&self, prefix: &str) -> Result<Vec<Arc<str>>, OrderError> {
         let mut keys: Vec<Arc<str>> = Vec::new();
         let mut after = String::new();
         loop {
@@ -325,7 +325,7 @@ impl Dataset {
         if keys.is_empty() {
             return Err(BadOrder(format!("no keys are under '{prefix}'")).into());
         }
-        Ok(keys.into())
+        Ok(keys)
     }
 
     /// Forgets the metadata of an object `err` says changed.

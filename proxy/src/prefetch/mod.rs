@@ -4,13 +4,15 @@
 //! Reads find their chunks there (or in flight: one fetch, joined); chunks
 //! are dropped once read, or once the readers are far past them.
 
+mod keys;
 pub mod order;
 mod turns;
 
+pub use keys::{KeyList, Keys, NewKeys};
 use turns::Turns;
 pub use turns::{Turn, TurnCounts};
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,9 +54,6 @@ const GIVE_UP_BEHIND: u32 = 16_384;
 /// reads taking their chunks, or by another data set).
 const TICK: Duration = Duration::from_millis(50);
 
-/// The keys of one order (shared between orders that reuse them).
-pub type Keys = Arc<[Arc<str>]>;
-
 /// What a data set's current order has done so far.
 #[derive(Clone, Debug, Serialize)]
 pub struct PlanStatus {
@@ -91,8 +90,9 @@ struct Plan {
     base: u64,
     keys: Keys,
     order: Vec<u32>,
-    /// Each key's first position.
-    positions: HashMap<Arc<str>, u32>,
+    /// Each key's first position, by its first index in `keys` (`NONE`
+    /// when it is not in the order).
+    first: Vec<u32>,
     /// The position after each one that holds the same key (`NONE` after
     /// the last): an order spanning several epochs holds each key once per
     /// epoch, and a read is the earliest of its key's positions not yet read.
@@ -115,14 +115,16 @@ struct Plan {
 
 impl Plan {
     fn new(keys: Keys, order: Vec<u32>, base: u64) -> Self {
-        let mut positions = HashMap::with_capacity(order.len().min(keys.len()));
+        let mut first = vec![NONE; keys.len()];
         let mut next_same = vec![NONE; order.len()];
         let mut prev_same = vec![NONE; order.len()];
         // Walked from the end, so each key's entry ends at its first position.
         for (position, &index) in order.iter().enumerate().rev() {
-            if let Some(key) = keys.get(index as usize)
-                && let Some(later) = positions.insert(Arc::clone(key), position as u32)
-            {
+            let Some(entry) = first.get_mut(keys.first_of(index) as usize) else {
+                continue;
+            };
+            let later = std::mem::replace(entry, position as u32);
+            if later != NONE {
                 next_same[position] = later;
                 prev_same[later as usize] = position as u32;
             }
@@ -133,7 +135,7 @@ impl Plan {
             read_at: (0..order.len()).map(|_| AtomicU32::new(0)).collect(),
             keys,
             order,
-            positions,
+            first,
             next_same,
             prev_same,
             front: AtomicU32::new(0),
@@ -148,9 +150,17 @@ impl Plan {
         }
     }
 
+    /// The first position of the key at `index` of the list, if the order reads it.
+    fn first_position(&self, index: u32) -> Option<u32> {
+        self.first
+            .get(index as usize)
+            .copied()
+            .filter(|&p| p != NONE)
+    }
+
     /// The position a read of `key` takes (see [`Prefetcher::observe`]).
     fn claim(&self, key: &str) -> Option<u32> {
-        let &first = self.positions.get(key)?;
+        let first = self.first_position(self.keys.find(key)?)?;
         let reads = self.reads.fetch_add(1, Ordering::Relaxed) + 1;
         // Wrapping is harmless: the stamp only tells recent reads from old.
         let stamp = (reads as u32).max(1);
@@ -195,8 +205,13 @@ impl Plan {
         self.wake.notify_one();
     }
 
+    /// The key index read at `position` (its first index in the list).
+    fn index_at(&self, position: usize) -> Option<u32> {
+        Some(self.keys.first_of(*self.order.get(position)?))
+    }
+
     fn key_at(&self, position: usize) -> Option<&Arc<str>> {
-        self.keys.get(*self.order.get(position)? as usize)
+        self.keys.get(*self.order.get(position)?)
     }
 
     /// Where `next` begins in this order, if it continues it: from that
@@ -204,12 +219,23 @@ impl Plan {
     /// that posts this epoch and the next at each epoch's start, or the
     /// same order posted again).
     fn continued_at(&self, next: &Plan) -> Option<u32> {
-        let first = next.key_at(0)?;
-        let mut candidate = *self.positions.get(first)?;
+        // Orders that reuse the key list compare indices, not keys.
+        let same_keys = Arc::ptr_eq(&self.keys, &next.keys);
+        let first = if same_keys {
+            next.index_at(0)?
+        } else {
+            self.keys.find(next.key_at(0)?)?
+        };
+        let mut candidate = self.first_position(first)?;
         loop {
             let at = candidate as usize;
             let overlap = (self.order.len() - at).min(next.order.len());
-            if (0..overlap).all(|i| self.key_at(at + i) == next.key_at(i)) {
+            let continues = if same_keys {
+                (0..overlap).all(|i| self.index_at(at + i) == next.index_at(i))
+            } else {
+                (0..overlap).all(|i| self.key_at(at + i) == next.key_at(i))
+            };
+            if continues {
                 return Some(candidate);
             }
             candidate = *self.next_same.get(at).filter(|&&n| n != NONE)?;
@@ -427,7 +453,9 @@ async fn drive(plan: Arc<Plan>, parts: PlanParts) {
     // once it has been read (an order spanning epochs).
     let mut deferred: VecDeque<u32> = VecDeque::new();
     let launch = |position: u32| {
-        let key = Arc::clone(&plan.keys[plan.order[position as usize] as usize]);
+        let key = plan
+            .key_at(position as usize)
+            .map_or_else(|| Arc::from(""), Arc::clone);
         let started = Instant::now();
         let (parts, plan) = (&parts, &plan);
         async move {
@@ -610,13 +638,17 @@ mod tests {
 
     /// Two epochs of `n` keys: in key order, then reversed.
     fn two_epochs(n: u32) -> Plan {
-        let keys: Keys = (0..n).map(|i| Arc::from(format!("k{i}"))).collect();
+        let keys = Arc::new(KeyList::new(
+            (0..n).map(|i| Arc::from(format!("k{i}"))).collect(),
+        ));
         let order = (0..n).chain((0..n).rev()).collect();
         Plan::new(keys, order, 0)
     }
 
     fn plan_of(keys: &[u32]) -> Plan {
-        let names: Keys = (0..100).map(|i| Arc::from(format!("k{i}"))).collect();
+        let names = Arc::new(KeyList::new(
+            (0..100).map(|i| Arc::from(format!("k{i}"))).collect(),
+        ));
         Plan::new(names, keys.to_vec(), 0)
     }
 
@@ -638,6 +670,22 @@ mod tests {
         assert_eq!(last.continued_at(&plan_of(&[2, 1, 3, 0])), None);
         assert_eq!(last.continued_at(&plan_of(&[9])), None);
         assert_eq!(last.continued_at(&plan_of(&[])), None);
+    }
+
+    #[test]
+    fn orders_over_one_key_list_compare_indices() {
+        let names = Arc::new(KeyList::new(
+            ["a", "b", "a", "c"].iter().map(|&k| Arc::from(k)).collect(),
+        ));
+        // Index 2 repeats "a": the same key as index 0.
+        let last = Plan::new(Arc::clone(&names), vec![1, 0, 3, 2, 1], 0);
+        let next = Plan::new(Arc::clone(&names), vec![0, 3, 2, 1, 3], 0);
+        assert_eq!(last.continued_at(&next), Some(1));
+        let other = Plan::new(names, vec![3, 3], 0);
+        assert_eq!(last.continued_at(&other), None);
+        // "a" is read at positions 1 and 3, one key.
+        assert_eq!(last.claim("a"), Some(1));
+        assert_eq!(last.claim("a"), Some(3));
     }
 
     #[test]
