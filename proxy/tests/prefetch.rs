@@ -124,12 +124,7 @@ async fn reads_in_the_posted_order_hit() {
     let after = wait_for(&proxy, |s| s["reads"] == 200).await;
     assert_eq!(after["buffered_bytes"], 0, "read chunks leave the buffer");
     assert_eq!(
-        proxy
-            .metric(
-                "origin_requests_total",
-                &[("dataset", "data"), ("op", "get")]
-            )
-            .await,
+        proxy.origin_requests("get").await,
         200.0,
         "each chunk went upstream once"
     );
@@ -274,7 +269,7 @@ async fn a_new_order_replaces_the_old() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_order_that_continues_the_last_keeps_what_was_fetched_for_it() {
-    let (_worker, proxy) = mesh(&[]);
+    let (worker, proxy) = mesh(&[]);
     let keys = |range: std::ops::Range<u64>| -> String {
         range.map(|i| spec().key(i)).collect::<Vec<_>>().join("\n")
     };
@@ -304,12 +299,7 @@ async fn an_order_that_continues_the_last_keeps_what_was_fetched_for_it() {
         read(&proxy, index).await;
     }
     assert_eq!(memory(&proxy).await.0 - hits, 100.0, "every read hit");
-    let worker_gets = _worker
-        .metric(
-            "origin_requests_total",
-            &[("dataset", "data"), ("op", "get")],
-        )
-        .await;
+    let worker_gets = worker.origin_requests("get").await;
     assert_eq!(worker_gets, 150.0, "no sample was fetched twice");
 
     // An order that does not continue it starts afresh.

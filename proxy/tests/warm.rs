@@ -97,15 +97,6 @@ async fn cached_chunks(worker: &ProxyProcess) -> u64 {
     report[0]["chunks"].as_u64().expect("chunks")
 }
 
-async fn origin_gets(worker: &ProxyProcess) -> f64 {
-    worker
-        .metric(
-            "origin_requests_total",
-            &[("dataset", "data"), ("op", "get")],
-        )
-        .await
-}
-
 async fn json_of(response: reqwest::Response) -> Value {
     serde_json::from_slice(&response.bytes().await.expect("body")).expect("a JSON answer")
 }
@@ -182,7 +173,7 @@ async fn a_warmed_pool_has_each_chunk_on_its_owner_and_serves_an_epoch_without_t
             "worker {} holds exactly the chunks it owns",
             worker.admin
         );
-        assert_eq!(origin_gets(worker).await, *expected as f64);
+        assert_eq!(worker.origin_requests("get").await, *expected as f64);
     }
     assert!(
         expected[1] > expected[0] && expected[1] > expected[2],
@@ -192,7 +183,7 @@ async fn a_warmed_pool_has_each_chunk_on_its_owner_and_serves_an_epoch_without_t
     read_all(&sidecar, &spec, query).await;
     for (worker, expected) in workers.iter().zip(&expected) {
         assert_eq!(
-            origin_gets(worker).await,
+            worker.origin_requests("get").await,
             *expected as f64,
             "epoch 1 after the warm-up read nothing from the origin ({})",
             worker.admin
@@ -265,7 +256,7 @@ async fn a_stopped_warm_up_resumes_without_fetching_anything_twice() {
         "the second run skipped what the first fetched: {status}"
     );
     assert_eq!(
-        origin_gets(&worker).await,
+        worker.origin_requests("get").await,
         80.0,
         "each of the 80 chunks was fetched from the origin once over both runs"
     );
@@ -620,12 +611,7 @@ async fn a_worker_lists_the_data_set_once_and_knows_its_totals_long_before_it_is
         status["objects_done"].as_u64().expect("done") < 2500,
         "the totals were known while objects were still being warmed: {status}"
     );
-    let lists = worker
-        .metric(
-            "origin_requests_total",
-            &[("dataset", "data"), ("op", "list")],
-        )
-        .await;
+    let lists = worker.origin_requests("list").await;
     assert_eq!(lists, 3.0, "one listing of 1,000 objects a page, not two");
 
     let stopped = reqwest::Client::new()

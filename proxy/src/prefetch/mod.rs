@@ -581,11 +581,9 @@ async fn fetch_sample(
         tokio::time::sleep(TICK).await;
     }
     let last = ((size - 1) / parts.chunks.chunk_size()) as u32;
+    let at = plan.base + u64::from(position);
     let flights: Vec<_> = (0..=last)
-        .filter_map(|index| {
-            let at = plan.base + u64::from(position);
-            parts.chunks.prefetch_planned(&object, index, at)
-        })
+        .filter_map(|index| parts.chunks.prefetch_planned(&object, index, at))
         .collect();
     let fetched = !flights.is_empty();
     let mut result = Ok((size, fetched));

@@ -121,6 +121,13 @@ impl ProxyProcess {
         sum_samples(&text, name, labels)
     }
 
+    /// Requests of kind `op` (`get`, `head`, `list`) it sent its origin
+    /// for the data set `data`.
+    pub async fn origin_requests(&self, op: &str) -> f64 {
+        self.metric("origin_requests_total", &[("dataset", "data"), ("op", op)])
+            .await
+    }
+
     /// SIGKILLs the process and waits for it.
     pub fn kill(mut self) {
         let _ = self.child.kill();
