@@ -181,6 +181,11 @@ fn absorb_page(
         *cursor = Some(object.key.clone());
         page.objects.push(object);
     }
+    if more && page.objects.len() == max {
+        // The origin says more follow: no request for one more to find out.
+        page.truncated = true;
+        return true;
+    }
     !more || fetched == 0
 }
 
@@ -272,6 +277,57 @@ mod tests {
         assert!(parse_list("<html>not a listing</html>").is_none());
         assert!(parse_list("<Error><Code>NoSuchBucket</Code></Error>").is_none());
         assert!(parse_list("not xml at all").is_none());
+    }
+
+    /// A listing of `count` keys as an origin pages it, 1,000 a page at most.
+    fn origin_page(count: usize, query: &str) -> String {
+        let asked: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let get = |name: &str| {
+            asked
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let max: usize = get("max-keys").and_then(|m| m.parse().ok()).unwrap_or(1000);
+        let start = get("start-after").map_or(0, |a| a[1..].parse::<usize>().expect("k#") + 1);
+        let end = (start + max.min(1000)).min(count);
+        let contents: String = (start..end)
+            .map(|i| format!("<Contents><Key>k{i:05}</Key><Size>1</Size><ETag>e</ETag></Contents>"))
+            .collect();
+        format!(
+            "<ListBucketResult><IsTruncated>{}</IsTruncated>{contents}</ListBucketResult>",
+            end < count
+        )
+    }
+
+    #[test]
+    fn a_full_page_the_origin_says_is_truncated_costs_one_request() {
+        for (count, max, requests, truncated) in [
+            (2500, 1000, 1, true),
+            (1000, 1000, 1, false),
+            (2500, 1500, 2, true),
+            (2500, 5000, 3, false),
+        ] {
+            let mut asked = 0;
+            let page = futures::executor::block_on(list_pages(
+                "",
+                None,
+                max,
+                |query| {
+                    asked += 1;
+                    std::future::ready(Ok::<_, ()>(origin_page(count, &query)))
+                },
+                || (),
+            ))
+            .expect("listing");
+            assert_eq!(
+                (page.objects.len(), page.truncated, asked),
+                (max.min(count), truncated, requests),
+                "{count} keys, {max} a page"
+            );
+        }
     }
 
     #[test]
