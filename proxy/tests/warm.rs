@@ -621,3 +621,100 @@ async fn a_worker_lists_the_data_set_once_and_knows_its_totals_long_before_it_is
         .expect("delete");
     assert_eq!(stopped.status(), StatusCode::OK);
 }
+
+/// Which of `addresses` lists `prefix` for the pool: the owner of its
+/// LIST route, as sidecars rank it.
+fn lister(addresses: &[String], prefix: &str) -> usize {
+    let members: Vec<(u64, u32)> = addresses.iter().map(|a| (member_hash(a), 1)).collect();
+    owner(&members, chunk_route(&format!("list:{prefix}"), 0)).expect("an owner")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_lists_the_data_set_once_for_all_its_workers() {
+    // Three pages of listing for three workers.
+    let query = "count=2500&size=1KiB&dist=fixed&seed=11";
+    let spec = SyntheticSpec::from_query(query).expect("spec");
+    let workers: Vec<ProxyProcess> = (0..3).map(|_| worker(query, &[])).collect();
+    let refs: Vec<&ProxyProcess> = workers.iter().collect();
+    let (output, report) = warm(&refs, &[]);
+    assert!(output.status.success(), "{report}");
+    assert_eq!(
+        report["totals"]["bytes_done"],
+        spec.total_bytes(),
+        "{report}"
+    );
+
+    let addresses: Vec<String> = workers
+        .iter()
+        .map(|w| w.inbound.expect("inbound").to_string())
+        .collect();
+    let lists_by = lister(&addresses, "");
+    let members: Vec<(String, u32)> = addresses.iter().map(|a| (a.clone(), 1)).collect();
+    let expected = owned_chunks(&spec, &members);
+    for (i, worker) in workers.iter().enumerate() {
+        assert_eq!(cached_chunks(worker).await, expected[i], "{report}");
+        let lists = worker.origin_requests("list").await;
+        if i == lists_by {
+            assert_eq!(lists, 3.0, "the lister listed once, 1,000 objects a page");
+        } else {
+            assert_eq!(lists, 0.0, "worker {i} paged through the lister's listing");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_cannot_reach_the_lister_lists_the_origin_itself() {
+    let query = "count=1500&size=1KiB&dist=fixed&seed=12";
+    let spec = SyntheticSpec::from_query(query).expect("spec");
+    let workers: Vec<ProxyProcess> = (0..2).map(|_| worker(query, &[])).collect();
+    let addresses: Vec<String> = workers
+        .iter()
+        .map(|w| w.inbound.expect("inbound").to_string())
+        .collect();
+    let lists_by = lister(&addresses, "");
+    let mut workers = workers;
+    workers.remove(lists_by).kill();
+    let survivor = &workers[0];
+    let me = survivor.inbound.expect("inbound").to_string();
+    let members: Vec<String> = addresses
+        .iter()
+        .map(|a| format!(r#"{{"address":"{a}"}}"#))
+        .collect();
+    let response = reqwest::Client::new()
+        .post(survivor.admin_url("/warm/data"))
+        .body(format!(
+            r#"{{"members":[{}],"member":"{me}"}}"#,
+            members.join(",")
+        ))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let status = wait_for_warm(survivor, |s| s["state"] != "running").await;
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(status["objects_failed"], 0, "{status}");
+    let pool: Vec<(String, u32)> = addresses.iter().map(|a| (a.clone(), 1)).collect();
+    let mine = owned_chunks(&spec, &pool)[1 - lists_by];
+    assert_eq!(status["chunks_fetched"], mine, "{status}");
+    assert_eq!(survivor.origin_requests("list").await, 2.0, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_share_the_listing_over_mutual_tls_for_a_data_set_they_may_not_read() {
+    // The data set's allow list names readers only: the worker that lists
+    // serves its pool peer (its own identity), not every workload.
+    let query = "count=2500&size=1KiB&dist=fixed&seed=13";
+    let spec = SyntheticSpec::from_query(query).expect("spec");
+    let mesh = PlaneMesh::start(
+        query,
+        "    warm: on_start\n    allow: [\"spiffe://cluster.local/ns/train/sa/reader\"]\n",
+    );
+    let expected = mesh.owned(&spec);
+    let lists_by = lister(&mesh.addresses, "");
+    for (i, worker) in mesh.workers.iter().enumerate() {
+        let status = wait_for_warm(worker, |s| s["state"] == "done").await;
+        assert_eq!(cached_chunks(worker).await, expected[i], "{status}");
+        let lists = worker.origin_requests("list").await;
+        assert_eq!(lists, if i == lists_by { 3.0 } else { 0.0 }, "worker {i}");
+    }
+}

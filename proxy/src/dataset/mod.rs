@@ -9,7 +9,8 @@ use std::time::Instant;
 use anyhow::Context;
 
 use ferry_config::{
-    CachePolicy, DatasetPolicy, PoolDownPolicy, PoolSpec, ProxyConfig, Role, WarmOrder, WarmPolicy,
+    BalanceSpec, CachePolicy, DatasetPolicy, PoolDownPolicy, PoolSpec, ProxyConfig, Role,
+    WarmOrder, WarmPolicy,
 };
 
 use crate::cache::disk::persistent_seed;
@@ -20,12 +21,13 @@ use crate::metadata::{MetadataCache, MetadataSettings, ObjectInfo};
 use crate::origin::{self, OriginError};
 use crate::outbound::PoolUpstream;
 use crate::outbound::balance::{Pool, PoolTls};
+use crate::outbound::connection::ConnectionSettings;
 use crate::prefetch::order::{BadOrder, KeySource, OrderSpec};
 use crate::prefetch::{NewKeys, PlanParts, PlanStatus, Prefetcher, Turn};
 use crate::telemetry::{DatasetMetrics, Direction, TrafficMetrics};
 use crate::tls::TlsState;
 use crate::upstream::Upstream;
-use crate::warm::{BadWarmUp, WarmMember, WarmParts, WarmRequest, WarmStatus, Warmer};
+use crate::warm::{BadWarmUp, Peers, WarmMember, WarmParts, WarmRequest, WarmStatus, Warmer};
 
 /// One read's bytes, and its turn to be sent when it is a sample of a
 /// posted order (held until the response has gone).
@@ -57,6 +59,8 @@ pub struct Dataset {
     pub warm: Arc<Warmer>,
     /// Bytes the tiers can hold: the disk tier's, else the memory cache's.
     capacity: u64,
+    /// How a worker reaches the rest of its pool (a warm-up's shared listing).
+    peers: Option<Peers>,
 }
 
 /// Why an order could not be started.
@@ -152,6 +156,7 @@ impl Dataset {
             prefetch: Arc::default(),
             warm: Arc::default(),
             capacity,
+            peers: None,
         }
     }
 
@@ -225,6 +230,8 @@ impl Dataset {
             metadata: Arc::clone(&self.metadata),
             metrics: Arc::clone(&self.metrics),
             capacity: self.capacity,
+            bucket: self.policy.bucket.clone(),
+            peers: self.peers.clone(),
         }
     }
 
@@ -260,13 +267,9 @@ impl Dataset {
     }
 
     /// One page of the listing `request` describes: from the cached listing
-    /// of the data set when there is one, else from the upstream's pages.
+    /// of the data set, or the listing in progress, else from the upstream's pages.
     pub async fn list(&self, request: &ListRequest<'_>) -> Result<ListOutcome, OriginError> {
-        let source = match self.metadata.listing(request.prefix).await? {
-            Some(listing) => ListSource::Cached(listing),
-            None => ListSource::Origin(Arc::clone(&self.metadata)),
-        };
-        list::list(&source, request).await
+        list::list(&ListSource::Metadata(Arc::clone(&self.metadata)), request).await
     }
 
     /// Starts fetching ahead in the order `spec` describes, replacing the
@@ -347,6 +350,7 @@ impl Dataset {
             prefetch: self.prefetch.clone(),
             warm: self.warm.clone(),
             capacity: self.capacity,
+            peers: self.peers.clone(),
         }
     }
 }
@@ -573,7 +577,7 @@ impl Datasets {
                 }
                 _ => None,
             };
-            built.push(Arc::new(Dataset::new(
+            let mut dataset = Dataset::new(
                 policy,
                 config.role,
                 config,
@@ -581,7 +585,15 @@ impl Datasets {
                 budgets.clone(),
                 disk,
                 metrics,
-            )));
+            );
+            if config.role == Role::Worker {
+                dataset.peers = Some(Peers {
+                    tls: tls.cloned(),
+                    settings: ConnectionSettings::from(&BalanceSpec::default()),
+                    timeout: config.limits.upstream_timeout.0,
+                });
+            }
+            built.push(Arc::new(dataset));
         }
         let mut pools: Vec<Arc<Pool>> = pools.into_values().collect();
         pools.sort_by(|a, b| a.name.cmp(&b.name));

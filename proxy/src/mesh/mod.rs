@@ -88,6 +88,11 @@ impl Mesh {
         }))
     }
 
+    /// This proxy's own mesh identity, once it has a certificate.
+    pub fn own_id(&self) -> Option<ferry_config::SpiffeId> {
+        self.tls.as_ref()?.own_id()
+    }
+
     /// The data sets in force.
     pub fn datasets(&self) -> Arc<Datasets> {
         self.datasets.load_full()

@@ -5,37 +5,26 @@
 
 use std::sync::Arc;
 
+use super::growing::page_of;
 use super::{Listing, MetadataCache};
 use crate::origin::{ListPage, ObjectMeta, OriginError};
 
 /// Where listed keys come from.
 pub enum ListSource {
-    /// A cached complete listing of the prefix.
+    /// A complete listing of the prefix.
     Cached(Arc<Listing>),
-    /// Pages fetched from the origin.
-    Origin(Arc<MetadataCache>),
+    /// The data set's metadata: its cached listing, the listing in
+    /// progress, or origin pages for listings too big to cache.
+    Metadata(Arc<MetadataCache>),
 }
 
 impl ListSource {
     async fn page(&self, prefix: &str, after: &str, max: usize) -> Result<ListPage, OriginError> {
         match self {
             Self::Cached(listing) => {
-                let start = listing
-                    .objects
-                    .partition_point(|o| o.key.as_str() <= after || o.key.as_str() < prefix);
-                let mut rest = listing.objects[start..]
-                    .iter()
-                    .take_while(|o| o.key.starts_with(prefix));
-                let objects: Vec<ObjectMeta> = rest.by_ref().take(max).cloned().collect();
-                Ok(ListPage {
-                    objects,
-                    truncated: rest.next().is_some(),
-                })
+                Ok(page_of(&listing.objects, prefix, after, max, true).unwrap_or_default())
             }
-            Self::Origin(metadata) => {
-                let after = (!after.is_empty()).then_some(after);
-                metadata.list_origin(prefix, after, max).await
-            }
+            Self::Metadata(metadata) => metadata.page(prefix, after, max).await,
         }
     }
 }
@@ -84,11 +73,14 @@ pub async fn list(
     }
     let mut cursor = request.after.to_owned();
     let mut folded: Option<String> = None;
+    // Without a delimiter a full page whose source says more follow is
+    // truncated; with one, the keys after it may fold into its last
+    // prefix, so one more is looked at.
+    let folding = request.delimiter.is_some_and(|d| !d.is_empty());
     'pages: loop {
         let entries = outcome.objects.len() + outcome.common_prefixes.len();
-        let page = source
-            .page(request.prefix, &cursor, request.max_keys - entries + 1)
-            .await?;
+        let ask = request.max_keys - entries + usize::from(folding);
+        let page = source.page(request.prefix, &cursor, ask).await?;
         for object in page.objects {
             if folded.as_deref().is_some_and(|p| object.key.starts_with(p)) {
                 continue;
@@ -119,6 +111,10 @@ pub async fn list(
             }
         }
         if !page.truncated {
+            break;
+        }
+        if !folding && outcome.objects.len() == request.max_keys {
+            outcome.truncated = true;
             break;
         }
     }

@@ -2,6 +2,7 @@
 //! TTL so an epoch makes no repeated HEAD or LIST round trips to the origin.
 //! A cached listing also answers metadata lookups for the keys it holds.
 
+mod growing;
 pub mod list;
 
 use std::collections::HashMap;
@@ -16,9 +17,10 @@ use http::HeaderValue;
 use ferry_config::MetadataTtl;
 
 use crate::flight::SingleFlight;
-use crate::origin::{ObjectMeta, OriginError};
+use crate::origin::{ListPage, ObjectMeta, OriginError};
 use crate::telemetry::DatasetMetrics;
 use crate::upstream::Upstream;
+use growing::{Growing, Progress};
 
 /// One version of one object, with what responses about it need precomputed.
 #[derive(Debug)]
@@ -77,12 +79,61 @@ impl Listing {
     }
 }
 
-/// Cached listings, bounded by the total number of objects they hold.
+/// Cached listings, bounded by the total number of objects they hold, and
+/// the listings in progress.
 #[derive(Default)]
 struct ListingSet {
     by_prefix: HashMap<String, Arc<Listing>>,
     objects: usize,
+    growing: HashMap<String, Arc<Growing>>,
+    /// Prefixes found to hold more objects than the cache may, and when:
+    /// their pages go to the origin without listing them again first.
+    too_big: HashMap<String, Instant>,
 }
+
+impl ListingSet {
+    fn remember(&mut self, listing: Arc<Listing>, capacity: usize) {
+        if let Some(old) = self.by_prefix.remove(&listing.prefix) {
+            self.objects -= old.objects.len();
+        }
+        // Make room by dropping the oldest listings.
+        while self.objects + listing.objects.len() > capacity {
+            let Some(oldest) = self
+                .by_prefix
+                .values()
+                .min_by_key(|l| l.fetched_at)
+                .map(|l| l.prefix.clone())
+            else {
+                break;
+            };
+            if let Some(old) = self.by_prefix.remove(&oldest) {
+                self.objects -= old.objects.len();
+            }
+        }
+        self.objects += listing.objects.len();
+        self.by_prefix.insert(listing.prefix.clone(), listing);
+    }
+
+    fn remember_too_big(&mut self, prefix: String, at: Instant) {
+        if self.too_big.len() >= TOO_BIG_KEPT {
+            // Rare (many huge prefixes): forgetting costs one more listing each.
+            self.too_big.clear();
+        }
+        self.too_big.insert(prefix, at);
+    }
+}
+
+/// What a listing lookup found.
+enum Found {
+    Cached(Arc<Listing>),
+    Growing(Arc<Growing>),
+    TooBig,
+}
+
+/// Objects asked of the upstream per page while listing.
+const LIST_PAGE: usize = 1000;
+/// Prefixes remembered as too big to cache.
+const TOO_BIG_KEPT: usize = 1024;
 
 /// Metadata and listing cache of one data set.
 pub struct MetadataCache {
@@ -90,7 +141,6 @@ pub struct MetadataCache {
     objects: quick_cache::sync::Cache<String, Arc<ObjectInfo>>,
     listings: Mutex<ListingSet>,
     heads: Arc<SingleFlight<String, Arc<ObjectInfo>, OriginError>>,
-    lists: Arc<SingleFlight<String, Option<Arc<Listing>>, OriginError>>,
     ttl: MetadataTtl,
     listing_capacity: usize,
     /// Whether a miss starts a background listing of the data set, and when one last did.
@@ -131,7 +181,6 @@ impl MetadataCache {
             objects: quick_cache::sync::Cache::new(settings.object_capacity.max(1)),
             listings: Mutex::new(ListingSet::default()),
             heads: Arc::new(SingleFlight::new(lost)),
-            lists: Arc::new(SingleFlight::new(lost)),
             ttl: settings.ttl,
             listing_capacity: settings.listing_capacity,
             warm: settings.warm_listing.then(|| Mutex::new(None)),
@@ -253,35 +302,125 @@ impl MetadataCache {
         self: &Arc<Self>,
         prefix: &str,
     ) -> Result<Option<Arc<Listing>>, OriginError> {
-        {
-            let listings = self.listings.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(listing) = listings.by_prefix.get(prefix)
-                && self.fresh(listing.fetched_at)
-            {
-                return Ok(Some(listing.clone()));
+        match self.find_or_grow(prefix) {
+            Found::Cached(listing) => Ok(Some(listing)),
+            Found::TooBig => Ok(None),
+            Found::Growing(growing) => match growing.wait().await {
+                Progress::Complete(listing) => Ok(Some(listing)),
+                Progress::Failed(err) => Err(err),
+                Progress::TooBig | Progress::Listing => Ok(None),
+            },
+        }
+    }
+
+    /// Up to `max` objects under `prefix` after `after` ("" for the first):
+    /// from the cached listing, else from the listing in progress as soon
+    /// as it has them (one origin listing for every reader), else (a
+    /// prefix with more objects than the cache may hold) from the origin.
+    pub async fn page(
+        self: &Arc<Self>,
+        prefix: &str,
+        after: &str,
+        max: usize,
+    ) -> Result<ListPage, OriginError> {
+        let outcome = match self.find_or_grow(prefix) {
+            Found::Cached(listing) => {
+                return Ok(growing::page_of(&listing.objects, prefix, after, max, true)
+                    .unwrap_or_default());
+            }
+            Found::TooBig => Progress::TooBig,
+            Found::Growing(growing) => match growing.page(prefix, after, max).await {
+                Ok(page) => return Ok(page),
+                Err(outcome) => outcome,
+            },
+        };
+        match outcome {
+            Progress::Failed(err) => Err(err),
+            _ => {
+                let after = (!after.is_empty()).then_some(after);
+                let page = self.list_origin(prefix, after, max).await;
+                self.metrics.origin_lists.increment(1);
+                page
             }
         }
-        let this = Arc::clone(self);
-        let owned = prefix.to_owned();
-        let (flight, _) = self.lists.join_or_start(prefix.to_owned(), move || {
-            Box::pin(async move {
-                this.metrics.origin_lists.increment(1);
-                let page = this
-                    .list_origin(&owned, None, this.listing_capacity)
-                    .await?;
-                if page.truncated || page.objects.len() > this.listing_capacity {
-                    return Ok(None);
-                }
+    }
+
+    /// The fresh cached listing of `prefix`, or the listing of it in
+    /// progress (started here if none is).
+    fn find_or_grow(self: &Arc<Self>, prefix: &str) -> Found {
+        let mut listings = self.listings.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(listing) = listings.by_prefix.get(prefix)
+            && self.fresh(listing.fetched_at)
+        {
+            return Found::Cached(listing.clone());
+        }
+        if listings
+            .too_big
+            .get(prefix)
+            .is_some_and(|&at| self.fresh(at))
+        {
+            return Found::TooBig;
+        }
+        if let Some(growing) = listings.growing.get(prefix) {
+            return Found::Growing(Arc::clone(growing));
+        }
+        let growing = Arc::new(Growing::new());
+        listings
+            .growing
+            .insert(prefix.to_owned(), Arc::clone(&growing));
+        drop(listings);
+        let (this, owned) = (Arc::clone(self), prefix.to_owned());
+        let task = Arc::clone(&growing);
+        tokio::spawn(async move { this.grow(owned, task).await });
+        Found::Growing(growing)
+    }
+
+    /// Lists `prefix` from the origin page by page into `growing`, then
+    /// caches it (or remembers that it is too big to cache).
+    async fn grow(self: Arc<Self>, prefix: String, growing: Arc<Growing>) {
+        let mut after: Option<String> = None;
+        let mut count = 0usize;
+        let outcome = loop {
+            let page = self.list_origin(&prefix, after.as_deref(), LIST_PAGE).await;
+            self.metrics.origin_lists.increment(1);
+            let page = match page {
+                Ok(page) => page,
+                Err(err) => break Progress::Failed(err),
+            };
+            count += page.objects.len();
+            if count > self.listing_capacity {
+                break Progress::TooBig;
+            }
+            let more = page.truncated && !page.objects.is_empty();
+            after = page.objects.last().map(|o| o.key.clone());
+            growing.extend(page.objects);
+            if !more {
                 let listing = Arc::new(Listing {
-                    prefix: owned,
-                    objects: page.objects,
+                    prefix: prefix.clone(),
+                    objects: growing.take(),
                     fetched_at: Instant::now(),
                 });
-                this.remember(listing.clone());
-                Ok(Some(listing))
-            })
-        });
-        flight.await
+                break Progress::Complete(listing);
+            }
+        };
+        {
+            let mut listings = self.listings.lock().unwrap_or_else(|p| p.into_inner());
+            if listings
+                .growing
+                .get(&prefix)
+                .is_some_and(|g| Arc::ptr_eq(g, &growing))
+            {
+                listings.growing.remove(&prefix);
+            }
+            match &outcome {
+                Progress::Complete(listing) => {
+                    listings.remember(listing.clone(), self.listing_capacity)
+                }
+                Progress::TooBig => listings.remember_too_big(prefix, Instant::now()),
+                _ => {}
+            }
+        }
+        growing.end(outcome);
     }
 
     /// One page straight from the origin, for listings too big to cache.
@@ -297,29 +436,6 @@ impl MetadataCache {
             .unwrap_or_else(|_| Err(self.timed_out("LIST", prefix)));
         self.metrics.origin_latency.record(started.elapsed());
         result.inspect_err(|_| self.metrics.origin_errors.increment(1))
-    }
-
-    fn remember(&self, listing: Arc<Listing>) {
-        let mut listings = self.listings.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = listings.by_prefix.remove(&listing.prefix) {
-            listings.objects -= old.objects.len();
-        }
-        // Make room by dropping the oldest listings.
-        while listings.objects + listing.objects.len() > self.listing_capacity {
-            let Some(oldest) = listings
-                .by_prefix
-                .values()
-                .min_by_key(|l| l.fetched_at)
-                .map(|l| l.prefix.clone())
-            else {
-                break;
-            };
-            if let Some(old) = listings.by_prefix.remove(&oldest) {
-                listings.objects -= old.objects.len();
-            }
-        }
-        listings.objects += listing.objects.len();
-        listings.by_prefix.insert(listing.prefix.clone(), listing);
     }
 
     fn timed_out(&self, what: &str, key: &str) -> OriginError {
@@ -496,6 +612,155 @@ mod tests {
         assert_eq!(origin.lists.load(Ordering::SeqCst), 1, "listed once");
         metadata.object("b").await.expect("listed");
         assert_eq!(origin.heads.load(Ordering::SeqCst), 1, "no HEAD once warm");
+    }
+
+    /// An origin of `count` objects that pages as S3 does.
+    struct PagedOrigin {
+        keys: Vec<String>,
+        lists: AtomicUsize,
+        /// How long each page takes (none: a yield).
+        page_time: Option<Duration>,
+    }
+
+    impl PagedOrigin {
+        fn new(count: usize) -> Arc<Self> {
+            Arc::new(Self {
+                keys: (0..count).map(|i| format!("k{i:05}")).collect(),
+                lists: AtomicUsize::new(0),
+                page_time: None,
+            })
+        }
+    }
+
+    impl Origin for PagedOrigin {
+        fn describe(&self) -> &str {
+            "paged://"
+        }
+        fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectMeta, OriginError>> {
+            Box::pin(async move { Ok(meta(key)) })
+        }
+        fn read<'a>(
+            &'a self,
+            _: &'a str,
+            _: Range<u64>,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<Bytes, OriginError>> {
+            Box::pin(async { Ok(Bytes::new()) })
+        }
+        fn list<'a>(
+            &'a self,
+            prefix: &'a str,
+            after: Option<&'a str>,
+            max: usize,
+        ) -> BoxFuture<'a, Result<ListPage, OriginError>> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                // A round trip, so readers interleave with the listing.
+                match self.page_time {
+                    Some(time) => tokio::time::sleep(time).await,
+                    None => tokio::task::yield_now().await,
+                }
+                let mut rest = self
+                    .keys
+                    .iter()
+                    .filter(|k| k.starts_with(prefix) && after.is_none_or(|a| k.as_str() > a));
+                let objects: Vec<ObjectMeta> = rest.by_ref().take(max).map(|k| meta(k)).collect();
+                Ok(ListPage {
+                    objects,
+                    truncated: rest.next().is_some(),
+                })
+            })
+        }
+    }
+
+    fn paged(origin: &Arc<PagedOrigin>, listing_capacity: usize) -> Arc<MetadataCache> {
+        Arc::new(MetadataCache::new(
+            Upstream::Origin(origin.clone()),
+            MetadataSettings {
+                ttl: MetadataTtl::Job,
+                object_capacity: 100,
+                listing_capacity,
+                timeout: Duration::from_millis(100),
+                seed: 1,
+                warm_listing: false,
+            },
+            Arc::new(DatasetMetrics::new("test")),
+        ))
+    }
+
+    /// Every key under "" by pages of `max`, as a reader pages through.
+    async fn page_through(metadata: Arc<MetadataCache>, max: usize) -> Vec<String> {
+        let mut keys: Vec<String> = Vec::new();
+        loop {
+            let after = keys.last().cloned().unwrap_or_default();
+            let page = metadata.page("", &after, max).await.expect("page");
+            keys.extend(page.objects.into_iter().map(|o| o.key));
+            if !page.truncated {
+                return keys;
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_paging_at_once_share_one_origin_listing() {
+        let origin = PagedOrigin::new(2500);
+        let metadata = paged(&origin, 10_000);
+        let readers: Vec<_> = [1000, 300, 7]
+            .into_iter()
+            .map(|max| tokio::spawn(page_through(Arc::clone(&metadata), max)))
+            .collect();
+        for reader in readers {
+            assert_eq!(reader.await.expect("reader"), origin.keys);
+        }
+        assert_eq!(
+            origin.lists.load(Ordering::SeqCst),
+            3,
+            "one listing of 1,000 objects a page for all three readers"
+        );
+        page_through(Arc::clone(&metadata), 1000).await;
+        assert_eq!(origin.lists.load(Ordering::SeqCst), 3, "then cached");
+        assert!(metadata.object("k02499").await.is_ok());
+        assert!(matches!(
+            metadata.object("k02500").await,
+            Err(OriginError::NotFound { .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_listing_longer_than_the_deadline_is_answered_page_by_page() {
+        // 30 pages of 10 ms against a 100 ms deadline per origin request:
+        // the deadline bounds each page, not the whole listing.
+        let origin = Arc::new(PagedOrigin {
+            page_time: Some(Duration::from_millis(10)),
+            ..Arc::into_inner(PagedOrigin::new(30_000)).expect("sole owner")
+        });
+        let metadata = paged(&origin, 100_000);
+        let started = Instant::now();
+        let first = metadata.page("", "", 1000).await.expect("first page");
+        assert_eq!((first.objects.len(), first.truncated), (1000, true));
+        assert!(
+            started.elapsed() <= Duration::from_millis(10),
+            "the first page waited for one origin page, not thirty: {:?}",
+            started.elapsed()
+        );
+        let listing = metadata.listing("").await.expect("listed").expect("fits");
+        assert_eq!(listing.objects.len(), 30_000);
+        assert_eq!(origin.lists.load(Ordering::SeqCst), 30);
+    }
+
+    #[tokio::test]
+    async fn a_prefix_too_big_to_cache_is_paged_from_the_origin_without_listing_it_again() {
+        let origin = PagedOrigin::new(2500);
+        let metadata = paged(&origin, 1500);
+        assert_eq!(page_through(Arc::clone(&metadata), 1000).await, origin.keys);
+        assert!(metadata.listing("").await.expect("list").is_none());
+        let before = origin.lists.load(Ordering::SeqCst);
+        assert_eq!(page_through(Arc::clone(&metadata), 1000).await, origin.keys);
+        assert_eq!(
+            origin.lists.load(Ordering::SeqCst) - before,
+            3,
+            "three pages straight from the origin, no listing of 1,500 first"
+        );
     }
 
     #[test]

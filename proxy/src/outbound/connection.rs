@@ -31,6 +31,17 @@ pub struct ConnectionSettings {
     pub connection_window: u32,
 }
 
+impl From<&ferry_config::BalanceSpec> for ConnectionSettings {
+    fn from(balance: &ferry_config::BalanceSpec) -> Self {
+        Self {
+            connect_timeout: balance.connect_timeout.0,
+            stream_window: u32::try_from(balance.stream_window.bytes()).unwrap_or(u32::MAX >> 1),
+            connection_window: u32::try_from(balance.connection_window.bytes())
+                .unwrap_or(u32::MAX >> 1),
+        }
+    }
+}
+
 /// Why a request to a worker did not get a response.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {

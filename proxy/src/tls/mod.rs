@@ -94,6 +94,11 @@ impl TlsState {
         Ok(())
     }
 
+    /// The SPIFFE ID of the certificate this proxy presents, once it has one.
+    pub fn own_id(&self) -> Option<SpiffeId> {
+        spiffe_id_of(self.current()?.cert.first()?)
+    }
+
     fn current(&self) -> Option<Arc<CertifiedKey>> {
         self.certified.load().as_ref().clone()
     }

@@ -1,7 +1,9 @@
 //! Warm-up: a worker loads its share of a data set into its cache before
-//! any reader asks. It lists the data set once, ahead of its fetches (so
-//! the progress totals are known early), queueing the objects with chunks
-//! it owns (as many as the listing cache may hold), and fetches each chunk
+//! any reader asks. The pool lists the data set once (one worker lists
+//! the origin, the others page through its listing: [`listing`]), ahead
+//! of the fetches (so the progress totals are known early), and each
+//! worker queues the objects with chunks it owns (as many as the listing
+//! cache may hold), and fetches each chunk
 //! it owns
 //! under the pool's weighted rendezvous ranking (the one sidecars route
 //! by), so a warmed pool answers epoch 1 from cache with no spill. Chunks a
@@ -10,6 +12,7 @@
 //! whole warm-up by what the cache can hold. One bad object is listed and
 //! the rest go on.
 
+pub mod listing;
 pub mod request;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -25,10 +28,10 @@ use crate::origin::ObjectMeta;
 use crate::outbound::balance::rendezvous::{self, chunk_route};
 use crate::telemetry::DatasetMetrics;
 pub use ferry_config::warm::{ObjectError, WarmState, WarmStatus};
+use listing::Lister;
+pub use listing::Peers;
 pub use request::{BadWarmUp, WarmMember, WarmRequest};
 
-/// Objects asked of the origin per listing page.
-const LIST_PAGE: usize = 1000;
 /// Marks a listing read to its end (no key is empty, so none is this).
 const END: &str = "";
 /// Failed objects whose key and error are kept for the status; the rest are counted.
@@ -47,6 +50,10 @@ pub struct WarmParts {
     pub metrics: Arc<DatasetMetrics>,
     /// Bytes its tiers can hold: the disk tier's, else the memory cache's.
     pub capacity: u64,
+    /// Its bucket, as other workers serve it.
+    pub bucket: String,
+    /// How to reach the worker of the pool that lists the data set.
+    pub peers: Option<Peers>,
 }
 
 /// The warm-up of one data set on this proxy: at most one at a time.
@@ -128,6 +135,8 @@ pub struct WarmPlan {
     member: String,
     /// Members as (hash, weight), in the request's order.
     members: Vec<(u64, u32)>,
+    /// Their addresses, in the same order.
+    addresses: Vec<String>,
     /// This worker's index in `members`.
     me: usize,
     concurrency: usize,
@@ -280,7 +289,18 @@ impl Job {
         let queued = parts.metadata.listing_capacity().max(1);
         let (sender, receiver) = mpsc::channel::<Arc<Owned>>(queued);
         let parts = Arc::new(parts);
-        let listing = self.list(&parts, sender);
+        // The listing runs as its own task: turning a page into objects (a
+        // peer's page is XML) must not hold up the fetches polled here.
+        let listing = tokio::spawn({
+            let (job, parts) = (Arc::clone(&self), Arc::clone(&parts));
+            async move { job.list(&parts, sender).await }
+        });
+        let _stop_listing = AbortOnDrop(listing.abort_handle());
+        let listing = async {
+            listing
+                .await
+                .unwrap_or_else(|e| Err(format!("the listing task ended: {e}")))
+        };
         let (job, shared) = (Arc::clone(&self), Arc::clone(&parts));
         let warming = receiver
             .flat_map(|owned| {
@@ -308,8 +328,9 @@ impl Job {
         parts: &WarmParts,
         mut sender: mpsc::Sender<Arc<Owned>>,
     ) -> Result<(), String> {
+        let mut lister = Lister::for_plan(&self.plan, parts.peers.as_ref(), &parts.bucket);
         let mut start_after: Option<String> = None;
-        while let Some(page) = self.next_page(parts, &mut start_after).await? {
+        while let Some(page) = self.next_page(parts, &mut lister, &mut start_after).await? {
             for meta in page {
                 let (chunks, bytes) = self.owned(&meta, parts.chunks.chunk_size());
                 if chunks.is_empty() {
@@ -338,17 +359,17 @@ impl Job {
     async fn next_page(
         &self,
         parts: &WarmParts,
+        lister: &mut Lister,
         start_after: &mut Option<String>,
     ) -> Result<Option<Vec<ObjectMeta>>, String> {
         if start_after.as_deref() == Some(END) {
             return Ok(None);
         }
-        let page = parts
-            .metadata
-            .list_origin(&self.plan.prefix, start_after.as_deref(), LIST_PAGE)
+        let after = start_after.as_deref().unwrap_or_default();
+        let page = lister
+            .page(&parts.metadata, &self.plan.prefix, after)
             .await
             .map_err(|e| format!("listing '{}': {e}", self.plan.prefix))?;
-        parts.metrics.origin_lists.increment(1);
         *start_after = match (page.truncated, page.objects.last()) {
             (true, Some(last)) => Some(last.key.clone()),
             _ => Some(END.to_owned()),
@@ -449,6 +470,15 @@ impl Job {
         let before = self.paced.fetch_add(len, Ordering::AcqRel);
         let due = self.started + Duration::from_secs_f64(before as f64 / rate as f64);
         tokio::time::sleep_until(due.into()).await;
+    }
+}
+
+/// Aborts a task when dropped: a stopped warm-up stops its listing too.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -98,6 +98,7 @@ impl WarmRequest {
                 .iter()
                 .map(|m| (member_hash(&m.address), m.weight))
                 .collect(),
+            addresses: self.members.into_iter().map(|m| m.address).collect(),
             me,
             prefix: self.prefix,
             member: self.member,

@@ -248,13 +248,7 @@ impl Pool {
                 base: balance.eject_base.0,
                 max: balance.eject_max.0,
             },
-            settings: ConnectionSettings {
-                connect_timeout: balance.connect_timeout.0,
-                stream_window: u32::try_from(balance.stream_window.bytes())
-                    .unwrap_or(u32::MAX >> 1),
-                connection_window: u32::try_from(balance.connection_window.bytes())
-                    .unwrap_or(u32::MAX >> 1),
-            },
+            settings: ConnectionSettings::from(balance),
             tls,
             built_from: (spec.balance.clone(), spec.identity.clone()),
             size: gauge!("pool_members", "pool" => spec.name.clone()),
