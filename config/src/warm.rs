@@ -60,11 +60,13 @@ pub struct WarmStatus {
     pub state: WarmState,
     /// Whether the whole listing has been read.
     pub listing_done: bool,
-    /// Objects with at least one chunk this worker owns, listed so far.
+    /// Objects whose first chunk this worker owns, listed so far: each
+    /// object counts on one worker, so the pool's sum is the data set's.
     pub objects_total: u64,
-    /// Of those, objects whose owned chunks are all held now.
+    /// Of those, objects whose chunks this worker owns are all held now.
     pub objects_done: u64,
-    /// Objects with a chunk that could not be fetched.
+    /// Objects with a chunk this worker could not fetch (an object whose
+    /// chunks failed on several workers counts on each).
     pub objects_failed: u64,
     /// Bytes of the chunks this worker owns, listed so far.
     pub bytes_total: u64,

@@ -158,6 +158,9 @@ async fn a_warmed_pool_has_each_chunk_on_its_owner_and_serves_an_epoch_without_t
     assert_eq!(totals["bytes_done"], spec.total_bytes(), "{report}");
     assert_eq!(totals["bytes_fetched"], spec.total_bytes(), "{report}");
     assert_eq!(totals["objects_failed"], 0, "{report}");
+    // Each object's four chunks are spread over the workers; it counts once.
+    assert_eq!(totals["objects_total"], 40, "{report}");
+    assert_eq!(totals["objects_done"], 40, "{report}");
 
     let members: Vec<(String, u32)> = workers
         .iter()
@@ -293,6 +296,41 @@ async fn a_broken_object_is_listed_and_the_rest_are_warmed() {
     assert!(!output.status.success());
     assert!(text.contains("1 objects failed"), "{text}");
     assert!(text.contains(&spec.key(3)), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_that_fails_on_several_workers_counts_once() {
+    // Eight chunks an object: the broken one has chunks on both workers
+    // (unless the ranking puts all eight on one, checked below).
+    let query = "count=10&size=512KiB&dist=fixed&seed=4&broken=3";
+    let spec = SyntheticSpec::from_query(query).expect("spec");
+    let workers: Vec<ProxyProcess> = (0..2).map(|_| worker(query, &[])).collect();
+    let refs: Vec<&ProxyProcess> = workers.iter().collect();
+    let (output, report) = warm(&refs, &[]);
+    assert!(
+        !output.status.success(),
+        "a failed object fails the command"
+    );
+    let totals = &report["totals"];
+    assert_eq!(totals["objects_total"], 10, "{report}");
+    assert_eq!(totals["objects_done"], 9, "{report}");
+    assert_eq!(totals["objects_failed"], 1, "{report}");
+
+    let ranked: Vec<(u64, u32)> = workers
+        .iter()
+        .map(|w| (member_hash(&w.inbound.expect("inbound").to_string()), 1))
+        .collect();
+    let broken = spec.key(3);
+    for (i, worker) in workers.iter().enumerate() {
+        let owns_a_chunk = (0..spec.object_size(3).div_ceil(CHUNK))
+            .any(|chunk| owner(&ranked, chunk_route(&broken, chunk * CHUNK)) == Some(i));
+        let status = &report["workers"][worker.admin.to_string()];
+        assert_eq!(
+            status["objects_failed"],
+            u64::from(owns_a_chunk),
+            "worker {i}: {status}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -86,7 +86,7 @@ struct Worker {
 /// The pool's warm-up, summed over its workers.
 #[derive(Debug, Default, Serialize)]
 pub struct Totals {
-    /// Objects listed (an object split over workers counts on each).
+    /// Objects listed (each on the worker that owns its first chunk).
     pub objects_total: u64,
     /// Objects held.
     pub objects_done: u64,
@@ -106,6 +106,10 @@ pub struct Totals {
     pub listing_done: bool,
     /// Whether every worker has ended.
     pub finished: bool,
+    /// Whether every worker kept every failed object's key (then failed
+    /// objects are counted once, however many workers failed them).
+    #[serde(skip)]
+    errors_kept: bool,
 }
 
 impl Totals {
@@ -113,12 +117,14 @@ impl Totals {
         let mut totals = Self {
             listing_done: true,
             finished: true,
+            errors_kept: true,
             ..Self::default()
         };
         for s in statuses.values() {
             totals.objects_total += s.objects_total;
             totals.objects_done += s.objects_done;
             totals.objects_failed += s.objects_failed;
+            totals.errors_kept &= s.errors.len() as u64 == s.objects_failed;
             totals.bytes_total += s.bytes_total;
             totals.bytes_done += s.bytes_done;
             totals.bytes_fetched += s.bytes_fetched;
@@ -126,6 +132,14 @@ impl Totals {
             totals.elapsed_seconds = totals.elapsed_seconds.max(s.elapsed_seconds);
             totals.listing_done &= s.listing_done;
             totals.finished &= s.state != WarmState::Running;
+        }
+        if totals.errors_kept {
+            // An object whose chunks failed on several workers is one object.
+            let failed: std::collections::BTreeSet<&str> = statuses
+                .values()
+                .flat_map(|s| s.errors.iter().map(|e| e.key.as_str()))
+                .collect();
+            totals.objects_failed = failed.len() as u64;
         }
         totals
     }

@@ -178,6 +178,9 @@ struct Job {
 struct Owned {
     object: Arc<ObjectInfo>,
     chunks: Vec<u32>,
+    /// Whether this worker owns the object's first chunk: the one worker
+    /// of the pool that counts the object, so the pool's sum is exact.
+    counted: bool,
     remaining: AtomicU32,
     failed: AtomicBool,
     incomplete: AtomicBool,
@@ -336,11 +339,14 @@ impl Job {
                 if chunks.is_empty() {
                     continue;
                 }
-                self.objects_total.fetch_add(1, Ordering::AcqRel);
+                let counted = chunks.first() == Some(&0);
+                self.objects_total
+                    .fetch_add(u64::from(counted), Ordering::AcqRel);
                 self.bytes_total.fetch_add(bytes, Ordering::AcqRel);
                 let owned = Arc::new(Owned {
                     object: parts.metadata.adopt(meta),
                     remaining: AtomicU32::new(chunks.len() as u32),
+                    counted,
                     chunks,
                     failed: AtomicBool::new(false),
                     incomplete: AtomicBool::new(false),
@@ -455,7 +461,7 @@ impl Job {
         }
         if owned.failed.load(Ordering::Acquire) {
             self.objects_failed.fetch_add(1, Ordering::AcqRel);
-        } else if !owned.incomplete.load(Ordering::Acquire) {
+        } else if owned.counted && !owned.incomplete.load(Ordering::Acquire) {
             self.objects_done.fetch_add(1, Ordering::AcqRel);
             parts.metrics.warm_objects.increment(1);
         }
