@@ -8,6 +8,7 @@ mod crypto;
 mod demo;
 mod epochs;
 mod inject;
+mod listing;
 mod mtls;
 mod overload;
 mod plane;
@@ -55,6 +56,8 @@ enum Command {
     Pool(PoolArgs),
     /// A worker killed mid-epoch and restarted: failed reads, wrong bytes, recovery.
     Chaos(chaos::ChaosArgs),
+    /// A bucket of many objects listed page by page through a worker against the origin.
+    List(listing::ListArgs),
     /// The control plane, built into this binary like the proxy.
     #[command(hide = true, disable_help_flag = true)]
     RunControlPlane {
@@ -132,6 +135,11 @@ fn main() -> std::process::ExitCode {
                         Ok(())
                     }),
                     Command::Inject(args) => inject::run(&args).await.map(drop),
+                    Command::List(args) => listing::run(&args).await.and_then(|report| {
+                        let failures = report.failures();
+                        anyhow::ensure!(failures == 0, "{failures} listings failed or missed keys");
+                        Ok(())
+                    }),
                     Command::Soak(args) => soak::run(&args).await.and_then(|report| {
                         let failures = report.failed_reads + report.wrong_bytes;
                         anyhow::ensure!(failures == 0, "{failures} reads failed or were wrong");

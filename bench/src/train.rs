@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use ferry_config::{ByteSize, CachePolicy};
 
 use crate::child::{ChildProcess, ProxyArgs, WorkerSpec};
-use crate::client::{Reader, list_all, post_order};
+use crate::client::{Reader, list_all, post_order, scrape};
 use crate::epochs::Access;
 use crate::report::{self, Table};
 use crate::topology::{PoolSpec, PoolTopology};
@@ -157,6 +157,19 @@ pub struct WarmUp {
     pub origin_read_seconds: f64,
     /// origin_read_seconds / seconds (1.0: the warm-up as fast as the origin allows).
     pub ratio: f64,
+    /// LIST requests the workers had sent the origin by the warm-up's end,
+    /// the job's first listing included (the pool lists the data set once:
+    /// one request per 1,000 objects).
+    pub origin_lists: u64,
+}
+
+/// LIST requests the workers at `admins` have sent the origin so far.
+async fn origin_lists(admins: &[SocketAddr]) -> anyhow::Result<u64> {
+    let mut total = 0.0;
+    for &admin in admins {
+        total += scrape(admin, "origin_requests_total", &[("op", "list")]).await?;
+    }
+    Ok(total as u64)
 }
 
 /// Where a job's samples come from.
@@ -367,14 +380,22 @@ async fn warm_up(
     let complete = ferry_control_plane::ctl::warm::run(&targets, &settings).await?;
     let seconds = started.elapsed().as_secs_f64();
     anyhow::ensure!(complete, "the warm-up did not load every object");
+    let worker_admins: Vec<SocketAddr> = admins
+        .iter()
+        .copied()
+        .filter(|&a| Some(a) != sidecar)
+        .collect();
+    let origin_lists = origin_lists(&worker_admins).await?;
     eprintln!(
-        "train: warm-up {seconds:.2}s; reading it all from the origin at {readers} at once: {origin_read_seconds:.2}s"
+        "train: warm-up {seconds:.2}s ({origin_lists} origin LIST requests by {workers} workers so far); \
+         reading it all from the origin at {readers} at once: {origin_read_seconds:.2}s"
     );
     Ok(WarmUp {
         bytes: data.bytes,
         seconds,
         origin_read_seconds,
         ratio: origin_read_seconds / seconds.max(1e-9),
+        origin_lists,
     })
 }
 

@@ -118,18 +118,21 @@ pub fn page_of(
     complete: bool,
 ) -> Option<ListPage> {
     let start = objects.partition_point(|o| o.key.as_str() <= after || o.key.as_str() < prefix);
+    // Looks at one object past the page at most: a page costs its size,
+    // not the rest of the listing.
     let under = objects[start..]
         .iter()
+        .take(max.saturating_add(1))
         .take_while(|o| o.key.starts_with(prefix))
         .count();
-    let growing = !complete && start + under == objects.len();
+    let more_held = under > max;
+    let growing = !complete && !more_held && start + under == objects.len();
     if under < max && growing {
         return None;
     }
-    let take = under.min(max);
     Some(ListPage {
-        objects: objects[start..start + take].to_vec(),
-        truncated: under > max || (under == max && growing),
+        objects: objects[start..start + under.min(max)].to_vec(),
+        truncated: more_held || (under == max && growing),
     })
 }
 
