@@ -592,3 +592,32 @@ fn soak_samples_every_process_and_loses_no_read() {
         "RSS, descriptors and live tasks of 3 processes"
     );
 }
+
+#[test]
+fn a_listing_through_a_worker_returns_every_key_directly_cold_and_cached() {
+    let json = temp_json("list");
+    let stdout = bench(&[
+        "list",
+        "--objects",
+        "2500",
+        "--origin-latency",
+        "1ms",
+        "--rounds",
+        "1",
+        "--json",
+        json.to_str().expect("path"),
+    ]);
+    assert!(stdout.contains("all pages / direct"), "{stdout}");
+    let report = read_json(&json);
+    let listings = report["listings"].as_array().expect("listings");
+    let modes: Vec<&str> = listings
+        .iter()
+        .map(|l| l["mode"].as_str().expect("mode"))
+        .collect();
+    assert_eq!(modes, ["direct", "ferry (cold)", "ferry (cached)"]);
+    for listing in listings {
+        assert_eq!(listing["keys"], 2500, "{listing}");
+        assert_eq!(listing["pages"], 3, "{listing}");
+        assert!(listing["error"].is_null(), "{listing}");
+    }
+}
