@@ -468,11 +468,34 @@ mod tests {
 
     use crate::origin::{ListPage, Origin};
 
-    /// An in-memory origin that counts what it is asked.
+    /// An in-memory origin of `keys` that pages as S3 does and counts what
+    /// it is asked.
     #[derive(Default)]
-    struct CountingOrigin {
+    struct TestOrigin {
+        keys: Vec<String>,
         heads: AtomicUsize,
         lists: AtomicUsize,
+        /// How long each page takes (none: a yield).
+        page_time: Option<Duration>,
+    }
+
+    impl TestOrigin {
+        fn of(keys: impl IntoIterator<Item = String>) -> Self {
+            Self {
+                keys: keys.into_iter().collect(),
+                ..Self::default()
+            }
+        }
+
+        /// "a", "b", "p/a" and "p/b".
+        fn small() -> Arc<Self> {
+            Arc::new(Self::of(["a", "b", "p/a", "p/b"].map(str::to_owned)))
+        }
+
+        /// `count` keys, k00000 on.
+        fn numbered(count: usize) -> Self {
+            Self::of((0..count).map(|i| format!("k{i:05}")))
+        }
     }
 
     fn meta(key: &str) -> ObjectMeta {
@@ -484,159 +507,12 @@ mod tests {
         }
     }
 
-    impl Origin for CountingOrigin {
+    impl Origin for TestOrigin {
         fn describe(&self) -> &str {
             "test://"
         }
         fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectMeta, OriginError>> {
             self.heads.fetch_add(1, Ordering::SeqCst);
-            Box::pin(async move { Ok(meta(key)) })
-        }
-        fn read<'a>(
-            &'a self,
-            _: &'a str,
-            _: Range<u64>,
-            _: &'a str,
-        ) -> BoxFuture<'a, Result<Bytes, OriginError>> {
-            Box::pin(async { Ok(Bytes::new()) })
-        }
-        fn list<'a>(
-            &'a self,
-            prefix: &'a str,
-            _: Option<&'a str>,
-            max: usize,
-        ) -> BoxFuture<'a, Result<ListPage, OriginError>> {
-            self.lists.fetch_add(1, Ordering::SeqCst);
-            Box::pin(async move {
-                let mut objects = vec![meta(&format!("{prefix}a")), meta(&format!("{prefix}b"))];
-                let truncated = objects.len() > max;
-                objects.truncate(max);
-                Ok(ListPage { objects, truncated })
-            })
-        }
-    }
-
-    fn cache(
-        origin: Arc<CountingOrigin>,
-        ttl: MetadataTtl,
-        listing_capacity: usize,
-    ) -> Arc<MetadataCache> {
-        warmed(origin, ttl, listing_capacity, false)
-    }
-
-    fn warmed(
-        origin: Arc<CountingOrigin>,
-        ttl: MetadataTtl,
-        listing_capacity: usize,
-        warm_listing: bool,
-    ) -> Arc<MetadataCache> {
-        Arc::new(MetadataCache::new(
-            Upstream::Origin(origin),
-            MetadataSettings {
-                ttl,
-                object_capacity: 100,
-                listing_capacity,
-                timeout: Duration::from_secs(5),
-                seed: 1,
-                warm_listing,
-            },
-            Arc::new(DatasetMetrics::new("test")),
-        ))
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn job_ttl_never_revalidates_and_a_duration_does() {
-        let origin = Arc::new(CountingOrigin::default());
-        let forever = cache(origin.clone(), MetadataTtl::Job, 100);
-        forever.object("k").await.expect("head");
-        tokio::time::advance(Duration::from_secs(365 * 24 * 3600)).await;
-        forever.object("k").await.expect("cached");
-        assert_eq!(origin.heads.load(Ordering::SeqCst), 1);
-
-        let origin = Arc::new(CountingOrigin::default());
-        let short = cache(
-            origin.clone(),
-            MetadataTtl::After(Duration::from_secs(30)),
-            100,
-        );
-        short.object("k").await.expect("head");
-        tokio::time::advance(Duration::from_secs(29)).await;
-        short.object("k").await.expect("still fresh");
-        assert_eq!(origin.heads.load(Ordering::SeqCst), 1);
-        tokio::time::advance(Duration::from_secs(2)).await;
-        short.object("k").await.expect("revalidated");
-        assert_eq!(origin.heads.load(Ordering::SeqCst), 2);
-    }
-
-    #[tokio::test]
-    async fn a_listing_answers_metadata_without_heads() {
-        let origin = Arc::new(CountingOrigin::default());
-        let metadata = cache(origin.clone(), MetadataTtl::Job, 100);
-        let listing = metadata.listing("p/").await.expect("list").expect("fits");
-        assert_eq!(listing.objects.len(), 2);
-        metadata.listing("p/").await.expect("cached listing");
-        assert_eq!(origin.lists.load(Ordering::SeqCst), 1, "listed once");
-        assert_eq!(metadata.object("p/a").await.expect("listed").meta.size, 10);
-        assert!(matches!(
-            metadata.object("p/zzz").await,
-            Err(OriginError::NotFound { .. })
-        ));
-        assert_eq!(
-            origin.heads.load(Ordering::SeqCst),
-            0,
-            "no HEAD for listed or absent keys"
-        );
-    }
-
-    #[tokio::test]
-    async fn listings_larger_than_the_cache_are_not_kept() {
-        let origin = Arc::new(CountingOrigin::default());
-        let metadata = cache(origin.clone(), MetadataTtl::Job, 1);
-        assert!(metadata.listing("p/").await.expect("list").is_none());
-        metadata.object("p/a").await.expect("head");
-        assert_eq!(origin.heads.load(Ordering::SeqCst), 1, "falls back to HEAD");
-    }
-
-    #[tokio::test]
-    async fn the_first_miss_warms_metadata_from_one_listing() {
-        let origin = Arc::new(CountingOrigin::default());
-        let metadata = warmed(origin.clone(), MetadataTtl::Job, 100, true);
-        metadata.object("a").await.expect("head");
-        assert_eq!(
-            origin.heads.load(Ordering::SeqCst),
-            1,
-            "the first miss still HEADs"
-        );
-        // The background listing is single-flight: joining it waits for it.
-        metadata.listing("").await.expect("listing").expect("fits");
-        assert_eq!(origin.lists.load(Ordering::SeqCst), 1, "listed once");
-        metadata.object("b").await.expect("listed");
-        assert_eq!(origin.heads.load(Ordering::SeqCst), 1, "no HEAD once warm");
-    }
-
-    /// An origin of `count` objects that pages as S3 does.
-    struct PagedOrigin {
-        keys: Vec<String>,
-        lists: AtomicUsize,
-        /// How long each page takes (none: a yield).
-        page_time: Option<Duration>,
-    }
-
-    impl PagedOrigin {
-        fn new(count: usize) -> Arc<Self> {
-            Arc::new(Self {
-                keys: (0..count).map(|i| format!("k{i:05}")).collect(),
-                lists: AtomicUsize::new(0),
-                page_time: None,
-            })
-        }
-    }
-
-    impl Origin for PagedOrigin {
-        fn describe(&self) -> &str {
-            "paged://"
-        }
-        fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectMeta, OriginError>> {
             Box::pin(async move { Ok(meta(key)) })
         }
         fn read<'a>(
@@ -673,19 +549,102 @@ mod tests {
         }
     }
 
-    fn paged(origin: &Arc<PagedOrigin>, listing_capacity: usize) -> Arc<MetadataCache> {
+    fn cache(
+        origin: Arc<TestOrigin>,
+        ttl: MetadataTtl,
+        listing_capacity: usize,
+    ) -> Arc<MetadataCache> {
+        warmed(origin, ttl, listing_capacity, false)
+    }
+
+    fn warmed(
+        origin: Arc<TestOrigin>,
+        ttl: MetadataTtl,
+        listing_capacity: usize,
+        warm_listing: bool,
+    ) -> Arc<MetadataCache> {
         Arc::new(MetadataCache::new(
-            Upstream::Origin(origin.clone()),
+            Upstream::Origin(origin),
             MetadataSettings {
-                ttl: MetadataTtl::Job,
+                ttl,
                 object_capacity: 100,
                 listing_capacity,
                 timeout: Duration::from_millis(100),
                 seed: 1,
-                warm_listing: false,
+                warm_listing,
             },
             Arc::new(DatasetMetrics::new("test")),
         ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn job_ttl_never_revalidates_and_a_duration_does() {
+        let origin = TestOrigin::small();
+        let forever = cache(origin.clone(), MetadataTtl::Job, 100);
+        forever.object("k").await.expect("head");
+        tokio::time::advance(Duration::from_secs(365 * 24 * 3600)).await;
+        forever.object("k").await.expect("cached");
+        assert_eq!(origin.heads.load(Ordering::SeqCst), 1);
+
+        let origin = TestOrigin::small();
+        let short = cache(
+            origin.clone(),
+            MetadataTtl::After(Duration::from_secs(30)),
+            100,
+        );
+        short.object("k").await.expect("head");
+        tokio::time::advance(Duration::from_secs(29)).await;
+        short.object("k").await.expect("still fresh");
+        assert_eq!(origin.heads.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        short.object("k").await.expect("revalidated");
+        assert_eq!(origin.heads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_listing_answers_metadata_without_heads() {
+        let origin = TestOrigin::small();
+        let metadata = cache(origin.clone(), MetadataTtl::Job, 100);
+        let listing = metadata.listing("p/").await.expect("list").expect("fits");
+        assert_eq!(listing.objects.len(), 2);
+        metadata.listing("p/").await.expect("cached listing");
+        assert_eq!(origin.lists.load(Ordering::SeqCst), 1, "listed once");
+        assert_eq!(metadata.object("p/a").await.expect("listed").meta.size, 10);
+        assert!(matches!(
+            metadata.object("p/zzz").await,
+            Err(OriginError::NotFound { .. })
+        ));
+        assert_eq!(
+            origin.heads.load(Ordering::SeqCst),
+            0,
+            "no HEAD for listed or absent keys"
+        );
+    }
+
+    #[tokio::test]
+    async fn listings_larger_than_the_cache_are_not_kept() {
+        let origin = TestOrigin::small();
+        let metadata = cache(origin.clone(), MetadataTtl::Job, 1);
+        assert!(metadata.listing("p/").await.expect("list").is_none());
+        metadata.object("p/a").await.expect("head");
+        assert_eq!(origin.heads.load(Ordering::SeqCst), 1, "falls back to HEAD");
+    }
+
+    #[tokio::test]
+    async fn the_first_miss_warms_metadata_from_one_listing() {
+        let origin = TestOrigin::small();
+        let metadata = warmed(origin.clone(), MetadataTtl::Job, 100, true);
+        metadata.object("a").await.expect("head");
+        assert_eq!(
+            origin.heads.load(Ordering::SeqCst),
+            1,
+            "the first miss still HEADs"
+        );
+        // The background listing is single-flight: joining it waits for it.
+        metadata.listing("").await.expect("listing").expect("fits");
+        assert_eq!(origin.lists.load(Ordering::SeqCst), 1, "listed once");
+        metadata.object("b").await.expect("listed");
+        assert_eq!(origin.heads.load(Ordering::SeqCst), 1, "no HEAD once warm");
     }
 
     /// Every key under "" by pages of `max`, as a reader pages through.
@@ -703,8 +662,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn readers_paging_at_once_share_one_origin_listing() {
-        let origin = PagedOrigin::new(2500);
-        let metadata = paged(&origin, 10_000);
+        let origin = Arc::new(TestOrigin::numbered(2500));
+        let metadata = cache(origin.clone(), MetadataTtl::Job, 10_000);
         let readers: Vec<_> = [1000, 300, 7]
             .into_iter()
             .map(|max| tokio::spawn(page_through(Arc::clone(&metadata), max)))
@@ -730,11 +689,11 @@ mod tests {
     async fn a_listing_longer_than_the_deadline_is_answered_page_by_page() {
         // 30 pages of 10 ms against a 100 ms deadline per origin request:
         // the deadline bounds each page, not the whole listing.
-        let origin = Arc::new(PagedOrigin {
+        let origin = Arc::new(TestOrigin {
             page_time: Some(Duration::from_millis(10)),
-            ..Arc::into_inner(PagedOrigin::new(30_000)).expect("sole owner")
+            ..TestOrigin::numbered(30_000)
         });
-        let metadata = paged(&origin, 100_000);
+        let metadata = cache(origin.clone(), MetadataTtl::Job, 100_000);
         let started = Instant::now();
         let first = metadata.page("", "", 1000).await.expect("first page");
         assert_eq!((first.objects.len(), first.truncated), (1000, true));
@@ -750,8 +709,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_prefix_too_big_to_cache_is_paged_from_the_origin_without_listing_it_again() {
-        let origin = PagedOrigin::new(2500);
-        let metadata = paged(&origin, 1500);
+        let origin = Arc::new(TestOrigin::numbered(2500));
+        let metadata = cache(origin.clone(), MetadataTtl::Job, 1500);
         assert_eq!(page_through(Arc::clone(&metadata), 1000).await, origin.keys);
         assert!(metadata.listing("").await.expect("list").is_none());
         let before = origin.lists.load(Ordering::SeqCst);

@@ -701,6 +701,44 @@ mod tests {
         assert_eq!(next.claim("k0"), Some(1));
     }
 
+    #[tokio::test]
+    async fn an_order_prepared_before_another_was_started_is_compared_with_that_one() {
+        let config = ferry_config::from_yaml(
+            "role: worker\ndatasets:\n  - { name: set-d, origin: \"synthetic://?count=8\" }\n",
+            "test.yaml",
+        )
+        .expect("config");
+        let datasets = crate::dataset::Datasets::from_config(&config, None).expect("built");
+        let dataset = datasets.get("set-d").expect("the data set");
+        let parts = || PlanParts {
+            metadata: Arc::clone(&dataset.metadata),
+            chunks: Arc::clone(&dataset.chunks),
+            metrics: Arc::clone(&dataset.metrics),
+        };
+        let keys: Keys = Arc::new(KeyList::new(
+            (0..8).map(|i| Arc::from(format!("k{i}"))).collect(),
+        ));
+        let prefetch = &dataset.prefetch;
+        let base = || prefetch.active.load_full().expect("an order").base;
+        prefetch.start(
+            prefetch.prepare(Arc::clone(&keys), vec![0, 1, 2, 3, 4, 5, 6, 7]),
+            parts(),
+        );
+        // Two posts race: both are prepared against the first order; the
+        // one that continues it (from position 4) starts second.
+        let continuing = prefetch.prepare(Arc::clone(&keys), vec![4, 5, 6, 7, 0, 1, 2, 3]);
+        let other = prefetch.prepare(Arc::clone(&keys), vec![3, 2, 1, 0, 4, 7, 6, 5]);
+        prefetch.start(other, parts());
+        assert_eq!(base(), 8, "the other order replaced the first");
+        prefetch.start(continuing, parts());
+        assert_eq!(
+            base(),
+            16,
+            "it does not continue the order now current: it replaces it"
+        );
+        prefetch.stop(&dataset.chunks);
+    }
+
     #[test]
     fn a_second_read_of_a_sample_right_after_the_first_takes_no_position() {
         let plan = two_epochs(2000);
