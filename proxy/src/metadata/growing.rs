@@ -86,11 +86,7 @@ impl Growing {
                         return Ok(page);
                     }
                 }
-                Progress::Complete(listing) => {
-                    return Ok(
-                        page_of(&listing.objects, prefix, after, max, true).unwrap_or_default()
-                    );
-                }
+                Progress::Complete(listing) => return Ok(listing.page(prefix, after, max)),
                 ended => return Err(ended),
             }
             if progress.changed().await.is_err() {

@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use super::growing::page_of;
 use super::{Listing, MetadataCache};
 use crate::origin::{ListPage, ObjectMeta, OriginError};
 
@@ -21,9 +20,7 @@ pub enum ListSource {
 impl ListSource {
     async fn page(&self, prefix: &str, after: &str, max: usize) -> Result<ListPage, OriginError> {
         match self {
-            Self::Cached(listing) => {
-                Ok(page_of(&listing.objects, prefix, after, max, true).unwrap_or_default())
-            }
+            Self::Cached(listing) => Ok(listing.page(prefix, after, max)),
             Self::Metadata(metadata) => metadata.page(prefix, after, max).await,
         }
     }

@@ -17,6 +17,7 @@ use http::HeaderValue;
 use ferry_config::MetadataTtl;
 
 use crate::flight::SingleFlight;
+use crate::origin::wire::LIST_PAGE;
 use crate::origin::{ListPage, ObjectMeta, OriginError};
 use crate::telemetry::DatasetMetrics;
 use crate::upstream::Upstream;
@@ -71,6 +72,11 @@ pub struct Listing {
 }
 
 impl Listing {
+    /// Up to `max` of its objects under `prefix` after `after`.
+    pub fn page(&self, prefix: &str, after: &str, max: usize) -> ListPage {
+        growing::page_of(&self.objects, prefix, after, max, true).unwrap_or_default()
+    }
+
     fn find(&self, key: &str) -> Option<&ObjectMeta> {
         self.objects
             .binary_search_by(|probe| probe.key.as_str().cmp(key))
@@ -130,8 +136,6 @@ enum Found {
     TooBig,
 }
 
-/// Objects asked of the upstream per page while listing.
-const LIST_PAGE: usize = 1000;
 /// Prefixes remembered as too big to cache.
 const TOO_BIG_KEPT: usize = 1024;
 
@@ -324,10 +328,7 @@ impl MetadataCache {
         max: usize,
     ) -> Result<ListPage, OriginError> {
         let outcome = match self.find_or_grow(prefix) {
-            Found::Cached(listing) => {
-                return Ok(growing::page_of(&listing.objects, prefix, after, max, true)
-                    .unwrap_or_default());
-            }
+            Found::Cached(listing) => return Ok(listing.page(prefix, after, max)),
             Found::TooBig => Progress::TooBig,
             Found::Growing(growing) => match growing.page(prefix, after, max).await {
                 Ok(page) => return Ok(page),
@@ -338,9 +339,7 @@ impl MetadataCache {
             Progress::Failed(err) => Err(err),
             _ => {
                 let after = (!after.is_empty()).then_some(after);
-                let page = self.list_origin(prefix, after, max).await;
-                self.metrics.origin_lists.increment(1);
-                page
+                self.list_origin(prefix, after, max).await
             }
         }
     }
@@ -381,9 +380,7 @@ impl MetadataCache {
         let mut after: Option<String> = None;
         let mut count = 0usize;
         let outcome = loop {
-            let page = self.list_origin(&prefix, after.as_deref(), LIST_PAGE).await;
-            self.metrics.origin_lists.increment(1);
-            let page = match page {
+            let page = match self.list_origin(&prefix, after.as_deref(), LIST_PAGE).await {
                 Ok(page) => page,
                 Err(err) => break Progress::Failed(err),
             };
@@ -423,13 +420,14 @@ impl MetadataCache {
         growing.end(outcome);
     }
 
-    /// One page straight from the origin, for listings too big to cache.
-    pub async fn list_origin(
+    /// One page straight from the upstream, counted.
+    async fn list_origin(
         &self,
         prefix: &str,
         start_after: Option<&str>,
         max: usize,
-    ) -> Result<crate::origin::ListPage, OriginError> {
+    ) -> Result<ListPage, OriginError> {
+        self.metrics.origin_lists.increment(1);
         let started = std::time::Instant::now();
         let result = tokio::time::timeout(self.timeout, self.origin.list(prefix, start_after, max))
             .await

@@ -119,7 +119,7 @@ pub fn definite_error(origin: &str, key: &str, status: StatusCode) -> Option<Ori
 }
 
 /// Keys asked for per ListObjectsV2 page (S3's own maximum).
-const LIST_PAGE: usize = 1000;
+pub const LIST_PAGE: usize = 1000;
 
 /// A listing of up to `max` objects under `prefix` after `start_after`,
 /// paged through ListObjectsV2: `fetch` GETs the page with the query it is

@@ -15,13 +15,12 @@ use metrics::counter;
 
 use super::WarmPlan;
 use crate::metadata::MetadataCache;
-use crate::origin::{ListPage, OriginError, wire};
+use crate::origin::wire::{self, LIST_PAGE};
+use crate::origin::{ListPage, OriginError};
 use crate::outbound::balance::rendezvous::{self, chunk_route};
 use crate::outbound::connection::{Connection, ConnectionSettings};
 use crate::tls::TlsState;
 
-/// Objects asked for per listing page.
-const LIST_PAGE: usize = 1000;
 /// Tries of a page from the worker that lists before listing here.
 const PEER_TRIES: u32 = 3;
 /// Wait before the second try (twice that before the third).
