@@ -110,6 +110,19 @@ async fn warm_status(worker: &ProxyProcess) -> (StatusCode, Value) {
 }
 
 /// Chunks of every object of `spec` each member owns, members given as (address, weight).
+/// The workers' inbound addresses, as a pool names its members.
+fn addresses(workers: &[ProxyProcess]) -> Vec<String> {
+    workers
+        .iter()
+        .map(|w| w.inbound.expect("inbound").to_string())
+        .collect()
+}
+
+/// `addresses` as members of weight 1.
+fn weight_one(addresses: &[String]) -> Vec<(String, u32)> {
+    addresses.iter().map(|a| (a.clone(), 1)).collect()
+}
+
 fn owned_chunks(spec: &SyntheticSpec, members: &[(String, u32)]) -> Vec<u64> {
     let ranked: Vec<(u64, u32)> = members
         .iter()
@@ -316,9 +329,9 @@ async fn an_object_that_fails_on_several_workers_counts_once() {
     assert_eq!(totals["objects_done"], 9, "{report}");
     assert_eq!(totals["objects_failed"], 1, "{report}");
 
-    let ranked: Vec<(u64, u32)> = workers
+    let ranked: Vec<(u64, u32)> = addresses(&workers)
         .iter()
-        .map(|w| (member_hash(&w.inbound.expect("inbound").to_string()), 1))
+        .map(|a| (member_hash(a), 1))
         .collect();
     let broken = spec.key(3);
     for (i, worker) in workers.iter().enumerate() {
@@ -485,10 +498,7 @@ impl PlaneMesh {
         args.extend(plane.flags("worker-token"));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let workers = [ProxyProcess::start(&args), ProxyProcess::start(&args)];
-        let addresses: Vec<String> = workers
-            .iter()
-            .map(|w| w.inbound.expect("inbound").to_string())
-            .collect();
+        let addresses = addresses(&workers);
         let mesh = Self {
             policies,
             plane,
@@ -517,8 +527,7 @@ impl PlaneMesh {
     }
 
     fn owned(&self, spec: &SyntheticSpec) -> Vec<u64> {
-        let members: Vec<(String, u32)> = self.addresses.iter().map(|a| (a.clone(), 1)).collect();
-        owned_chunks(spec, &members)
+        owned_chunks(spec, &weight_one(&self.addresses))
     }
 }
 
@@ -682,13 +691,9 @@ async fn a_pool_lists_the_data_set_once_for_all_its_workers() {
         "{report}"
     );
 
-    let addresses: Vec<String> = workers
-        .iter()
-        .map(|w| w.inbound.expect("inbound").to_string())
-        .collect();
+    let addresses = addresses(&workers);
     let lists_by = lister(&addresses, "");
-    let members: Vec<(String, u32)> = addresses.iter().map(|a| (a.clone(), 1)).collect();
-    let expected = owned_chunks(&spec, &members);
+    let expected = owned_chunks(&spec, &weight_one(&addresses));
     for (i, worker) in workers.iter().enumerate() {
         assert_eq!(cached_chunks(worker).await, expected[i], "{report}");
         let lists = worker.origin_requests("list").await;
@@ -705,10 +710,7 @@ async fn a_worker_that_cannot_reach_the_lister_lists_the_origin_itself() {
     let query = "count=1500&size=1KiB&dist=fixed&seed=12";
     let spec = SyntheticSpec::from_query(query).expect("spec");
     let workers: Vec<ProxyProcess> = (0..2).map(|_| worker(query, &[])).collect();
-    let addresses: Vec<String> = workers
-        .iter()
-        .map(|w| w.inbound.expect("inbound").to_string())
-        .collect();
+    let addresses = addresses(&workers);
     let lists_by = lister(&addresses, "");
     let mut workers = workers;
     workers.remove(lists_by).kill();
@@ -731,8 +733,7 @@ async fn a_worker_that_cannot_reach_the_lister_lists_the_origin_itself() {
     let status = wait_for_warm(survivor, |s| s["state"] != "running").await;
     assert_eq!(status["state"], "done", "{status}");
     assert_eq!(status["objects_failed"], 0, "{status}");
-    let pool: Vec<(String, u32)> = addresses.iter().map(|a| (a.clone(), 1)).collect();
-    let mine = owned_chunks(&spec, &pool)[1 - lists_by];
+    let mine = owned_chunks(&spec, &weight_one(&addresses))[1 - lists_by];
     assert_eq!(status["chunks_fetched"], mine, "{status}");
     assert_eq!(survivor.origin_requests("list").await, 2.0, "{status}");
 }
