@@ -706,6 +706,49 @@ async fn a_pool_lists_the_data_set_once_for_all_its_workers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_pool_shares_one_origin_listing_of_a_data_set_too_big_to_cache() {
+    // Five pages of listing against a listing cache of 1,000 objects: no
+    // worker may keep the listing, so the others page through the lister,
+    // which answers from its window of the latest origin pages.
+    let query = "count=4500&size=1KiB&dist=fixed&seed=13";
+    let spec = SyntheticSpec::from_query(query).expect("spec");
+    let dir = common::TempDir::new("too-big-listing");
+    let config = dir.path().join("limits.yaml");
+    std::fs::write(&config, "limits:\n  listing_entries: 1000\n").expect("config");
+    let config = config.to_str().expect("path");
+    let workers: Vec<ProxyProcess> = (0..3)
+        .map(|_| worker(query, &["--config", config]))
+        .collect();
+    let refs: Vec<&ProxyProcess> = workers.iter().collect();
+    let (output, report) = warm(&refs, &[]);
+    assert!(output.status.success(), "{report}");
+    assert_eq!(
+        report["totals"]["bytes_done"],
+        spec.total_bytes(),
+        "{report}"
+    );
+
+    let addresses = addresses(&workers);
+    let lists_by = lister(&addresses, "");
+    let expected = owned_chunks(&spec, &weight_one(&addresses));
+    for (i, worker) in workers.iter().enumerate() {
+        assert_eq!(cached_chunks(worker).await, expected[i], "{report}");
+        let lists = worker.origin_requests("list").await;
+        if i == lists_by {
+            // Two pages until the listing outgrew the cache, then each page
+            // once more (the first only if a follower came after that):
+            // three workers paging the origin each would have cost 17.
+            assert!(
+                (6.0..=7.0).contains(&lists),
+                "the lister paged the origin once for all: {lists} LISTs"
+            );
+        } else {
+            assert_eq!(lists, 0.0, "worker {i} paged through the lister's listing");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_worker_that_cannot_reach_the_lister_lists_the_origin_itself() {
     let query = "count=1500&size=1KiB&dist=fixed&seed=12";
     let spec = SyntheticSpec::from_query(query).expect("spec");

@@ -4,6 +4,7 @@
 
 mod growing;
 pub mod list;
+mod window;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,7 @@ use std::time::Duration;
 // Tokio's clock, so tests can move time forward instead of sleeping.
 use tokio::time::Instant;
 
+use futures::future::BoxFuture;
 use http::HeaderValue;
 
 use ferry_config::MetadataTtl;
@@ -22,6 +24,7 @@ use crate::origin::{ListPage, ObjectMeta, OriginError};
 use crate::telemetry::DatasetMetrics;
 use crate::upstream::Upstream;
 use growing::{Growing, Progress};
+use window::{PageKey, PageWindow};
 
 /// One version of one object, with what responses about it need precomputed.
 #[derive(Debug)]
@@ -139,11 +142,21 @@ enum Found {
 /// Prefixes remembered as too big to cache.
 const TOO_BIG_KEPT: usize = 1024;
 
+/// Whether what was fetched at `fetched_at` may still be trusted under `ttl`.
+fn fresh(ttl: MetadataTtl, fetched_at: Instant) -> bool {
+    match ttl {
+        MetadataTtl::Job => true,
+        MetadataTtl::After(ttl) => fetched_at.elapsed() < ttl,
+    }
+}
+
 /// Metadata and listing cache of one data set.
 pub struct MetadataCache {
     origin: Upstream,
     objects: quick_cache::sync::Cache<String, Arc<ObjectInfo>>,
     listings: Mutex<ListingSet>,
+    /// The last origin pages of prefixes too big to cache, shared by readers paging side by side.
+    big_pages: Arc<PageWindow>,
     heads: Arc<SingleFlight<String, Arc<ObjectInfo>, OriginError>>,
     ttl: MetadataTtl,
     listing_capacity: usize,
@@ -184,6 +197,7 @@ impl MetadataCache {
             origin,
             objects: quick_cache::sync::Cache::new(settings.object_capacity.max(1)),
             listings: Mutex::new(ListingSet::default()),
+            big_pages: Arc::new(PageWindow::new(settings.listing_capacity, settings.ttl)),
             heads: Arc::new(SingleFlight::new(lost)),
             ttl: settings.ttl,
             listing_capacity: settings.listing_capacity,
@@ -195,10 +209,7 @@ impl MetadataCache {
     }
 
     fn fresh(&self, fetched_at: Instant) -> bool {
-        match self.ttl {
-            MetadataTtl::Job => true,
-            MetadataTtl::After(ttl) => fetched_at.elapsed() < ttl,
-        }
+        fresh(self.ttl, fetched_at)
     }
 
     /// Metadata of `key`: from the cache, a cached listing, or one shared HEAD.
@@ -320,7 +331,8 @@ impl MetadataCache {
     /// Up to `max` objects under `prefix` after `after` ("" for the first):
     /// from the cached listing, else from the listing in progress as soon
     /// as it has them (one origin listing for every reader), else (a
-    /// prefix with more objects than the cache may hold) from the origin.
+    /// prefix with more objects than the cache may hold) from the origin,
+    /// through a window of its last pages that readers side by side share.
     pub async fn page(
         self: &Arc<Self>,
         prefix: &str,
@@ -338,8 +350,20 @@ impl MetadataCache {
         match outcome {
             Progress::Failed(err) => Err(err),
             _ => {
-                let after = (!after.is_empty()).then_some(after);
-                self.list_origin(prefix, after, max).await
+                let key = PageKey {
+                    prefix: prefix.to_owned(),
+                    after: after.to_owned(),
+                    max,
+                };
+                let this = Arc::clone(self);
+                let fetch = move |key: &PageKey| -> BoxFuture<'static, _> {
+                    let (prefix, after) = (key.prefix.clone(), key.after.clone());
+                    Box::pin(async move {
+                        let after = (!after.is_empty()).then_some(after.as_str());
+                        this.list_origin(&prefix, after, max).await
+                    })
+                };
+                self.big_pages.page(key, fetch).await
             }
         }
     }
@@ -715,8 +739,40 @@ mod tests {
         assert_eq!(page_through(Arc::clone(&metadata), 1000).await, origin.keys);
         assert_eq!(
             origin.lists.load(Ordering::SeqCst) - before,
-            3,
-            "three pages straight from the origin, no listing of 1,500 first"
+            1,
+            "the first page (the listing attempt had it), the others from the window; no listing of 1,500 first"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_paging_a_prefix_too_big_to_cache_side_by_side_share_each_page() {
+        let origin = Arc::new(TestOrigin::numbered(5000));
+        let metadata = cache(origin.clone(), MetadataTtl::Job, 1500);
+        let readers: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(page_through(Arc::clone(&metadata), 1000)))
+            .collect();
+        for reader in readers {
+            assert_eq!(reader.await.expect("reader"), origin.keys);
+        }
+        assert_eq!(
+            origin.lists.load(Ordering::SeqCst),
+            2 + 4,
+            "two pages until the prefix proved too big, then each later page once for all three"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reader_further_behind_than_the_window_pages_the_origin_again() {
+        let origin = Arc::new(TestOrigin::numbered(40_500));
+        let metadata = cache(origin.clone(), MetadataTtl::Job, 1500);
+        assert_eq!(page_through(Arc::clone(&metadata), 1000).await, origin.keys);
+        assert!(metadata.big_pages.objects() <= 4 * LIST_PAGE);
+        let before = origin.lists.load(Ordering::SeqCst);
+        assert_eq!(page_through(Arc::clone(&metadata), 1000).await, origin.keys);
+        let again = origin.lists.load(Ordering::SeqCst) - before;
+        assert!(
+            (41 - 4..=41).contains(&again),
+            "41 pages, at most 4 of them kept: {again} fetched again"
         );
     }
 
