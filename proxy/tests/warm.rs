@@ -628,6 +628,46 @@ async fn without_admin_addresses_ferryctl_orders_the_warm_up_through_the_control
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_warm_up_order_outlives_a_control_plane_restart() {
+    let query = "count=30&size=100KiB&dist=fixed&seed=10";
+    let mut mesh = PlaneMesh::start(query, "");
+    let admin = mesh.plane.admin.clone();
+    let output = ferryctl(&[
+        "warm",
+        "data",
+        "--control-plane-admin",
+        &admin,
+        "-o",
+        "json",
+    ]);
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert!(output.status.success(), "{report}");
+    let order = report["workers"][mesh.workers[0].admin.to_string()]["order"].clone();
+    assert!(order.is_u64(), "{report}");
+
+    // The control plane restarts on its address; then a third worker joins
+    // the pool and takes its share of the order it never saw posted.
+    let listen = mesh.plane.url.trim_start_matches("https://").to_owned();
+    let config_dir = mesh.policies.to_str().expect("path").to_owned();
+    let _ = mesh.plane.child.kill();
+    let _ = mesh.plane.child.wait();
+    mesh.plane = common::plane::ControlPlane::start(
+        mesh._dir.path(),
+        &["--config-dir", &config_dir, "--listen", &listen],
+    );
+    let mut args: Vec<String> = vec!["worker".into()];
+    args.extend(mesh.plane.flags("worker-token"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let third = ProxyProcess::start(&args);
+    let mut members = mesh.addresses.clone();
+    members.extend(addresses(std::slice::from_ref(&third)));
+    mesh.set_pool(&members);
+    let status = wait_for_warm(&third, |s| s["state"] == "done").await;
+    assert_eq!(status["order"], order, "{status}");
+    assert!(status["chunks_fetched"].as_u64() > Some(0), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_worker_lists_the_data_set_once_and_knows_its_totals_long_before_it_is_done() {
     // Three pages of listing; fetches held to 64 KiB/s, so warming all
     // 2.5 MB would take about 40 s while listing takes milliseconds.

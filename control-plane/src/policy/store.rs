@@ -153,6 +153,10 @@ struct Saved {
     #[serde(default)]
     version: u64,
     documents: Vec<SavedDocument>,
+    /// The last warm-up ordered for each data set, so workers that start
+    /// after a restart still take their share of it.
+    #[serde(default)]
+    warm_orders: Vec<WarmOrder>,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -207,9 +211,15 @@ impl PolicyStore {
         let saved = saved_to.as_deref().map(load_saved).unwrap_or_default();
         let last_good = saved_documents(saved.documents);
         let version = next_version(saved.version);
+        let last_warm_id = saved.warm_orders.iter().map(|o| o.id).max().unwrap_or(0);
         let state = MeshState {
             trust_bundle,
             trust_domain: trust_domain.to_owned(),
+            warm_orders: saved
+                .warm_orders
+                .into_iter()
+                .map(|order| (order.dataset.clone(), order))
+                .collect(),
             ..MeshState::default()
         };
         // Exported from the start: 0 refused is an answer, not a gap.
@@ -228,7 +238,7 @@ impl PolicyStore {
                 held: BTreeMap::new(),
                 last_good,
                 saved_to,
-                last_warm_id: 0,
+                last_warm_id,
             }),
             published: watch::Sender::new(first),
             refusals_changed: watch::Sender::new(0),
@@ -423,6 +433,7 @@ impl PolicyStore {
             .warm_orders
             .insert(dataset.to_owned(), order.clone());
         self.publish(&mut inner);
+        save(&inner);
         Ok(order)
     }
 
@@ -562,7 +573,8 @@ fn saved_documents(documents: Vec<SavedDocument>) -> BTreeMap<DocumentKey, Polic
         .collect()
 }
 
-/// Writes the last good documents beside the CA (temporary file, then rename).
+/// Writes the last good documents and the warm-up orders beside the CA
+/// (temporary file, then rename).
 fn save(inner: &Inner) {
     let Some(path) = &inner.saved_to else {
         return;
@@ -579,6 +591,7 @@ fn save(inner: &Inner) {
                 policy: document.policy.clone(),
             })
             .collect(),
+        warm_orders: inner.state.warm_orders.values().cloned().collect(),
     };
     let written = to_yaml(&saved)
         .map_err(std::io::Error::other)
@@ -709,6 +722,34 @@ mod tests {
         assert!(restarted.put(key("a.yaml"), Err(broken())).is_err());
         let state = restarted.current().state.clone();
         assert_eq!(state.documents.get(&key("a.yaml")), Some(&document(GOOD)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_warm_order_outlives_a_restart() {
+        let (dir, saved) = saved_file("ferry-warm-orders");
+        let store = PolicyStore::new("cluster.local", Vec::new(), Some(saved.clone()));
+        store
+            .put(key("a.yaml"), Ok(document(GOOD)))
+            .expect("accepted");
+        let order = store
+            .order_warm("imagenet", "train/".into(), 8, Some(1 << 20))
+            .expect("ordered");
+
+        // Workers that start after the restart still find it in their snapshot.
+        let restarted = PolicyStore::new("cluster.local", Vec::new(), Some(saved));
+        let state = restarted.current().state.clone();
+        assert_eq!(state.warm_orders.get("imagenet"), Some(&order));
+        restarted
+            .put(key("a.yaml"), Ok(document(GOOD)))
+            .expect("accepted");
+        let next = restarted
+            .order_warm("imagenet", String::new(), 8, None)
+            .expect("ordered");
+        assert!(
+            next.id > order.id,
+            "a new order is a new one after a restart too"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
