@@ -570,6 +570,7 @@ fn policies_report(store: &PolicyStore) -> serde_json::Value {
         "pools": pools,
         "datasets_without_pool": unresolved,
         "refused": refused,
+        "warm_orders": current.state.warm_orders.values().collect::<Vec<_>>(),
     })
 }
 

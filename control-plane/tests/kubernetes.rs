@@ -633,7 +633,7 @@ const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStage
 /// The chart's RBAC, applied to a real API server, lets the control plane
 /// (the real binary, on its own service account's token, everything on:
 /// policies, pools, TokenReview, the CA Secret, the published trust bundle,
-/// injection) do all it does — nothing refused — and grants nothing it
+/// injection, a shared warm-up order) do all it does — nothing refused — and grants nothing it
 /// does not use, as the server's audit log records.
 #[tokio::test]
 async fn the_chart_rbac_grants_exactly_what_the_control_plane_uses() {
@@ -677,9 +677,10 @@ async fn the_chart_rbac_grants_exactly_what_the_control_plane_uses() {
     // Everything it does: policies (one refused: an Event), a pool with a
     // Pod to look up and a bad annotation (an Event), a TokenReview, the CA
     // Secret, the trust bundle's ConfigMap (edited: put back), the webhook's
-    // caBundle, namespaces for injection.
+    // caBundle, namespaces for injection, a warm-up order's ConfigMap.
     let w0 = kube_env::pod(&admin, OWN, "worker-0", "worker").await;
-    apply(&admin, policy_map(OWN, "mesh", TENANTS)).await;
+    let mesh_policy = format!("{TENANTS}{}", dataset("imagenet", "s3://data/imagenet/"));
+    apply(&admin, policy_map(OWN, "mesh", &mesh_policy)).await;
     apply(&admin, policy_map("train", "bad", "datasets: 7\n")).await;
     mesh_pool(
         &admin,
@@ -761,6 +762,23 @@ async fn the_chart_rbac_grants_exactly_what_the_control_plane_uses() {
     let proxy_token = kube_env::token(&admin, "train", "job", kubernetes::TOKEN_AUDIENCE).await;
     let certified = kube_env::certify(&plane.url, &plane.bundle, &proxy_token).await;
     assert_eq!(certified, 200, "a proxy's token passes TokenReview");
+    // A warm-up order, shared with other replicas through a ConfigMap.
+    let ordered = reqwest::Client::new()
+        .post(format!("http://{}/warm/imagenet", plane.admin))
+        .send()
+        .await
+        .expect("order");
+    assert_eq!(ordered.status(), reqwest::StatusCode::ACCEPTED);
+    kube_env::until("the warm-up order is shared", || async {
+        bundles
+            .get_opt(kubernetes::WARM_ORDERS_CONFIGMAP)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|m| m.data)
+            .is_some_and(|d| d.contains_key("imagenet"))
+    })
+    .await;
 
     let user = format!("system:serviceaccount:{OWN}:ferry-control-plane");
     let log = std::fs::read_to_string(env.dir.join("audit.log")).expect("audit log");

@@ -496,6 +496,37 @@ async fn scenario() {
             .await,
         0.0
     );
+
+    // A warm-up ordered through one replica reaches the workers watching
+    // another: the replicas share orders through a ConfigMap.
+    let state_b = dir.path().join("plane-b");
+    std::fs::create_dir_all(&state_b).expect("dir");
+    let replica = tokio::task::spawn_blocking(move || {
+        let env_vars = [("KUBECONFIG", kubeconfig.as_str()), ("RUST_LOG", "warn")];
+        ControlPlane::start_with(
+            &state_b,
+            &["--kubernetes", "--namespace", OWN],
+            TOKENS,
+            &env_vars,
+        )
+    })
+    .await
+    .expect("the second replica started");
+    let ordered = client
+        .post(format!("http://{}/warm/imagenet", plane.admin))
+        .send()
+        .await
+        .expect("order");
+    assert_eq!(ordered.status(), reqwest::StatusCode::ACCEPTED);
+    let order: Value =
+        serde_json::from_slice(&ordered.bytes().await.expect("body")).expect("the order");
+    until("the other replica takes up the order", || async {
+        let seen = policies(&replica).await;
+        seen["warm_orders"]
+            .as_array()
+            .is_some_and(|orders| orders.iter().any(|o| o["id"] == order["id"]))
+    })
+    .await;
     drop(worker_0);
 }
 

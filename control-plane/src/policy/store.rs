@@ -437,6 +437,31 @@ impl PolicyStore {
         Ok(order)
     }
 
+    /// Takes up orders another replica took (shared through the Kubernetes
+    /// source): a data set's order is replaced only by a newer one.
+    pub fn adopt_warm_orders(&self, orders: impl IntoIterator<Item = WarmOrder>) {
+        let mut inner = self.lock();
+        let mut changed = false;
+        for order in orders {
+            if inner
+                .state
+                .warm_orders
+                .get(&order.dataset)
+                .is_some_and(|held| held.id >= order.id)
+            {
+                continue;
+            }
+            tracing::info!(dataset = %order.dataset, id = order.id, "warm-up ordered through another replica");
+            inner.last_warm_id = inner.last_warm_id.max(order.id);
+            inner.state.warm_orders.insert(order.dataset.clone(), order);
+            changed = true;
+        }
+        if changed {
+            self.publish(&mut inner);
+            save(&inner);
+        }
+    }
+
     /// Replaces the trust bundle.
     pub fn set_trust_bundle(&self, bundle: Vec<String>) {
         let mut inner = self.lock();

@@ -1,5 +1,6 @@
 //! The Kubernetes source (`--kubernetes`): policy ConfigMaps, worker pools
-//! from Services and their EndpointSlices, and TokenReview for certificates.
+//! from Services and their EndpointSlices, TokenReview for certificates, and
+//! the warm-up orders the control plane's replicas share.
 //!
 //! Scoping (DESIGN.md, "Tenancy and trust"): a ConfigMap labelled
 //! `ferry.dev/policy: "true"` or a pool Service in the control plane's own
@@ -7,12 +8,14 @@
 //! other namespace applies to that namespace's sidecars, and its data sets
 //! may read only the origins the mesh admin's `tenants` table allows it.
 //! RBAC needed: list/watch configmaps, services, endpointslices; get pods;
-//! create events and tokenreviews (`charts/ferry/templates/control-plane-rbac.yaml`).
+//! create events and tokenreviews; create configmaps and patch
+//! `ferry-warm-orders` in its own namespace (`charts/ferry/templates/rbac.yaml`).
 
 mod events;
 mod policies;
 mod pools;
 mod tokenreview;
+mod warm_orders;
 
 use std::sync::Arc;
 
@@ -22,6 +25,7 @@ use crate::policy::PolicyStore;
 
 pub use pools::WORKER_IDENTITY_ANNOTATION;
 pub use tokenreview::TokenReviewValidator;
+pub use warm_orders::WARM_ORDERS_CONFIGMAP;
 
 /// Label of policy ConfigMaps.
 pub const POLICY_LABEL: &str = "ferry.dev/policy";
@@ -43,6 +47,11 @@ pub fn start(client: Client, store: Arc<PolicyStore>, own_namespace: &str, trust
         store.clone(),
         own_namespace.to_owned(),
         policies_listed,
+    ));
+    tokio::spawn(warm_orders::run(
+        client.clone(),
+        store.clone(),
+        own_namespace.to_owned(),
     ));
     tokio::spawn(pools::run(
         client,
