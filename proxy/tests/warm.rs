@@ -155,6 +155,37 @@ async fn read_all(sidecar: &ProxyProcess, spec: &SyntheticSpec, query: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn empty_objects_count_once_in_the_pool() {
+    // Twenty objects of 1 KiB and five empty ones (markers, empty shards).
+    let dir = common::TempDir::new("warm-empty");
+    for i in 0..25 {
+        let size = if i % 5 == 0 { 0 } else { 1024 };
+        std::fs::write(dir.path().join(format!("o{i:02}")), vec![7u8; size]).expect("object");
+    }
+    let origin = format!("file://{}", dir.path().display());
+    let workers: Vec<ProxyProcess> = (0..3)
+        .map(|_| {
+            ProxyProcess::start(&[
+                "worker",
+                "--origin",
+                &origin,
+                "--bucket",
+                "data",
+                "--chunk-size",
+                "64KiB",
+            ])
+        })
+        .collect();
+    let refs: Vec<&ProxyProcess> = workers.iter().collect();
+    let (output, report) = warm(&refs, &[]);
+    assert!(output.status.success(), "{report}");
+    let totals = &report["totals"];
+    assert_eq!(totals["objects_total"], 25, "{report}");
+    assert_eq!(totals["objects_done"], 25, "{report}");
+    assert_eq!(totals["bytes_total"], 20 * 1024, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_warmed_pool_has_each_chunk_on_its_owner_and_serves_an_epoch_without_the_origin() {
     let query = "count=40&size=200KiB&dist=fixed&seed=7&latency=2ms";
     let spec = SyntheticSpec::from_query(query).expect("spec");

@@ -335,6 +335,16 @@ impl Job {
         let mut start_after: Option<String> = None;
         while let Some(page) = self.next_page(parts, &mut lister, &mut start_after).await? {
             for meta in page {
+                if meta.size == 0 {
+                    // Nothing to fetch; counted (warm at once) by the owner
+                    // its first chunk would have, so the totals are the data set's.
+                    if self.owns(&meta.key, 0) {
+                        self.objects_total.fetch_add(1, Ordering::AcqRel);
+                        self.objects_done.fetch_add(1, Ordering::AcqRel);
+                        parts.metrics.warm_objects.increment(1);
+                    }
+                    continue;
+                }
                 let (chunks, bytes) = self.owned(&meta, parts.chunks.chunk_size());
                 if chunks.is_empty() {
                     continue;
@@ -383,14 +393,16 @@ impl Job {
         Ok(Some(page.objects))
     }
 
+    /// Whether this worker owns the chunk of `key` starting at `offset`.
+    fn owns(&self, key: &str, offset: u64) -> bool {
+        rendezvous::owner(&self.plan.members, chunk_route(key, offset)) == Some(self.plan.me)
+    }
+
     /// The chunks of `meta` this worker owns, and their bytes.
     fn owned(&self, meta: &ObjectMeta, chunk_size: u64) -> (Vec<u32>, u64) {
         let count = meta.size.div_ceil(chunk_size).min(u64::from(u32::MAX)) as u32;
         let chunks: Vec<u32> = (0..count)
-            .filter(|&index| {
-                let route = chunk_route(&meta.key, u64::from(index) * chunk_size);
-                rendezvous::owner(&self.plan.members, route) == Some(self.plan.me)
-            })
+            .filter(|&index| self.owns(&meta.key, u64::from(index) * chunk_size))
             .collect();
         let bytes = chunks
             .iter()
