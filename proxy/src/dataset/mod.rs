@@ -9,8 +9,7 @@ use std::time::Instant;
 use anyhow::Context;
 
 use ferry_config::{
-    BalanceSpec, CachePolicy, DatasetPolicy, PoolDownPolicy, PoolSpec, ProxyConfig, Role,
-    WarmOrder, WarmPolicy,
+    CachePolicy, DatasetPolicy, PoolDownPolicy, PoolSpec, ProxyConfig, Role, WarmOrder, WarmPolicy,
 };
 
 use crate::cache::disk::persistent_seed;
@@ -587,9 +586,16 @@ impl Datasets {
                 metrics,
             );
             if config.role == Role::Worker {
+                // The pool's own connection settings (timeouts, windows), as
+                // its sidecars reach these workers with.
+                let balance = dataset
+                    .policy
+                    .pool_in(&config.pools)
+                    .map(|pool| pool.balance.clone())
+                    .unwrap_or_default();
                 dataset.peers = Some(Peers {
                     tls: tls.cloned(),
-                    settings: ConnectionSettings::from(&BalanceSpec::default()),
+                    settings: ConnectionSettings::from(&balance),
                     timeout: config.limits.upstream_timeout.0,
                 });
             }
@@ -733,6 +739,22 @@ mod tests {
             &only(&warmed).chunks,
             &only(&rechunked).chunks
         ));
+    }
+
+    #[tokio::test]
+    async fn a_worker_reaches_its_pool_peers_with_the_pool_connection_settings() {
+        let mut config = worker(", pool: workers");
+        config.pools = from_yaml(
+            "- { name: workers, members: [{ address: \"w:1\" }], balance: { connect_timeout: 7s } }\n",
+            "pools.yaml",
+        )
+        .expect("pools");
+        let datasets = Datasets::from_config(&config, None).expect("built");
+        let peers = only(&datasets).peers.clone().expect("a worker has peers");
+        assert_eq!(
+            peers.settings.connect_timeout,
+            std::time::Duration::from_secs(7)
+        );
     }
 
     #[tokio::test]
