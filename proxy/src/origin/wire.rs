@@ -5,7 +5,9 @@
 use std::ops::Range;
 use std::time::SystemTime;
 
-use http::{HeaderMap, StatusCode, header};
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Limited};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde::Deserialize;
 
@@ -149,6 +151,36 @@ where
     }
 }
 
+/// Most bytes of one listing page's XML taken from a worker (a 1,000-object
+/// page is a few hundred KiB).
+pub const LIST_PAGE_BYTES: usize = 16 << 20;
+
+/// The GET of `bucket`'s ListObjectsV2 page `query` (as [`list_pages`] gives
+/// it) from the S3 endpoint at `host`: a worker of the mesh.
+pub fn list_request(
+    bucket: &str,
+    host: &str,
+    query: &str,
+) -> Result<Request<Empty<Bytes>>, http::Error> {
+    Request::get(format!("/{bucket}?{query}"))
+        .header(header::HOST, host)
+        .body(Empty::new())
+}
+
+/// The text of a listing page's response `body`, refused past [`LIST_PAGE_BYTES`].
+pub async fn list_xml<B>(body: B) -> Result<String, String>
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let bytes = Limited::new(body, LIST_PAGE_BYTES)
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// The query of a ListObjectsV2 request for one page.
 fn list_query(prefix: &str, start_after: Option<&str>, max_keys: usize) -> String {
     let mut query = url::form_urlencoded::Serializer::new(String::new());
@@ -249,6 +281,14 @@ struct ListedObject {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_listing_body_past_its_bound_is_refused() {
+        let whole = http_body_util::Full::new(Bytes::from(vec![b'x'; LIST_PAGE_BYTES]));
+        assert_eq!(list_xml(whole).await.map(|s| s.len()), Ok(LIST_PAGE_BYTES));
+        let over = http_body_util::Full::new(Bytes::from(vec![b'x'; LIST_PAGE_BYTES + 1]));
+        assert!(list_xml(over).await.is_err());
+    }
 
     #[test]
     fn keys_are_escaped_segment_by_segment() {

@@ -211,21 +211,15 @@ impl PoolUpstream {
     ) -> Attempt<ListPage> {
         let (member, arriving) = (&member, &arriving);
         let fetch = |query: String| async move {
-            let request = Request::get(format!("/{}?{query}", self.bucket))
-                .header(header::HOST, member.address.as_str())
-                .body(Empty::new())
+            let request = wire::list_request(&self.bucket, &member.address, &query)
                 .map_err(|e| unsendable(prefix, e))?;
             let response = self.send(member, request, arriving).await?;
             if !response.status().is_success() {
                 return Err(self.status_failure(member, prefix, response).await);
             }
-            let body = response
-                .into_body()
-                .collect()
+            wire::list_xml(response.into_body())
                 .await
-                .map_err(|e| AttemptError::Retryable(format!("{}: body: {e}", member.address)))?
-                .to_bytes();
-            Ok(String::from_utf8_lossy(&body).into_owned())
+                .map_err(|e| AttemptError::Retryable(format!("{}: {e}", member.address)))
         };
         wire::list_pages(prefix, start_after, max, fetch, || {
             AttemptError::Retryable(format!(

@@ -9,8 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, header};
-use http_body_util::{BodyExt, Empty, Limited};
 use metrics::counter;
 
 use super::WarmPlan;
@@ -25,9 +23,6 @@ use crate::tls::TlsState;
 const PEER_TRIES: u32 = 3;
 /// Wait before the second try (twice that before the third).
 const PEER_RETRY: Duration = Duration::from_millis(200);
-/// Most bytes of one page's XML taken from a peer (a 1,000-object page is
-/// a few hundred KiB).
-const PAGE_BYTES: usize = 16 << 20;
 
 /// How a worker reaches the other workers of its pool.
 #[derive(Clone)]
@@ -139,24 +134,16 @@ async fn peer_page(
     after: &str,
 ) -> Result<ListPage, String> {
     let fetch = |query: String| async move {
-        let request = Request::get(format!("/{bucket}?{query}"))
-            .header(header::HOST, connection.address())
-            .body(Empty::new())
-            .map_err(|e| e.to_string())?;
+        let request =
+            wire::list_request(bucket, connection.address(), &query).map_err(|e| e.to_string())?;
         let response = connection.send(request).await.map_err(|e| e.to_string())?;
         let status = response.status();
-        let body = Limited::new(response.into_body(), PAGE_BYTES)
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?
-            .to_bytes();
+        let body = wire::list_xml(response.into_body()).await?;
         if !status.is_success() {
-            return Err(format!(
-                "{status}: {}",
-                String::from_utf8_lossy(&body[..body.len().min(200)])
-            ));
+            let start: String = body.chars().take(200).collect();
+            return Err(format!("{status}: {start}"));
         }
-        Ok(String::from_utf8_lossy(&body).into_owned())
+        Ok(body)
     };
     let after = (!after.is_empty()).then_some(after);
     wire::list_pages(prefix, after, LIST_PAGE, fetch, || {
