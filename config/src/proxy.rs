@@ -292,10 +292,15 @@ pub struct Limits {
     pub idle_timeout: HumanDuration,
     /// Deadline for one upstream request.
     pub upstream_timeout: HumanDuration,
-    /// Object metadata entries cached per data set.
-    pub metadata_entries: usize,
-    /// Objects listed per data set kept in the listing cache.
-    pub listing_entries: usize,
+    /// Object metadata entries cached per data set. Absent: as many as a
+    /// sixteenth of the container's memory limit holds (about 700 bytes
+    /// each), at most 2,000,000.
+    pub metadata_entries: Option<usize>,
+    /// Objects listed per data set kept in the listing cache (and as many
+    /// again in the latest pages of prefixes too big for it). Absent: as
+    /// many as a sixteenth of the memory limit holds twice over (about 160
+    /// bytes each), at most 2,000,000.
+    pub listing_entries: Option<usize>,
     /// How long a data set the control plane removed keeps its caches (not
     /// served), so that it comes back warm if the removal was a flap.
     pub removed_dataset_grace: HumanDuration,
@@ -307,6 +312,16 @@ pub const DEFAULT_INFLIGHT_MEMORY: ByteSize = ByteSize::mib(512);
 pub const MIN_INFLIGHT_MEMORY: ByteSize = ByteSize::mib(8);
 /// Requests per CPU when `max_requests` is absent.
 pub const REQUESTS_PER_CPU: usize = 128;
+/// Metadata and listing entries per data set without a configured value
+/// or a memory limit to size them from.
+pub const DEFAULT_METADATA_ENTRIES: usize = 2_000_000;
+/// The fewest entries a memory limit sizes either cache to.
+pub const MIN_METADATA_ENTRIES: usize = 10_000;
+/// Memory of one cached object's metadata, rounded up from 530-670 bytes
+/// measured with 20-byte keys (its key, ETag, headers and cache entry).
+pub const METADATA_ENTRY_BYTES: u64 = 700;
+/// Memory of one listed object, rounded up from about 120 bytes measured.
+pub const LISTED_OBJECT_BYTES: u64 = 160;
 
 impl Limits {
     /// The in-flight byte bound in force.
@@ -314,6 +329,16 @@ impl Limits {
         self.inflight_memory
             .unwrap_or(DEFAULT_INFLIGHT_MEMORY)
             .bytes()
+    }
+
+    /// Object metadata entries per data set in force.
+    pub fn metadata_capacity(&self) -> usize {
+        self.metadata_entries.unwrap_or(DEFAULT_METADATA_ENTRIES)
+    }
+
+    /// Listed objects per data set in force.
+    pub fn listing_capacity(&self) -> usize {
+        self.listing_entries.unwrap_or(DEFAULT_METADATA_ENTRIES)
     }
 
     /// The prefetch byte bound in force.
@@ -333,6 +358,19 @@ impl Limits {
             });
             self.inflight_memory = Some(ByteSize(sized));
         }
+        // A sixteenth of the limit each for a data set's metadata and its
+        // listings (held twice: the cache and the window of too-big prefixes).
+        let entries = |each: u64| {
+            memory_limit.map_or(DEFAULT_METADATA_ENTRIES, |limit| {
+                usize::try_from(limit / 16 / each)
+                    .unwrap_or(usize::MAX)
+                    .clamp(MIN_METADATA_ENTRIES, DEFAULT_METADATA_ENTRIES)
+            })
+        };
+        self.metadata_entries
+            .get_or_insert_with(|| entries(METADATA_ENTRY_BYTES));
+        self.listing_entries
+            .get_or_insert_with(|| entries(2 * LISTED_OBJECT_BYTES));
     }
 }
 
@@ -348,9 +386,43 @@ impl Default for Limits {
             header_timeout: HumanDuration(Duration::from_secs(10)),
             idle_timeout: HumanDuration(Duration::from_secs(120)),
             upstream_timeout: HumanDuration(Duration::from_secs(30)),
-            metadata_entries: 2_000_000,
-            listing_entries: 2_000_000,
+            metadata_entries: None,
+            listing_entries: None,
             removed_dataset_grace: HumanDuration(Duration::from_secs(300)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_bounds_are_sized_from_the_memory_limit_unless_given() {
+        let mut unlimited = Limits::default();
+        unlimited.size_from(2, None);
+        assert_eq!(unlimited.metadata_capacity(), DEFAULT_METADATA_ENTRIES);
+        assert_eq!(unlimited.listing_capacity(), DEFAULT_METADATA_ENTRIES);
+
+        // A sixteenth of 4 GiB (256 MiB) each.
+        let limit: u64 = 4 << 30;
+        let mut sized = Limits::default();
+        sized.size_from(2, Some(limit));
+        assert_eq!(sized.metadata_capacity() as u64, limit / 16 / 700);
+        assert_eq!(sized.listing_capacity() as u64, limit / 16 / 320);
+
+        let mut small = Limits::default();
+        small.size_from(1, Some(64 << 20));
+        assert_eq!(small.metadata_capacity(), MIN_METADATA_ENTRIES);
+
+        let mut given = Limits {
+            metadata_entries: Some(5),
+            ..Limits::default()
+        };
+        given.size_from(2, Some(limit));
+        assert_eq!(given.metadata_capacity(), 5, "a configured value stands");
+        let mut huge = Limits::default();
+        huge.size_from(2, Some(1 << 40));
+        assert_eq!(huge.metadata_capacity(), DEFAULT_METADATA_ENTRIES);
     }
 }

@@ -468,6 +468,8 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
             max_requests = config.limits.max_requests,
             inflight_memory = %ByteSize(config.limits.inflight_bytes()),
             prefetch_memory = %ByteSize(config.limits.prefetch_bytes()),
+            metadata_entries = config.limits.metadata_capacity(),
+            listing_entries = config.limits.listing_capacity(),
             admission_wait = ?config.limits.admission_wait.0,
             returns_freed_memory = purging,
             "limits in force"

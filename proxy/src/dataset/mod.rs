@@ -138,8 +138,8 @@ impl Dataset {
             upstream.clone(),
             MetadataSettings {
                 ttl: policy.metadata_ttl,
-                object_capacity: config.limits.metadata_entries,
-                listing_capacity: config.limits.listing_entries,
+                object_capacity: config.limits.metadata_capacity(),
+                listing_capacity: config.limits.listing_capacity(),
                 timeout,
                 seed,
                 warm_listing: policy.warm_metadata,
