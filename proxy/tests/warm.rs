@@ -19,11 +19,15 @@ use serde_json::Value;
 const CHUNK: u64 = 64 * 1024;
 
 fn worker(query: &str, extra: &[&str]) -> ProxyProcess {
-    let origin = format!("synthetic://?{query}");
+    worker_of(&format!("synthetic://?{query}"), extra)
+}
+
+/// A worker of bucket `data` over `origin`, 64 KiB chunks, no read-ahead.
+fn worker_of(origin: &str, extra: &[&str]) -> ProxyProcess {
     let mut args = vec![
         "worker",
         "--origin",
-        &origin,
+        origin,
         "--bucket",
         "data",
         "--chunk-size",
@@ -163,19 +167,7 @@ async fn empty_objects_count_once_in_the_pool() {
         std::fs::write(dir.path().join(format!("o{i:02}")), vec![7u8; size]).expect("object");
     }
     let origin = format!("file://{}", dir.path().display());
-    let workers: Vec<ProxyProcess> = (0..3)
-        .map(|_| {
-            ProxyProcess::start(&[
-                "worker",
-                "--origin",
-                &origin,
-                "--bucket",
-                "data",
-                "--chunk-size",
-                "64KiB",
-            ])
-        })
-        .collect();
+    let workers: Vec<ProxyProcess> = (0..3).map(|_| worker_of(&origin, &[])).collect();
     let refs: Vec<&ProxyProcess> = workers.iter().collect();
     let (output, report) = warm(&refs, &[]);
     assert!(output.status.success(), "{report}");
@@ -498,6 +490,31 @@ async fn wait_for_warm(worker: &ProxyProcess, done: impl Fn(&Value) -> bool) -> 
     common::poll_json(&what, || warm_status(worker), done).await
 }
 
+/// A worker watching `plane`, with no data set or pool of its own.
+fn plane_worker(plane: &common::plane::ControlPlane) -> ProxyProcess {
+    let mut args: Vec<String> = vec!["worker".into()];
+    args.extend(plane.flags("worker-token"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ProxyProcess::start(&args)
+}
+
+/// `ferryctl warm data` ordered through the control plane at `admin` (with
+/// `extra` flags), to its end: the JSON report, once it succeeded.
+fn warm_through(admin: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["warm", "data", "--control-plane-admin", admin, "-o", "json"];
+    args.extend_from_slice(extra);
+    let output = ferryctl(&args);
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert!(output.status.success(), "{report}");
+    report
+}
+
 /// A control plane over a policy directory with one data set `data` of
 /// `query` (its `extra` YAML lines appended), two workers watching it, and
 /// the pool `workers` of both written once they run.
@@ -525,10 +542,7 @@ impl PlaneMesh {
         );
         let config_dir = policies.to_str().expect("path").to_owned();
         let plane = ControlPlane::start(dir.path(), &["--config-dir", &config_dir]);
-        let mut args: Vec<String> = vec!["worker".into()];
-        args.extend(plane.flags("worker-token"));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let workers = [ProxyProcess::start(&args), ProxyProcess::start(&args)];
+        let workers = [plane_worker(&plane), plane_worker(&plane)];
         let addresses = addresses(&workers);
         let mesh = Self {
             policies,
@@ -596,24 +610,7 @@ async fn without_admin_addresses_ferryctl_orders_the_warm_up_through_the_control
     let spec = SyntheticSpec::from_query(query).expect("spec");
     let mesh = PlaneMesh::start(query, "");
     let admin = mesh.plane.admin.clone();
-    let output = ferryctl(&[
-        "warm",
-        "data",
-        "--control-plane-admin",
-        &admin,
-        "--bytes-per-second",
-        "100MiB",
-        "-o",
-        "json",
-    ]);
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
-    assert!(output.status.success(), "{report}");
+    let report = warm_through(&admin, &["--bytes-per-second", "100MiB"]);
     assert_eq!(
         report["totals"]["bytes_done"],
         spec.total_bytes(),
@@ -636,16 +633,7 @@ async fn without_admin_addresses_ferryctl_orders_the_warm_up_through_the_control
     assert_eq!(orders[0], orders[1], "both carried out the same order");
 
     // A second order is a new one: both workers take it up, fetching nothing.
-    let output = ferryctl(&[
-        "warm",
-        "data",
-        "--control-plane-admin",
-        &admin,
-        "-o",
-        "json",
-    ]);
-    let again: Value = serde_json::from_slice(&output.stdout).expect("JSON");
-    assert!(output.status.success(), "{again}");
+    let again = warm_through(&admin, &[]);
     for worker in &mesh.workers {
         let status = &again["workers"][worker.admin.to_string()];
         assert!(status["order"].as_u64() > Some(orders[0]), "{again}");
@@ -662,17 +650,7 @@ async fn without_admin_addresses_ferryctl_orders_the_warm_up_through_the_control
 async fn a_warm_up_order_outlives_a_control_plane_restart() {
     let query = "count=30&size=100KiB&dist=fixed&seed=10";
     let mut mesh = PlaneMesh::start(query, "");
-    let admin = mesh.plane.admin.clone();
-    let output = ferryctl(&[
-        "warm",
-        "data",
-        "--control-plane-admin",
-        &admin,
-        "-o",
-        "json",
-    ]);
-    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON");
-    assert!(output.status.success(), "{report}");
+    let report = warm_through(&mesh.plane.admin, &[]);
     let order = report["workers"][mesh.workers[0].admin.to_string()]["order"].clone();
     assert!(order.is_u64(), "{report}");
 
@@ -686,10 +664,7 @@ async fn a_warm_up_order_outlives_a_control_plane_restart() {
         mesh._dir.path(),
         &["--config-dir", &config_dir, "--listen", &listen],
     );
-    let mut args: Vec<String> = vec!["worker".into()];
-    args.extend(mesh.plane.flags("worker-token"));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let third = ProxyProcess::start(&args);
+    let third = plane_worker(&mesh.plane);
     let mut members = mesh.addresses.clone();
     members.extend(addresses(std::slice::from_ref(&third)));
     mesh.set_pool(&members);
@@ -747,12 +722,12 @@ fn lister(addresses: &[String], prefix: &str) -> usize {
     owner(&members, chunk_route(&format!("list:{prefix}"), 0)).expect("an owner")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_pool_lists_the_data_set_once_for_all_its_workers() {
-    // Three pages of listing for three workers.
-    let query = "count=2500&size=1KiB&dist=fixed&seed=11";
+/// Warms the data set of `query` over three workers started with `extra`
+/// flags; checks every chunk landed on its owner and that only the lister
+/// asked the origin for listings. Returns the lister's origin LISTs.
+async fn lister_lists_in_a_pool_warm_up(query: &str, extra: &[&str]) -> f64 {
     let spec = SyntheticSpec::from_query(query).expect("spec");
-    let workers: Vec<ProxyProcess> = (0..3).map(|_| worker(query, &[])).collect();
+    let workers: Vec<ProxyProcess> = (0..3).map(|_| worker(query, extra)).collect();
     let refs: Vec<&ProxyProcess> = workers.iter().collect();
     let (output, report) = warm(&refs, &[]);
     assert!(output.status.success(), "{report}");
@@ -761,19 +736,28 @@ async fn a_pool_lists_the_data_set_once_for_all_its_workers() {
         spec.total_bytes(),
         "{report}"
     );
-
     let addresses = addresses(&workers);
     let lists_by = lister(&addresses, "");
     let expected = owned_chunks(&spec, &weight_one(&addresses));
+    let mut lister_lists = 0.0;
     for (i, worker) in workers.iter().enumerate() {
         assert_eq!(cached_chunks(worker).await, expected[i], "{report}");
         let lists = worker.origin_requests("list").await;
         if i == lists_by {
-            assert_eq!(lists, 3.0, "the lister listed once, 1,000 objects a page");
+            lister_lists = lists;
         } else {
             assert_eq!(lists, 0.0, "worker {i} paged through the lister's listing");
         }
     }
+    lister_lists
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_lists_the_data_set_once_for_all_its_workers() {
+    // Three pages of listing for three workers.
+    let lists =
+        lister_lists_in_a_pool_warm_up("count=2500&size=1KiB&dist=fixed&seed=11", &[]).await;
+    assert_eq!(lists, 3.0, "the lister listed once, 1,000 objects a page");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -781,42 +765,19 @@ async fn a_pool_shares_one_origin_listing_of_a_data_set_too_big_to_cache() {
     // Five pages of listing against a listing cache of 1,000 objects: no
     // worker may keep the listing, so the others page through the lister,
     // which answers from its window of the latest origin pages.
-    let query = "count=4500&size=1KiB&dist=fixed&seed=13";
-    let spec = SyntheticSpec::from_query(query).expect("spec");
     let dir = common::TempDir::new("too-big-listing");
     let config = dir.path().join("limits.yaml");
     std::fs::write(&config, "limits:\n  listing_entries: 1000\n").expect("config");
     let config = config.to_str().expect("path");
-    let workers: Vec<ProxyProcess> = (0..3)
-        .map(|_| worker(query, &["--config", config]))
-        .collect();
-    let refs: Vec<&ProxyProcess> = workers.iter().collect();
-    let (output, report) = warm(&refs, &[]);
-    assert!(output.status.success(), "{report}");
-    assert_eq!(
-        report["totals"]["bytes_done"],
-        spec.total_bytes(),
-        "{report}"
+    let query = "count=4500&size=1KiB&dist=fixed&seed=13";
+    let lists = lister_lists_in_a_pool_warm_up(query, &["--config", config]).await;
+    // Two pages until the listing outgrew the cache, then each page once
+    // more (the first only if a follower came after that): three workers
+    // paging the origin each would have cost 17.
+    assert!(
+        (6.0..=7.0).contains(&lists),
+        "the lister paged the origin once for all: {lists} LISTs"
     );
-
-    let addresses = addresses(&workers);
-    let lists_by = lister(&addresses, "");
-    let expected = owned_chunks(&spec, &weight_one(&addresses));
-    for (i, worker) in workers.iter().enumerate() {
-        assert_eq!(cached_chunks(worker).await, expected[i], "{report}");
-        let lists = worker.origin_requests("list").await;
-        if i == lists_by {
-            // Two pages until the listing outgrew the cache, then each page
-            // once more (the first only if a follower came after that):
-            // three workers paging the origin each would have cost 17.
-            assert!(
-                (6.0..=7.0).contains(&lists),
-                "the lister paged the origin once for all: {lists} LISTs"
-            );
-        } else {
-            assert_eq!(lists, 0.0, "worker {i} paged through the lister's listing");
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
