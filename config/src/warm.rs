@@ -56,6 +56,8 @@ pub struct WarmStatus {
     pub prefix: String,
     /// This worker's address in the pool.
     pub member: String,
+    /// Workers of the pool that share the data set out (this one included).
+    pub pool_members: usize,
     /// Where it stands.
     pub state: WarmState,
     /// Whether the whole listing has been read.

@@ -612,6 +612,10 @@ async fn without_admin_addresses_ferryctl_orders_the_warm_up_through_the_control
     let admin = mesh.plane.admin.clone();
     let report = warm_through(&admin, &["--bytes-per-second", "100MiB"]);
     assert_eq!(
+        report["totals"]["workers_not_followed"], 0,
+        "both workers watch this control plane: {report}"
+    );
+    assert_eq!(
         report["totals"]["bytes_done"],
         spec.total_bytes(),
         "{report}"
@@ -742,6 +746,8 @@ async fn lister_lists_in_a_pool_warm_up(query: &str, extra: &[&str]) -> f64 {
     let mut lister_lists = 0.0;
     for (i, worker) in workers.iter().enumerate() {
         assert_eq!(cached_chunks(worker).await, expected[i], "{report}");
+        let status = &report["workers"][worker.admin.to_string()];
+        assert_eq!(status["pool_members"], 3, "{report}");
         let lists = worker.origin_requests("list").await;
         if i == lists_by {
             lister_lists = lists;

@@ -106,6 +106,9 @@ pub struct Totals {
     pub listing_done: bool,
     /// Whether every worker has ended.
     pub finished: bool,
+    /// Workers of the pool whose shares are not in these totals: the
+    /// control plane asked lists them not (they watch another replica).
+    pub workers_not_followed: usize,
     /// Whether every worker kept every failed object's key (then failed
     /// objects are counted once, however many workers failed them).
     #[serde(skip)]
@@ -133,6 +136,8 @@ impl Totals {
             totals.listing_done &= s.listing_done;
             totals.finished &= s.state != WarmState::Running;
         }
+        let pool = statuses.values().map(|s| s.pool_members).max().unwrap_or(0);
+        totals.workers_not_followed = pool.saturating_sub(statuses.len());
         if totals.errors_kept {
             // An object whose chunks failed on several workers is one object.
             let failed: std::collections::BTreeSet<&str> = statuses
@@ -552,6 +557,14 @@ fn report(
         totals.elapsed_seconds,
         human(rate as u64),
     )?;
+    if totals.workers_not_followed > 0 {
+        writeln!(
+            out,
+            "{} more worker(s) of the pool took the order without being followed here (they watch another \
+             control-plane replica): their shares are not in these figures",
+            totals.workers_not_followed
+        )?;
+    }
     for (admin, status) in statuses {
         if status.state != WarmState::Done {
             writeln!(out, "worker {admin}: {}", status.state)?;
@@ -614,5 +627,20 @@ mod tests {
         assert!(line.contains("5/10 objects"), "{line}");
         assert!(line.contains("512.0KiB/s"), "{line}");
         assert!(line.contains("ETA 1s"), "{line}");
+    }
+
+    #[test]
+    fn workers_of_the_pool_not_followed_are_counted() {
+        let share = |pool_members| WarmStatus {
+            pool_members,
+            ..WarmStatus::default()
+        };
+        let mut statuses = BTreeMap::from([("a".to_owned(), share(3)), ("b".to_owned(), share(3))]);
+        assert_eq!(Totals::of(&statuses).workers_not_followed, 1);
+        statuses.insert("c".to_owned(), share(3));
+        assert_eq!(Totals::of(&statuses).workers_not_followed, 0);
+        // A worker of an earlier version reports no pool: nothing is known.
+        let older = BTreeMap::from([("a".to_owned(), share(0))]);
+        assert_eq!(Totals::of(&older).workers_not_followed, 0);
     }
 }

@@ -225,6 +225,7 @@ impl Job {
             dataset: self.dataset.clone(),
             prefix: self.plan.prefix.clone(),
             member: self.plan.member.clone(),
+            pool_members: self.plan.members.len(),
             state: state_of(self.state.load(Ordering::Acquire)),
             listing_done: self.listing_done.load(Ordering::Acquire),
             objects_total: load(&self.objects_total),
