@@ -385,10 +385,7 @@ async fn print_mesh(pools: &[PoolTopology]) {
     let targets: Vec<Target> = pools
         .iter()
         .flat_map(PoolTopology::admins)
-        .map(|admin| Target {
-            admin: admin.to_string(),
-            identity: None,
-        })
+        .map(|admin| Target::named(admin.to_string()))
         .collect();
     if targets.is_empty() {
         return;

@@ -358,10 +358,7 @@ async fn warm_up(
     let origin_read_seconds = started.elapsed().as_secs_f64();
     let targets: Vec<ferry_control_plane::ctl::Target> = admins
         .iter()
-        .map(|a| ferry_control_plane::ctl::Target {
-            admin: a.to_string(),
-            identity: None,
-        })
+        .map(|a| ferry_control_plane::ctl::Target::named(a.to_string()))
         .collect();
     let settings = ferry_control_plane::ctl::warm::WarmSettings {
         dataset: "imagenet".to_owned(),

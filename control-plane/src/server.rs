@@ -380,7 +380,7 @@ async fn serve_admin(
                             ),
                         },
                         "/policies" => json(&policies_report(&store)),
-                        "/proxies" => json(&serde_json::json!({ "proxies": proxies.list() })),
+                        "/proxies" => json(&proxies_report(&store, &proxies)),
                         _ => text(
                             StatusCode::NOT_FOUND,
                             "not found: try /live, /ready, /metrics, /policies, /proxies or POST /warm/{dataset}\n",
@@ -572,6 +572,31 @@ fn policies_report(store: &PolicyStore) -> serde_json::Value {
         "refused": refused,
         "warm_orders": current.state.warm_orders.values().collect::<Vec<_>>(),
     })
+}
+
+/// The admin port's `/proxies`: the proxies watching this replica, and
+/// the discovered pool members with an admin address (with several
+/// replicas, most workers watch another one).
+fn proxies_report(store: &PolicyStore, proxies: &ProxyRegistry) -> serde_json::Value {
+    let current = store.current();
+    let state = &current.state;
+    let pool_workers: Vec<serde_json::Value> = state
+        .discovered_pools
+        .iter()
+        .flat_map(|(key, pool)| {
+            pool.members.iter().filter_map(move |member| {
+                let admin = state.member_admins.get(&member.address)?;
+                Some(serde_json::json!({
+                    "pool": pool.name,
+                    "namespace": key.namespace,
+                    "address": member.address,
+                    "admin": admin,
+                    "identity": member.identity.as_ref().map(ToString::to_string),
+                }))
+            })
+        })
+        .collect();
+    serde_json::json!({ "proxies": proxies.list(), "pool_workers": pool_workers })
 }
 
 fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {

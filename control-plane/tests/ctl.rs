@@ -129,10 +129,7 @@ async fn an_ejected_worker_and_an_empty_pool_at_a_sidecar_are_reported() {
         ("/config", config.into()),
     ])
     .await;
-    let target = Target {
-        admin: sidecar.to_string(),
-        identity: None,
-    };
+    let target = Target::named(sidecar.to_string());
     let report = check::run(&[target], &settings(None)).await;
     assert!(!report.ok, "an empty pool fails");
     assert!(has(
@@ -163,10 +160,7 @@ async fn an_unreachable_proxy_fails() {
     let unused = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = unused.local_addr().expect("addr");
     drop(unused);
-    let target = Target {
-        admin: addr.to_string(),
-        identity: None,
-    };
+    let target = Target::named(addr.to_string());
     let report = check::run(&[target], &settings(None)).await;
     assert!(!report.ok);
     assert!(has(&report, Severity::Fail, "unreachable"));
@@ -200,10 +194,7 @@ async fn stat_shows_each_worker_as_the_sidecar_sees_it() {
          upstream_response_latency_seconds_count{{{a}}} 90\n"
     );
     let sidecar = serve(vec![("/metrics", metrics)]).await;
-    let target = Target {
-        admin: sidecar.to_string(),
-        identity: None,
-    };
+    let target = Target::named(sidecar.to_string());
     let scrape = stat::scrape(&[target], Duration::from_secs(5)).await;
     let report = stat::report(None, &scrape);
     assert_eq!(report.workers.len(), 2, "{:?}", report.workers);

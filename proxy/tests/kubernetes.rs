@@ -30,6 +30,9 @@ const SPEC: &str = "count=40&size=30KiB&seed=3";
 const ROGUE_SPEC: &str = "count=40&size=30KiB&seed=99";
 const WORKER_0: &str = "192.0.2.11:4143";
 const WORKER_1: &str = "192.0.2.12:4143";
+/// The workers' admin addresses: the port the pool's slices name `admin`.
+const WORKER_0_ADMIN: &str = "192.0.2.11:4191";
+const WORKER_1_ADMIN: &str = "192.0.2.12:4191";
 const ROGUE: &str = "192.0.2.66:4143";
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -239,8 +242,18 @@ async fn scenario() {
         TOKENS,
         &env_vars,
     );
-    let worker_0 = worker(&plane, "worker-token", WORKER_0, &[]);
-    let worker_1 = worker(&plane, "worker-token", WORKER_1, &[]);
+    let worker_0 = worker(
+        &plane,
+        "worker-token",
+        WORKER_0,
+        &["--admin", WORKER_0_ADMIN],
+    );
+    let worker_1 = worker(
+        &plane,
+        "worker-token",
+        WORKER_1,
+        &["--admin", WORKER_1_ADMIN],
+    );
     let train = sidecar(&plane);
     let client = reqwest::Client::new();
     assert_eq!(read_all(&client, &train).await, (0, 0), "the mesh serves");
@@ -465,7 +478,12 @@ async fn scenario() {
     drop(worker_1);
     kube_env::delete(&admin, "v1", "Pod", OWN, "worker-1").await;
     let new_uid = kube_env::pod(&admin, OWN, "worker-1", "cache").await;
-    let worker_1 = worker(&plane, "cache-token", WORKER_1, &[]);
+    let worker_1 = worker(
+        &plane,
+        "cache-token",
+        WORKER_1,
+        &["--admin", WORKER_1_ADMIN],
+    );
     apply(&admin, members(&new_uid)).await;
     let cache = "spiffe://cluster.local/ns/ferry-system/sa/cache";
     until("the sidecar expects worker-1's new identity", || async {
@@ -527,6 +545,26 @@ async fn scenario() {
             .is_some_and(|orders| orders.iter().any(|o| o["id"] == order["id"]))
     })
     .await;
+    // ferryctl through that replica follows both workers, though neither
+    // watches it: it knows them from the pool's slices (their admin port).
+    let followed = std::process::Command::new(common::ferryctl_binary())
+        .args(["warm", "imagenet", "--status", "-o", "json"])
+        .args(["--control-plane-admin", &replica.admin])
+        .output()
+        .expect("run ferryctl");
+    let report: Value = serde_json::from_slice(&followed.stdout).unwrap_or_else(|e| {
+        panic!(
+            "ferryctl warm printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&followed.stderr)
+        )
+    });
+    let workers = report["workers"].as_object().expect("workers");
+    assert!(
+        workers.contains_key(WORKER_0_ADMIN) && workers.contains_key(WORKER_1_ADMIN),
+        "{report}"
+    );
+    assert_eq!(report["totals"]["objects_done"], 40, "{report}");
+    assert_eq!(report["totals"]["workers_not_followed"], 0, "{report}");
     drop(worker_0);
 }
 

@@ -145,11 +145,33 @@ pub struct Target {
     pub admin: String,
     /// Its identity, when the control plane listed it.
     pub identity: Option<String>,
+    /// Known from its pool's Service, not from a watch of the control plane
+    /// asked (it may watch another replica, or be out of reach).
+    pub discovered: bool,
+}
+
+impl Target {
+    /// A proxy at `admin`, named by the user.
+    pub fn named(admin: impl Into<String>) -> Self {
+        Self {
+            admin: admin.into(),
+            identity: None,
+            discovered: false,
+        }
+    }
 }
 
 #[derive(Deserialize)]
 struct Listing {
     proxies: Vec<Listed>,
+    #[serde(default)]
+    pool_workers: Vec<PoolWorker>,
+}
+
+#[derive(Deserialize)]
+struct PoolWorker {
+    admin: String,
+    identity: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -174,21 +196,32 @@ pub fn targets_from_listing(json: &str) -> anyhow::Result<Vec<Target>> {
             Some(Target {
                 admin: p.admin?,
                 identity: Some(p.identity),
+                discovered: false,
             })
         })
         .collect())
 }
 
+/// The watching proxies of a `/proxies` answer, then the pool members it
+/// names that are not among them (they watch another replica).
+pub fn targets_with_pool_workers(json: &str) -> anyhow::Result<Vec<Target>> {
+    let listing: Listing = serde_json::from_str(json)?;
+    let mut targets = targets_from_listing(json)?;
+    for worker in listing.pool_workers {
+        if !targets.iter().any(|t| t.admin == worker.admin) {
+            targets.push(Target {
+                admin: worker.admin,
+                identity: worker.identity,
+                discovered: true,
+            });
+        }
+    }
+    Ok(targets)
+}
+
 /// The proxies named with `--admin`.
 fn named(reach: &Reach) -> Vec<Target> {
-    reach
-        .admins
-        .iter()
-        .map(|admin| Target {
-            admin: admin.clone(),
-            identity: None,
-        })
-        .collect()
+    reach.admins.iter().map(Target::named).collect()
 }
 
 /// The proxies to look at: those named, else those the control plane lists.
@@ -204,7 +237,7 @@ async fn targets(reach: &Reach) -> anyhow::Result<Vec<Target>> {
                  (name proxies with --admin HOST:PORT, or point --control-plane-admin at it)"
             )
         })?;
-    targets_from_listing(&listing)
+    targets_with_pool_workers(&listing)
 }
 
 /// Runs `cli`; the process's exit status.
@@ -258,5 +291,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             };
             warm::run(&targets, &settings).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_workers_not_watching_are_added_once() {
+        let listing = r#"{
+            "proxies": [
+                { "identity": "spiffe://d/ns/a/sa/w", "role": "worker", "admin": "10.0.0.1:4191" },
+                { "identity": "spiffe://d/ns/a/sa/s", "role": "sidecar", "admin": null }
+            ],
+            "pool_workers": [
+                { "pool": "p", "address": "10.0.0.1:4143", "admin": "10.0.0.1:4191", "identity": "spiffe://d/ns/a/sa/w" },
+                { "pool": "p", "address": "10.0.0.2:4143", "admin": "10.0.0.2:4191", "identity": null }
+            ]
+        }"#;
+        let watching = targets_from_listing(listing).expect("listing");
+        assert_eq!(watching.len(), 1, "only watchers with an admin address");
+        let all = targets_with_pool_workers(listing).expect("listing");
+        let admins: Vec<(&str, bool)> = all
+            .iter()
+            .map(|t| (t.admin.as_str(), t.discovered))
+            .collect();
+        assert_eq!(admins, [("10.0.0.1:4191", false), ("10.0.0.2:4191", true)]);
+        // An older control plane's answer has no pool workers.
+        let old = r#"{ "proxies": [] }"#;
+        assert!(targets_with_pool_workers(old).expect("old").is_empty());
     }
 }

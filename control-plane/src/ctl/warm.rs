@@ -107,7 +107,7 @@ pub struct Totals {
     /// Whether every worker has ended.
     pub finished: bool,
     /// Workers of the pool whose shares are not in these totals: the
-    /// control plane asked lists them not (they watch another replica).
+    /// control plane asked does not list them, or they were out of reach.
     pub workers_not_followed: usize,
     /// Whether every worker kept every failed object's key (then failed
     /// objects are counted once, however many workers failed them).
@@ -280,7 +280,19 @@ async fn run_ordered(
 async fn workers_among(targets: &[Target], timeout: Duration) -> anyhow::Result<Vec<Worker>> {
     let mut workers = Vec::new();
     for target in targets {
-        let text = http::get_text(&target.admin, "/config", timeout).await?;
+        let text = match http::get_text(&target.admin, "/config", timeout).await {
+            Ok(text) => text,
+            // A member known only from its Service may be out of reach from
+            // here; its share is then not followed, and the totals say so.
+            Err(err) if target.discovered => {
+                eprintln!(
+                    "pool member at {} cannot be followed: {err:#}",
+                    target.admin
+                );
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
         let view: ProxyView = serde_json::from_str(&text)
             .with_context(|| format!("/config of {} is not a proxy's", target.admin))?;
         if let ("worker", Some(inbound)) = (view.role.as_str(), view.bound.inbound) {
@@ -560,8 +572,8 @@ fn report(
     if totals.workers_not_followed > 0 {
         writeln!(
             out,
-            "{} more worker(s) of the pool took the order without being followed here (they watch another \
-             control-plane replica): their shares are not in these figures",
+            "{} more worker(s) of the pool were not followed here (the control plane asked does not list \
+             them, or their admin port is out of reach): their shares are not in these figures",
             totals.workers_not_followed
         )?;
     }

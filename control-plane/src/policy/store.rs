@@ -92,6 +92,9 @@ pub struct MeshState {
     pub documents: BTreeMap<DocumentKey, PolicyDocument>,
     /// Pools discovered from Kubernetes Services, by scope and name.
     pub discovered_pools: BTreeMap<PoolKey, PoolSpec>,
+    /// Admin addresses of discovered members that have one, by member
+    /// address (kept out of the pools: proxies are not sent them).
+    pub member_admins: BTreeMap<String, String>,
     /// PEM trust anchors.
     pub trust_bundle: Vec<String>,
     /// The mesh's trust domain.
@@ -381,11 +384,17 @@ impl PolicyStore {
         keys
     }
 
-    /// Sets the members of the discovered pools: exactly `pools`.
-    pub fn set_discovered_pools(&self, pools: BTreeMap<PoolKey, PoolSpec>) {
+    /// Sets the members of the discovered pools: exactly `pools`, with
+    /// the admin addresses of those that have one.
+    pub fn set_discovered_pools(
+        &self,
+        pools: BTreeMap<PoolKey, PoolSpec>,
+        admins: BTreeMap<String, String>,
+    ) {
         let mut inner = self.lock();
-        if inner.state.discovered_pools != pools {
+        if inner.state.discovered_pools != pools || inner.state.member_admins != admins {
             inner.state.discovered_pools = pools;
+            inner.state.member_admins = admins;
             self.publish(&mut inner);
         }
     }

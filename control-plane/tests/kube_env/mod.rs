@@ -330,7 +330,7 @@ pub fn slice(
         "metadata": { "name": name, "namespace": namespace,
                       "labels": { "kubernetes.io/service-name": service } },
         "addressType": address_type,
-        "ports": [{ "name": "metrics", "port": 4191 }, { "name": "inbound", "port": port }],
+        "ports": [{ "name": "admin", "port": 4191 }, { "name": "inbound", "port": port }],
         "endpoints": endpoints,
     })
 }

@@ -52,7 +52,11 @@ impl ProxyProcess {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ferry-proxy"));
         command.args(args);
         if args.first().is_some_and(|a| !a.starts_with('-')) {
-            command.args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+            for flag in ["--listen", "--admin"] {
+                if !args.contains(&flag) {
+                    command.args([flag, "127.0.0.1:0"]);
+                }
+            }
         }
         if args.first() == Some(&"worker") && !args.contains(&"--inbound") {
             command.args(["--inbound", "127.0.0.1:0"]);

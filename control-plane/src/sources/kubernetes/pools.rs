@@ -4,7 +4,9 @@
 //! any other namespace a pool for that namespace's sidecars only. Members are
 //! the ready endpoints of the Service's EndpointSlices (found by
 //! `kubernetes.io/service-name`, whatever labels the slices carry), of the
-//! Service's first IP family, on the port named `inbound` (else the first).
+//! Service's first IP family, on the port named `inbound` (else the first);
+//! a port named `admin` gives each member's admin address, so `ferryctl`
+//! can follow workers that watch another control-plane replica.
 //! A terminating endpoint leaves the pool: sidecars send it no new chunks,
 //! and requests already on it finish. Each member must present the identity
 //! of its Pod's service account, looked up by the Pod's uid (a Pod re-created
@@ -37,6 +39,8 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const WORKER_IDENTITY_ANNOTATION: &str = "ferry.dev/worker-identity";
 /// Name of the slice port sidecars use, when a slice has several.
 const INBOUND_PORT: &str = "inbound";
+/// Name of the slice port of the workers' admin listener.
+const ADMIN_PORT: &str = "admin";
 /// How soon a member whose Pod could not be read is looked up again.
 const RETRY_UNRESOLVED: Duration = Duration::from_secs(2);
 /// Slice events waiting for the pool index at most.
@@ -112,6 +116,8 @@ struct PoolService {
 #[derive(Clone, Debug, PartialEq)]
 struct Endpoint {
     address: String,
+    /// `host:port` of its admin listener, when the slice names that port.
+    admin: Option<String>,
     zone: Option<String>,
     /// The Pod behind it: namespace, name, uid.
     pod: Option<(String, String, String)>,
@@ -239,6 +245,7 @@ impl PoolIndex {
         }
         self.resolve().await;
         let mut pools: BTreeMap<PoolKey, PoolSpec> = BTreeMap::new();
+        let mut admins: BTreeMap<String, String> = BTreeMap::new();
         for (key, service) in &self.services.objects {
             let pool = pools
                 .entry(service.pool.clone())
@@ -275,6 +282,9 @@ impl PoolIndex {
                         tracing::debug!(address = %endpoint.address, pool = %service.pool, "member withheld: no Pod identity and no ferry.dev/worker-identity");
                         continue;
                     };
+                    if let Some(admin) = &endpoint.admin {
+                        admins.insert(endpoint.address.clone(), admin.clone());
+                    }
                     pool.members.push(MemberSpec {
                         address: endpoint.address.clone(),
                         weight: 1,
@@ -288,7 +298,7 @@ impl PoolIndex {
             pool.members.sort_by(|a, b| a.address.cmp(&b.address));
             pool.members.dedup_by(|a, b| a.address == b.address);
         }
-        self.store.set_discovered_pools(pools);
+        self.store.set_discovered_pools(pools, admins);
         if let Some(sync) = self.sync.take() {
             sync.listed();
         }
@@ -408,6 +418,10 @@ fn ready_endpoints(slice: &EndpointSlice) -> Slice {
         .find(|p| p.name.as_deref() == Some(INBOUND_PORT))
         .or_else(|| ports.first())
         .and_then(|p| p.port);
+    let admin_port = ports
+        .iter()
+        .find(|p| p.name.as_deref() == Some(ADMIN_PORT))
+        .and_then(|p| p.port);
     let mut endpoints = Vec::new();
     for endpoint in slice.endpoints.iter().flatten() {
         let conditions = endpoint.conditions.as_ref();
@@ -435,6 +449,7 @@ fn ready_endpoints(slice: &EndpointSlice) -> Slice {
         });
         endpoints.push(Endpoint {
             address: format!("{host}:{port}"),
+            admin: admin_port.map(|admin| format!("{host}:{admin}")),
             zone: endpoint.zone.clone(),
             pod,
         });
