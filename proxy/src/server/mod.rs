@@ -14,11 +14,10 @@ use anyhow::Context;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use metrics::counter;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use ferry_config::{IdentityMode, ProxyConfig, Role};
@@ -32,6 +31,9 @@ pub use accept::{Accept, Peer, Plain, Tls};
 
 /// How long open connections get to finish after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle connection told to go away (HTTP/2 GOAWAY) has to
+/// finish before it is closed anyway.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// HTTP/2 flow-control windows sized for multi-MiB chunks.
 const H2_STREAM_WINDOW: u32 = 4 << 20;
 const H2_CONNECTION_WINDOW: u32 = 16 << 20;
@@ -174,12 +176,13 @@ pub async fn start_announcing(
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let graceful = Arc::new(GracefulShutdown::new());
+    // Every open connection holds a sender: the drain ends when none is left.
+    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
     let builder = Arc::new(http_builder(header_buffer, config.limits.header_timeout.0));
     let listeners = Listeners {
         builder: builder.clone(),
         stop: stop_rx,
-        graceful: graceful.clone(),
+        open: open_tx,
         header_timeout: config.limits.header_timeout.0,
         idle_timeout: config.limits.idle_timeout.0,
     };
@@ -224,8 +227,9 @@ pub async fn start_announcing(
         }
         front_door.wait_for(None);
     }
-    let inbound_task = inbound_listener.map(|listener| {
-        let listeners = listeners.clone();
+    // Takes the last `listeners` (whether or not there is an inbound
+    // listener), so only accept loops and connections hold the drain open.
+    let inbound_task = inbound_listener.map(move |listener| {
         let serve = move |request, peer: Peer| inbound_door.clone().handle(request, peer.identity);
         match inbound_accept {
             Some(tls) => {
@@ -273,11 +277,11 @@ pub async fn start_announcing(
             let _ = task.await;
         }
         let _ = admin_task.await;
-        // The accept loops have returned and dropped their handles.
-        if let Ok(graceful) = Arc::try_unwrap(graceful)
-            && tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-                .await
-                .is_err()
+        // The accept loops have returned and dropped their senders; each
+        // connection was told to finish what it serves and go.
+        if tokio::time::timeout(DRAIN_TIMEOUT, open_rx.recv())
+            .await
+            .is_err()
         {
             tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
         }
@@ -318,7 +322,8 @@ fn http_builder(header_buffer: usize, header_timeout: Duration) -> auto::Builder
 struct Listeners {
     builder: Arc<auto::Builder<TokioExecutor>>,
     stop: watch::Receiver<bool>,
-    graceful: Arc<GracefulShutdown>,
+    /// Held by each open connection (see the drain).
+    open: mpsc::Sender<()>,
     header_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -368,7 +373,8 @@ impl Listeners {
             let accept = accept.clone();
             let serve = serve.clone();
             let builder = self.builder.clone();
-            let graceful = self.graceful.clone();
+            let mut stop = self.stop.clone();
+            let held = self.open.clone();
             let open = open.clone();
             let (header_timeout, idle_timeout) = (self.header_timeout, self.idle_timeout);
             tokio::spawn(async move {
@@ -389,23 +395,54 @@ impl Listeners {
                 let connection = builder
                     .serve_connection(TokioIo::new(io), service)
                     .into_owned();
-                let connection = graceful.watcher().watch(connection);
+                tokio::pin!(connection);
                 open.increment(1.0);
-                let expired = tokio::select! {
-                    ended = connection => match ended {
-                        Ok(()) => None,
-                        Err(err) => {
-                            tracing::debug!(%address, %err, "connection ended with an error");
-                            // hyper's own timer for later HTTP/1.1 heads.
-                            err.downcast_ref::<hyper::Error>()
-                                .filter(|err| err.is_timeout())
-                                .map(|_| deadline::Expired::HeaderTimeout)
+                let deadlines = activity.expired(header_timeout, idle_timeout);
+                tokio::pin!(deadlines);
+                let mut draining = false;
+                let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+                let mut expired = None;
+                if *stop.borrow_and_update() {
+                    draining = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                loop {
+                    tokio::select! {
+                        ended = connection.as_mut() => {
+                            if let Err(err) = ended {
+                                tracing::debug!(%address, %err, "connection ended with an error");
+                                // hyper's own timer for later HTTP/1.1 heads.
+                                if err.downcast_ref::<hyper::Error>().is_some_and(|e| e.is_timeout()) {
+                                    expired = Some(deadline::Expired::HeaderTimeout);
+                                }
+                            }
+                            break;
                         }
-                    },
-                    // Dropping the connection closes it; response bodies in
-                    // flight go with it, and their admission too.
-                    expired = activity.expired(header_timeout, idle_timeout) => Some(expired),
-                };
+                        _ = stop.changed(), if !draining => {
+                            draining = true;
+                            connection.as_mut().graceful_shutdown();
+                        }
+                        reason = &mut deadlines, if expired.is_none() => {
+                            expired = Some(reason);
+                            if reason == deadline::Expired::HeaderTimeout {
+                                // Dropping the connection closes it: a client
+                                // that never finished a head is owed nothing.
+                                break;
+                            }
+                            // Idle: HTTP/2 gets GOAWAY, so its client opens a
+                            // new connection instead of losing a request sent
+                            // as this one closes; HTTP/1.1 closes at once.
+                            connection.as_mut().graceful_shutdown();
+                            grace = Some(Box::pin(tokio::time::sleep(IDLE_CLOSE_GRACE)));
+                        }
+                        _ = async { if let Some(grace) = grace.as_mut() { grace.await } }, if grace.is_some() => {
+                            // Response bodies still in flight go with it, and
+                            // their admission too.
+                            break;
+                        }
+                    }
+                }
+                drop(held);
                 if let Some(expired) = expired {
                     counter!(
                         "connections_closed_total",
