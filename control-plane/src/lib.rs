@@ -8,6 +8,7 @@ pub mod cli;
 pub mod ctl;
 pub mod identity;
 pub mod inject;
+pub mod managed;
 pub mod policy;
 pub mod server;
 pub mod sources;

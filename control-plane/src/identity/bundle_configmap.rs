@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use kube::runtime::WatchStreamExt;
@@ -65,14 +64,7 @@ async fn reconcile(
         }
         None => {
             let map = ConfigMap {
-                metadata: ObjectMeta {
-                    name: Some(name.to_owned()),
-                    labels: Some(BTreeMap::from([(
-                        "app.kubernetes.io/managed-by".to_owned(),
-                        "ferry-control-plane".to_owned(),
-                    )])),
-                    ..ObjectMeta::default()
-                },
+                metadata: crate::managed::metadata(name, None),
                 data: Some(data.clone()),
                 ..ConfigMap::default()
             };

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::api::{Api, PostParams};
 
@@ -36,15 +35,7 @@ pub async fn load_or_create(
     }
     let (cert_pem, key_pem) = generate_issuer(trust_domain)?;
     let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(namespace.to_owned()),
-            labels: Some(BTreeMap::from([(
-                "app.kubernetes.io/managed-by".to_owned(),
-                "ferry-control-plane".to_owned(),
-            )])),
-            ..ObjectMeta::default()
-        },
+        metadata: crate::managed::metadata(name, Some(namespace)),
         type_: Some("kubernetes.io/tls".to_owned()),
         data: Some(BTreeMap::from([
             (

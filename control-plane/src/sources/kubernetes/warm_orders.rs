@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
@@ -117,43 +116,31 @@ async fn write(api: &Api<ConfigMap>, orders: &[WarmOrder]) -> anyhow::Result<()>
         );
     }
     let patch = serde_json::json!({ "data": data });
-    let patched = api
-        .patch(
-            WARM_ORDERS_CONFIGMAP,
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await;
-    match patched {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => {
-            let map = ConfigMap {
-                metadata: ObjectMeta {
-                    name: Some(WARM_ORDERS_CONFIGMAP.to_owned()),
-                    labels: Some(BTreeMap::from([(
-                        "app.kubernetes.io/managed-by".to_owned(),
-                        "ferry-control-plane".to_owned(),
-                    )])),
-                    ..ObjectMeta::default()
-                },
-                data: Some(data),
-                ..ConfigMap::default()
-            };
-            match api.create(&PostParams::default(), &map).await {
-                Ok(_) => Ok(()),
-                // Another replica created it first: add ours to it.
-                Err(kube::Error::Api(status)) if status.code == 409 => {
-                    api.patch(
-                        WARM_ORDERS_CONFIGMAP,
-                        &PatchParams::default(),
-                        &Patch::Merge(&patch),
-                    )
-                    .await?;
-                    Ok(())
-                }
-                Err(err) => Err(err.into()),
-            }
+    // Patch, else create; a replica that loses the race to create patches
+    // what the winner created.
+    let mut created_by_another = false;
+    loop {
+        let patched = api
+            .patch(
+                WARM_ORDERS_CONFIGMAP,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await;
+        match patched {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 && !created_by_another => {}
+            Err(err) => return Err(err.into()),
         }
-        Err(err) => Err(err.into()),
+        let map = ConfigMap {
+            metadata: crate::managed::metadata(WARM_ORDERS_CONFIGMAP, None),
+            data: Some(data.clone()),
+            ..ConfigMap::default()
+        };
+        match api.create(&PostParams::default(), &map).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => created_by_another = true,
+            Err(err) => return Err(err.into()),
+        }
     }
 }
