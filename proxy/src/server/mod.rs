@@ -399,11 +399,12 @@ impl Listeners {
                 open.increment(1.0);
                 let deadlines = activity.expired(header_timeout, idle_timeout);
                 tokio::pin!(deadlines);
-                let mut draining = false;
+                // Told to finish and go, by shutdown or for being idle.
+                let mut going_away = false;
                 let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
                 let mut expired = None;
                 if *stop.borrow_and_update() {
-                    draining = true;
+                    going_away = true;
                     connection.as_mut().graceful_shutdown();
                 }
                 loop {
@@ -418,8 +419,8 @@ impl Listeners {
                             }
                             break;
                         }
-                        _ = stop.changed(), if !draining => {
-                            draining = true;
+                        _ = stop.changed(), if !going_away => {
+                            going_away = true;
                             connection.as_mut().graceful_shutdown();
                         }
                         reason = &mut deadlines, if expired.is_none() => {
@@ -432,7 +433,10 @@ impl Listeners {
                             // Idle: HTTP/2 gets GOAWAY, so its client opens a
                             // new connection instead of losing a request sent
                             // as this one closes; HTTP/1.1 closes at once.
-                            connection.as_mut().graceful_shutdown();
+                            if !going_away {
+                                going_away = true;
+                                connection.as_mut().graceful_shutdown();
+                            }
                             grace = Some(Box::pin(tokio::time::sleep(IDLE_CLOSE_GRACE)));
                         }
                         _ = async { if let Some(grace) = grace.as_mut() { grace.await } }, if grace.is_some() => {
