@@ -40,6 +40,22 @@ async fn until_closed(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8
     }
 }
 
+/// An HTTP/2 connection to `proxy`'s front door, driven in its own task
+/// (which ends with how the connection ended).
+async fn http2_connection(
+    proxy: &ProxyProcess,
+) -> (
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let stream = TcpStream::connect(proxy.listen).await.expect("connect");
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    (sender, tokio::spawn(connection))
+}
+
 /// Sends `request` (raw HTTP/1.1) and returns the status line and the whole answer.
 async fn exchange(proxy: &ProxyProcess, request: &[u8]) -> (String, String) {
     let mut stream = TcpStream::connect(proxy.listen).await.expect("connect");
@@ -107,12 +123,7 @@ async fn silent_and_trickling_clients_are_cut_at_the_header_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_http2_connection_is_sent_goaway_and_closed() {
     let proxy = worker(&["--idle-timeout", "400ms", "--header-timeout", "200ms"]);
-    let stream = TcpStream::connect(proxy.listen).await.expect("connect");
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    let connection = tokio::spawn(connection);
+    let (mut sender, connection) = http2_connection(&proxy).await;
     let request = http::Request::get(format!("http://x/data/{}", key(2)))
         .body(Empty::<Bytes>::new())
         .expect("request");
@@ -276,12 +287,7 @@ async fn shutdown_finishes_responses_in_flight_and_sends_goaway_to_idle_connecti
     let mut proxy = ProxyProcess::start(&["worker", "--origin", &origin, "--bucket", "data"]);
     let big = ferry_config::SyntheticSpec::from_query(BIG).expect("spec");
     // An idle HTTP/2 connection, after one request.
-    let stream = TcpStream::connect(proxy.listen).await.expect("connect");
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    let connection = tokio::spawn(connection);
+    let (mut sender, connection) = http2_connection(&proxy).await;
     let request = http::Request::get(format!("http://x/data/{}", big.key(1)))
         .header("range", "bytes=0-9")
         .body(Empty::<Bytes>::new())
