@@ -189,8 +189,11 @@ fn write_json(value: &impl serde::Serialize, out: &mut impl std::io::Write) -> s
 /// The proxies in the control plane's `/proxies` answer that gave an admin address.
 pub fn targets_from_listing(json: &str) -> anyhow::Result<Vec<Target>> {
     let listing: Listing = serde_json::from_str(json)?;
-    Ok(listing
-        .proxies
+    Ok(watching(listing.proxies))
+}
+
+fn watching(proxies: Vec<Listed>) -> Vec<Target> {
+    proxies
         .into_iter()
         .filter_map(|p| {
             Some(Target {
@@ -199,14 +202,14 @@ pub fn targets_from_listing(json: &str) -> anyhow::Result<Vec<Target>> {
                 discovered: false,
             })
         })
-        .collect())
+        .collect()
 }
 
 /// The watching proxies of a `/proxies` answer, then the pool members it
 /// names that are not among them (they watch another replica).
 pub fn targets_with_pool_workers(json: &str) -> anyhow::Result<Vec<Target>> {
     let listing: Listing = serde_json::from_str(json)?;
-    let mut targets = targets_from_listing(json)?;
+    let mut targets = watching(listing.proxies);
     for worker in listing.pool_workers {
         if !targets.iter().any(|t| t.admin == worker.admin) {
             targets.push(Target {
